@@ -1,0 +1,100 @@
+"""What benchmark modules share: the Row type, a run context and small timing helpers."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass
+class Row:
+    """One printed figure. ``baseline``/``ratio`` are set for side-by-side comparisons."""
+
+    name: str
+    value: float
+    unit: str
+    baseline: float | None = None
+    ratio: float | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def as_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"name": self.name, "value": self.value, "unit": self.unit}
+        if self.baseline is not None:
+            out["baseline"] = self.baseline
+            out["ratio"] = self.ratio
+        out.update(self.extra)
+        return out
+
+    def as_text(self) -> str:
+        base = f"{self.baseline:>12.4g}" if self.baseline is not None else f"{'':>12}"
+        ratio = f"{self.ratio:>8.3g}" if self.ratio is not None else f"{'':>8}"
+        return f"{self.name:<58} {self.value:>12.4g} {self.unit:<8} {base} {ratio}"
+
+
+def compare(name: str, value: float, baseline: float, unit: str, **extra: Any) -> Row:
+    """A row comparing ``value`` with ``baseline`` measured in the same run."""
+    return Row(name, value, unit, baseline, value / baseline if baseline else None, extra)
+
+
+def per_call(fn: Callable[[], object], *, n: int, repeat: int = 5) -> float:
+    """Best-of-``repeat`` seconds per call of ``fn`` over ``n`` calls."""
+    best = float("inf")
+    for _ in range(repeat):
+        start = time.perf_counter()
+        for _ in range(n):
+            fn()
+        best = min(best, (time.perf_counter() - start) / n)
+    return best
+
+
+def percentile(values: list[float], q: float) -> float:
+    """The ``q`` (0..100) percentile of ``values`` (nearest rank)."""
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    k = max(0, min(len(ordered) - 1, round(q / 100 * (len(ordered) - 1))))
+    return ordered[k]
+
+
+def consul_version() -> str:
+    """The version of the consul binary the benchmarks would use, or 'none'."""
+    binary = os.environ.get("LAKE_MESH_CONSUL_BIN") or shutil.which("consul")
+    if not binary:
+        try:
+            from lake_mesh_consul.testing import find_consul_binary
+
+            binary = str(find_consul_binary() or "")
+        except Exception:
+            binary = ""
+    if not binary:
+        return "none"
+    try:
+        out = subprocess.run(
+            [binary, "version"], capture_output=True, text=True, timeout=10, check=False
+        )
+    except OSError:
+        return "none"
+    return out.stdout.split("\n", 1)[0].replace("Consul ", "")
+
+
+class Context:
+    """Shared by the benchmark modules of one run: ``quick`` and a lazily started agent."""
+
+    def __init__(self, *, quick: bool) -> None:
+        self.quick = quick
+        self._closers: list[Callable[[], None]] = []
+
+    def on_close(self, fn: Callable[[], None]) -> None:
+        self._closers.append(fn)
+
+    def close(self) -> None:
+        for fn in reversed(self._closers):
+            try:
+                fn()
+            except Exception:
+                pass

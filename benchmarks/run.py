@@ -1,0 +1,83 @@
+"""Run every benchmark of the repository and print its figures.
+
+Each ``benchmarks/bench_*.py`` module defines ``run(ctx) -> Iterable[Row]`` (see
+:mod:`benchmarks._common`). This script imports each in turn and prints a table, or with
+``--json`` one JSON object per line (``name``, ``value``, ``unit``, and ``baseline`` /
+``ratio`` for comparisons). ``--quick`` asks each module for a run of under a minute in all.
+``--only SUBSTR`` runs the modules whose name contains SUBSTR.
+
+Usage::
+
+    python benchmarks/run.py [--quick] [--json] [--only NAME]
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import platform
+import sys
+import time
+import traceback
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent))
+sys.path.insert(0, str(HERE))
+
+from _common import Context, Row, consul_version  # noqa: E402
+
+
+def _modules(only: str | None) -> list[str]:
+    names = sorted(p.stem for p in HERE.glob("bench_*.py"))
+    return [n for n in names if only is None or only in n]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="finish in under a minute")
+    parser.add_argument("--json", action="store_true", help="one JSON object per line")
+    parser.add_argument("--only", help="run only modules whose name contains this")
+    args = parser.parse_args(argv)
+    ctx = Context(quick=args.quick)
+    header = {
+        "name": "environment",
+        "python": platform.python_version(),
+        "implementation": platform.python_implementation(),
+        "machine": f"{platform.machine()} {platform.processor() or ''}".strip(),
+        "platform": platform.platform(),
+        "consul": consul_version(),
+        "quick": args.quick,
+    }
+    if args.json:
+        print(json.dumps(header), flush=True)
+    else:
+        print(
+            f"# Python {header['python']} ({header['implementation']}), "
+            f"Consul {header['consul']}, {header['platform']}, quick={args.quick}"
+        )
+        print(f"{'name':<58} {'value':>12} {'unit':<8} {'baseline':>12} {'ratio':>8}")
+    failed = 0
+    for name in _modules(args.only):
+        started = time.perf_counter()
+        try:
+            module = importlib.import_module(name)
+            rows: list[Row] = list(module.run(ctx))
+        except Exception:
+            failed += 1
+            print(f"# {name} failed:\n{traceback.format_exc()}", file=sys.stderr, flush=True)
+            continue
+        for row in rows:
+            if args.json:
+                print(json.dumps(row.as_dict()), flush=True)
+            else:
+                print(row.as_text(), flush=True)
+        if not args.json:
+            print(f"#   ({name}: {time.perf_counter() - started:.1f}s)", flush=True)
+    ctx.close()
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

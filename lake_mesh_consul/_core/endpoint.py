@@ -1,0 +1,157 @@
+"""ServiceEndpoint: one instance of a service, as discovery produces and balancers pick it."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+
+from lake_mesh_consul._core.health import HealthStatus
+
+__all__ = ["ServiceEndpoint", "Weights"]
+
+#: Meta keys that carry the instance's zone, in the order they are looked up.
+ZONE_META_KEYS = ("zone", "availability_zone", "az")
+
+_EMPTY_META: Mapping[str, str] = MappingProxyType({})
+
+
+@dataclass(frozen=True, slots=True)
+class Weights:
+    """Consul's service ``Weights``: the share of a passing and of a warning instance.
+
+    Consul's defaults are 1 and 1; a warning weight below the passing weight down-weights
+    instances whose checks warn without dropping them.
+    """
+
+    passing: int = 1
+    warning: int = 1
+
+    def __post_init__(self) -> None:
+        if self.passing < 1 or self.warning < 0:
+            raise ValueError(
+                f"weights must be passing >= 1 and warning >= 0, got {self.passing}/{self.warning}"
+            )
+
+    def for_status(self, status: HealthStatus) -> int:
+        """The weight that applies to an instance in ``status`` (0 unless passing/warning)."""
+        if status is HealthStatus.PASSING:
+            return self.passing
+        if status is HealthStatus.WARNING:
+            return self.warning
+        return 0
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class ServiceEndpoint:
+    """One instance of a service: where to send a request and what is known about it.
+
+    Identity is ``(datacenter, id)``: equality and hashing use only those two, so an
+    endpoint whose health or tags changed is still "the same" endpoint for per-endpoint
+    state (breakers, outstanding requests, latency), and comparisons are cheap.
+    Use :meth:`same_as` to compare every field.
+
+    Attributes:
+        id: the Consul service instance id (unique per agent).
+        service: the service name.
+        address: host or IP to connect to (the service address, falling back to the node's).
+        port: TCP port.
+        tags: the instance's tags.
+        meta: the instance's service meta.
+        weights: Consul's ``Weights``.
+        health: the aggregate of the instance's checks.
+        node: the Consul node name.
+        datacenter: the datacenter it was discovered in.
+        zone: the zone from meta (``zone``, ``availability_zone`` or ``az``), if any.
+    """
+
+    id: str
+    service: str
+    address: str
+    port: int
+    tags: tuple[str, ...] = ()
+    meta: Mapping[str, str] = field(default_factory=lambda: _EMPTY_META)
+    weights: Weights = field(default_factory=Weights)
+    health: HealthStatus = HealthStatus.PASSING
+    node: str = ""
+    datacenter: str = ""
+    zone: str | None = None
+
+    @classmethod
+    def create(
+        cls,
+        id: str,
+        address: str,
+        port: int,
+        *,
+        service: str = "",
+        tags: tuple[str, ...] | list[str] = (),
+        meta: Mapping[str, str] | None = None,
+        weights: Weights | None = None,
+        health: HealthStatus = HealthStatus.PASSING,
+        node: str = "",
+        datacenter: str = "",
+        zone: str | None = None,
+    ) -> ServiceEndpoint:
+        """Build an endpoint, freezing ``meta`` and deriving ``zone`` from it when not given."""
+        frozen_meta: Mapping[str, str] = MappingProxyType(dict(meta)) if meta else _EMPTY_META
+        if zone is None:
+            zone = next((frozen_meta[k] for k in ZONE_META_KEYS if frozen_meta.get(k)), None)
+        return cls(
+            id=id,
+            service=service,
+            address=address,
+            port=port,
+            tags=tuple(tags),
+            meta=frozen_meta,
+            weights=weights or Weights(),
+            health=health,
+            node=node,
+            datacenter=datacenter,
+            zone=zone,
+        )
+
+    @property
+    def key(self) -> tuple[str, str]:
+        """The identity: ``(datacenter, id)``."""
+        return (self.datacenter, self.id)
+
+    @property
+    def host_port(self) -> str:
+        """``address:port``, with IPv6 addresses bracketed (``[::1]:8080``)."""
+        host = f"[{self.address}]" if ":" in self.address else self.address
+        return f"{host}:{self.port}"
+
+    @property
+    def weight(self) -> int:
+        """The weight that applies to the current health status."""
+        return self.weights.for_status(self.health)
+
+    def same_as(self, other: ServiceEndpoint) -> bool:
+        """Whether every field (not only the identity) is equal."""
+        return (
+            self.key == other.key
+            and self.address == other.address
+            and self.port == other.port
+            and self.tags == other.tags
+            and dict(self.meta) == dict(other.meta)
+            and self.weights == other.weights
+            and self.health is other.health
+            and self.node == other.node
+            and self.zone == other.zone
+            and self.service == other.service
+        )
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, ServiceEndpoint):
+            return NotImplemented
+        return self.id == other.id and self.datacenter == other.datacenter
+
+    def __hash__(self) -> int:
+        return hash((self.datacenter, self.id))
+
+    def __repr__(self) -> str:
+        return (
+            f"ServiceEndpoint(id={self.id!r}, address={self.host_port!r}, "
+            f"health={self.health.value})"
+        )

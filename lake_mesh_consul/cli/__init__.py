@@ -1,0 +1,65 @@
+"""The ``lake-mesh`` command line, in the style of Consul's own CLI.
+
+Subcommands live in modules named ``cmd_*.py`` in this package; each defines
+``register(subparsers)`` which adds its parsers and sets ``func`` (a callable taking the
+parsed namespace and an :class:`~lake_mesh_consul.cli._output.Output`, returning an exit
+code). Conventions shared by every command:
+
+* ``--json`` on every command that reads: one JSON document on stdout (``watch``-style
+  commands print JSON lines);
+* exit code 0 on success, 1 on a failure the user can fix (Consul unreachable, denied,
+  not found, invalid input), 2 on bad usage (argparse);
+* a user error is one clear line on stderr, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import pkgutil
+import sys
+from collections.abc import Sequence
+
+from lake_mesh_consul._version import __version__
+from lake_mesh_consul.cli._output import EXIT_USAGE, Output
+
+__all__ = ["build_parser", "main"]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Build the top-level parser with every ``cmd_*`` module's subcommands."""
+    parser = argparse.ArgumentParser(
+        prog="lake-mesh",
+        description="A client-side service mesh on Consul: register, discover, balance, "
+        "fail safely.",
+    )
+    parser.add_argument("--version", action="version", version=f"lake-mesh {__version__}")
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
+    subparsers.required = True
+    package = importlib.import_module(__name__)
+    for info in sorted(pkgutil.iter_modules(package.__path__), key=lambda m: m.name):
+        if info.name.startswith("cmd_"):
+            module = importlib.import_module(f"{__name__}.{info.name}")
+            module.register(subparsers)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the CLI; return the exit code (0 ok, 1 failure, 2 usage)."""
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # argparse exits 2 on usage errors, 0 on --help
+        return int(exc.code) if isinstance(exc.code, int) else EXIT_USAGE
+    out = Output(json_mode=bool(getattr(args, "json", False)))
+    try:
+        code: int = args.func(args, out)
+    except KeyboardInterrupt:
+        return 130
+    except Exception as exc:
+        return out.fail(exc)
+    return code
+
+
+def _entry() -> None:  # pragma: no cover - console-script shim
+    sys.exit(main())
