@@ -25,6 +25,7 @@ from __future__ import annotations
 import json as _json
 import logging
 import threading
+import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -214,7 +215,10 @@ class _Consul(consul.base.Consul):  # type: ignore[misc]
     def __init__(self, owner: ConsulClient) -> None:
         config = owner.config
         base = consul.base.Consul
-        self.acl = base.ACL(self)
+        with warnings.catch_warnings():
+            # Building the ACL group warns about the legacy ACL API, which we never call.
+            warnings.simplefilter("ignore", DeprecationWarning)
+            self.acl = base.ACL(self)
         self.agent = base.Agent(self)
         self.catalog = base.Catalog(self)
         self.config = base.Config(self)

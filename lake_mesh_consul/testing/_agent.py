@@ -1,0 +1,198 @@
+"""Running a real Consul agent for tests: ``consul agent -dev`` on free loopback ports.
+
+:class:`DevAgent` owns one agent process and can stop, restart (optionally wiping its
+state, as ``-dev`` does on every start), pause (SIGSTOP) and resume (SIGCONT) it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+
+__all__ = ["DevAgent", "cache_dir", "find_consul_binary", "free_port"]
+
+
+def cache_dir() -> Path:
+    """Where provisioning caches Consul downloads (``$LAKE_MESH_CACHE`` or XDG cache)."""
+    base = os.environ.get("LAKE_MESH_CACHE") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "lake-mesh"
+    )
+    return Path(base)
+
+
+def find_consul_binary() -> Path | None:
+    """``$LAKE_MESH_CONSUL_BIN``, else ``consul`` on PATH, else the provisioning cache."""
+    explicit = os.environ.get("LAKE_MESH_CONSUL_BIN")
+    if explicit and Path(explicit).is_file():
+        return Path(explicit)
+    on_path = shutil.which("consul")
+    if on_path:
+        return Path(on_path)
+    for candidate in sorted(cache_dir().glob("consul-*/usr/bin/consul"), reverse=True):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port that is free on ``host`` right now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+@dataclass
+class DevAgent:
+    """A ``consul agent -dev`` process on loopback with its own ports.
+
+    Args:
+        binary: the consul binary.
+        host: loopback address to bind (distinct addresses let several agents coexist).
+        acl_master_token: when set, ACLs are enabled with default deny and this is the
+            management token.
+        extra_args: more agent flags.
+    """
+
+    binary: Path
+    host: str = "127.0.0.1"
+    acl_master_token: str | None = None
+    extra_args: list[str] = field(default_factory=list)
+    http_port: int = 0
+    datacenter: str = "dc1"
+    _proc: subprocess.Popen[bytes] | None = None
+    _dir: Path | None = None
+    _log: Path | None = None
+
+    @property
+    def address(self) -> str:
+        """``host:port`` of the HTTP API."""
+        return f"{self.host}:{self.http_port}"
+
+    @property
+    def http_addr(self) -> str:
+        """``http://host:port``."""
+        return f"http://{self.address}"
+
+    def _ports(self) -> dict[str, int]:
+        return {
+            "http": self.http_port,
+            "dns": -1,
+            "grpc": -1,
+            "serf_lan": free_port(self.host),
+            "serf_wan": free_port(self.host),
+            "server": free_port(self.host),
+        }
+
+    def start(self, *, wipe: bool = True, timeout: float = 30.0) -> None:
+        """Start the agent and wait until it has a leader."""
+        if self.http_port == 0:
+            self.http_port = free_port(self.host)
+        if self._dir is None or wipe:
+            self._dir = Path(tempfile.mkdtemp(prefix="lake-mesh-consul-"))
+        config: dict[str, object] = {
+            "datacenter": self.datacenter,
+            "ports": self._ports(),
+            "bind_addr": self.host,
+            "client_addr": self.host,
+            "advertise_addr": self.host,
+            "disable_update_check": True,
+            "enable_script_checks": False,
+            "enable_local_script_checks": True,
+        }
+        if self.acl_master_token:
+            config["acl"] = {
+                "enabled": True,
+                "default_policy": "deny",
+                "enable_token_persistence": False,
+                "tokens": {"master": self.acl_master_token, "agent": self.acl_master_token},
+            }
+        cfg = self._dir / "config.json"
+        cfg.write_text(json.dumps(config))
+        self._log = self._dir / "agent.log"
+        log = self._log.open("ab")
+        self._proc = subprocess.Popen(
+            [str(self.binary), "agent", "-dev", "-config-file", str(cfg), *self.extra_args],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        log.close()
+        self.wait_ready(timeout)
+
+    def wait_ready(self, timeout: float = 30.0) -> None:
+        """Wait until the HTTP API answers with a leader, or raise RuntimeError with the log."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self._proc is not None and self._proc.poll() is not None:
+                break
+            try:
+                with urllib.request.urlopen(f"{self.http_addr}/v1/status/leader", timeout=1) as r:
+                    if json.loads(r.read() or b'""'):
+                        return
+            except (OSError, urllib.error.URLError, ValueError):
+                pass
+            time.sleep(0.05)
+        raise RuntimeError(f"consul agent at {self.address} did not become ready:\n{self.log()}")
+
+    def log(self, tail: int = 40) -> str:
+        """The last lines of the agent's log."""
+        if self._log is None or not self._log.exists():
+            return ""
+        return "\n".join(self._log.read_text(errors="replace").splitlines()[-tail:])
+
+    @property
+    def pid(self) -> int | None:
+        """The agent's process id while it runs."""
+        return self._proc.pid if self._proc is not None and self._proc.poll() is None else None
+
+    def stop(self, *, kill: bool = False) -> None:
+        """Stop the agent (SIGTERM, or SIGKILL with ``kill``); resumes it first if paused."""
+        proc = self._proc
+        if proc is None or proc.poll() is not None:
+            return
+        try:
+            os.kill(proc.pid, signal.SIGCONT)
+            proc.send_signal(signal.SIGKILL if kill else signal.SIGTERM)
+            proc.wait(timeout=10)
+        except (ProcessLookupError, subprocess.TimeoutExpired):
+            proc.kill()
+            proc.wait(timeout=10)
+
+    def restart(self, *, wipe: bool = True) -> None:
+        """Stop and start again on the same HTTP port (``-dev`` forgets everything)."""
+        self.stop()
+        self.start(wipe=wipe)
+
+    def pause(self) -> None:
+        """SIGSTOP the agent: it stops answering but keeps its sockets open."""
+        if self._proc is not None:
+            os.kill(self._proc.pid, signal.SIGSTOP)
+
+    def resume(self) -> None:
+        """SIGCONT a paused agent."""
+        if self._proc is not None:
+            os.kill(self._proc.pid, signal.SIGCONT)
+
+    def close(self) -> None:
+        """Stop the agent and remove its data directory."""
+        self.stop()
+        if self._dir is not None:
+            shutil.rmtree(self._dir, ignore_errors=True)
+
+    def __enter__(self) -> DevAgent:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
