@@ -216,29 +216,29 @@ class _Consul(consul.base.Consul):  # type: ignore[misc]
         config = owner.config
         base = consul.base.Consul
         with warnings.catch_warnings():
-            # Building the ACL group warns about the legacy ACL API, which we never call.
+            # python-consul2 warns while building its ACL and discovery-chain groups about
+            # APIs we never call; those warnings say nothing about our use.
             warnings.simplefilter("ignore", DeprecationWarning)
-            self.acl = base.ACL(self)
-        self.agent = base.Agent(self)
-        self.catalog = base.Catalog(self)
-        self.config = base.Config(self)
-        self.connect = base.Connect(self)
-        self.consistency = "default"
-        self.coordinate = base.Coordinate(self)
-        self.dc = config.datacenter
-        self.discovery_chain = base.DiscoveryChain(self)
-        self.event = base.Event(self)
-        self.health = base.Health(self)
-        self.http = _HTTPClient(owner)
-        self.kv = base.KV(self)
-        self.operator = base.Operator(self)
-        self.query = base.Query(self)
-        self.scheme = config.scheme
-        self.session = base.Session(self)
-        self.snapshot = base.Snapshot(self)
-        self.status = base.Status(self)
-        self.token = None  # the token travels in the session's X-Consul-Token header
-        self.txn = base.Txn(self)
+            self.agent = base.Agent(self)
+            self.catalog = base.Catalog(self)
+            self.config = base.Config(self)
+            self.connect = base.Connect(self)
+            self.consistency = "default"
+            self.coordinate = base.Coordinate(self)
+            self.dc = config.datacenter
+            self.discovery_chain = base.DiscoveryChain(self)
+            self.event = base.Event(self)
+            self.health = base.Health(self)
+            self.http = _HTTPClient(owner)
+            self.kv = base.KV(self)
+            self.operator = base.Operator(self)
+            self.query = base.Query(self)
+            self.scheme = config.scheme
+            self.session = base.Session(self)
+            self.snapshot = base.Snapshot(self)
+            self.status = base.Status(self)
+            self.token = None  # the token travels in the session's X-Consul-Token header
+            self.txn = base.Txn(self)
 
 
 class ConsulClient:

@@ -137,7 +137,8 @@ class DevAgent:
             if self._proc is not None and self._proc.poll() is not None:
                 break
             try:
-                with urllib.request.urlopen(f"{self.http_addr}/v1/status/leader", timeout=1) as r:
+                url = f"{self.http_addr}/v1/status/leader"
+                with urllib.request.urlopen(url, timeout=1) as r:  # noqa: S310 - http to loopback
                     if json.loads(r.read() or b'""'):
                         return
             except (OSError, urllib.error.URLError, ValueError):
