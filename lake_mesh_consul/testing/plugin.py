@@ -24,7 +24,13 @@ import pytest
 
 from lake_mesh_consul.testing._agent import DevAgent, find_consul_binary
 
-__all__ = ["ConsulAgentHandle", "consul_agent", "mesh_config", "unique_name"]
+__all__ = [
+    "ConsulAgentHandle",
+    "consul_agent",
+    "dedicated_consul_agent",
+    "mesh_config",
+    "unique_name",
+]
 
 
 @dataclass
@@ -86,6 +92,25 @@ def consul_agent() -> Iterator[ConsulAgentHandle]:
         address = external.split("://", 1)[-1]
         yield ConsulAgentHandle(address=address, source="external")
         return
+    binary = find_consul_binary()
+    if binary is None:
+        _fail_or_skip("no consul binary (run `lake-mesh agent up` or set LAKE_MESH_CONSUL_BIN)")
+        return
+    agent = DevAgent(binary)
+    try:
+        agent.start()
+    except (RuntimeError, OSError) as exc:
+        _fail_or_skip(str(exc))
+        return
+    try:
+        yield ConsulAgentHandle(address=agent.address, agent=agent, source="binary")
+    finally:
+        agent.close()
+
+
+@pytest.fixture
+def dedicated_consul_agent() -> Iterator[ConsulAgentHandle]:
+    """A fresh agent of this test's own, for tests that stop, restart, wipe or pause it."""
     binary = find_consul_binary()
     if binary is None:
         _fail_or_skip("no consul binary (run `lake-mesh agent up` or set LAKE_MESH_CONSUL_BIN)")
