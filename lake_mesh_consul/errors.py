@@ -15,11 +15,12 @@ The tree::
     │       └── CasConflict                check-and-set lost: re-read, then write
     ├── DiscoveryError                     no usable view of a service
     │   └── DiscoveryTimeout               the first answer did not come in time
-    └── RequestFailed                      a request through the mesh failed
-        ├── NoEndpointsAvailable           nothing eligible to pick (says why)
-        ├── CircuitOpen                    the breaker refused the call (fail fast)
-        ├── DeadlineExceeded               the overall deadline ran out
-        └── RetryExhausted                 every attempt failed; ``.attempts`` has each
+    ├── RequestFailed                      a request through the mesh failed
+    │   ├── NoEndpointsAvailable           nothing eligible to pick (says why)
+    │   ├── CircuitOpen                    the breaker refused the call (fail fast)
+    │   ├── DeadlineExceeded               the overall deadline ran out
+    │   └── RetryExhausted                 every attempt failed; ``.attempts`` has each
+    └── ProvisioningError              no local Consul agent could be set up (says why)
 
 Foreign errors (requests, python-consul2, pybreaker, tenacity) never escape: they are
 mapped at the boundary with ``raise ... from exc`` so the cause stays on ``__cause__``.
@@ -50,6 +51,7 @@ __all__ = [
     "MeshError",
     "NoEndpointsAvailable",
     "PermissionDenied",
+    "ProvisioningError",
     "RequestFailed",
     "RetryExhausted",
 ]
@@ -280,3 +282,14 @@ class RetryExhausted(RequestFailed):
         self.reason = reason
         last = self.attempts[-1].error if self.attempts else None
         super().__init__(f"{len(self.attempts)} attempt(s) failed ({reason}); last error: {last!r}")
+
+
+# --- provisioning ----------------------------------------------------------------------------
+
+
+class ProvisioningError(MeshError):
+    """A local Consul agent (image, package, binary or Docker engine) could not be set up.
+
+    Raised by ``lake-mesh agent up`` and the test fixtures; the message says which step
+    failed and what to do.
+    """
