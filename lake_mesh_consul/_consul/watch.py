@@ -1,0 +1,859 @@
+"""The blocking-query watch engine: one long poll per thing watched, shared by its consumers.
+
+:class:`Watch` keeps one Consul blocking endpoint (``/v1/health/service/<name>``,
+``/v1/kv/<prefix>?recurse``, ``/v1/catalog/services`` ...) current in memory:
+
+* it follows every rule of :mod:`lake_mesh_consul._core.blocking`: the index is at least 1
+  and is reset to 0 when it goes backwards; an unchanged index or an equal decoded result
+  notifies nobody; errors back off with full jitter (100 ms .. 5 s by default); every
+  request, successful or not, first takes a token from a bucket (burst 2, 10/s by default)
+  so no server behaviour can drive a busy loop;
+* the HTTP read timeout is derived from the wait (``wait + wait/16 + margin``);
+* reads are ``?stale`` by default (they keep working through leader elections and loss of
+  quorum); ``consistency="default"`` or ``"consistent"`` and ``max_stale`` (re-read from the
+  leader when ``X-Consul-LastContact`` exceeds it) are options, and so is the agent cache
+  (``cached=True``). ``X-Consul-KnownLeader``, ``X-Consul-LastContact`` and ``X-Cache`` are
+  kept on :attr:`Watch.state`;
+* **last known good** (go-kit's ``InvalidateOnError``): when Consul fails, the last decoded
+  value stays in :attr:`Watch.current`, :attr:`WatchState.stale` turns true and
+  :meth:`WatchState.age` grows; with ``invalidate_after`` the value is dropped (replaced by
+  ``invalidated_value``) once it is older than that;
+* it runs on one daemon thread with a dedicated HTTP connection pool, so :meth:`Watch.close`
+  can shut the socket of a parked long poll and return within a second; no callback starts
+  after ``close()`` returns.
+
+:class:`WatchHub` is the single-flight layer: one :class:`Watch` per
+``(path, query parameters, options)``, however many consumers subscribe; each consumer
+holds a :class:`SharedWatch` handle and the watch stops when the last handle is closed.
+:meth:`WatchHub.shared` gives the process-wide hub of one agent configuration.
+
+Example (a KV prefix, as the configuration loader uses it)::
+
+    def decode(response: ConsulResponse) -> dict[str, bytes]:
+        if response.status == 404:
+            return {}
+        return {e["Key"]: base64.b64decode(e["Value"] or "") for e in response.json()}
+
+    with Watch(client, "/v1/kv/app/config/", {"recurse": ""}, decode=decode,
+               on_change=reload, consistency="default") as watch:
+        watch.start()
+        if not watch.wait_first(5.0):
+            raise ConfigValidationError("no answer from Consul")
+        values = watch.current
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import random
+import socket
+import threading
+import weakref
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Generic, Literal, TypeVar, cast
+
+from urllib3.connection import HTTPConnection, HTTPSConnection
+from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
+
+from lake_mesh_consul._consul.client import ConsulClient, ConsulResponse
+from lake_mesh_consul._core.blocking import (
+    DEFAULT_WAIT,
+    Backoff,
+    BlockingIndex,
+    TokenBucket,
+    validate_wait,
+)
+from lake_mesh_consul._core.clock import SYSTEM_CLOCK, Clock
+from lake_mesh_consul._core.config import MeshConfig
+from lake_mesh_consul.errors import ConsulError, MeshError
+
+__all__ = [
+    "DEFAULT_RATE",
+    "Consistency",
+    "SharedWatch",
+    "Watch",
+    "WatchHub",
+    "WatchState",
+    "decode_json",
+]
+
+log = logging.getLogger("lake_mesh_consul.watch")
+
+T = TypeVar("T")
+
+#: ``"stale"`` (any server answers; default), ``"default"`` (the leader, may be briefly
+#: stale during an election) or ``"consistent"`` (the leader, after a quorum check).
+Consistency = Literal["stale", "default", "consistent"]
+
+#: Requests per second a watch may send once its burst is used up (token refill rate).
+DEFAULT_RATE = 10.0
+
+#: Token bucket capacity: two requests back to back, then ``rate`` per second.
+DEFAULT_BURST = 2
+
+#: The longest close() waits for the watch thread (and a running callback) to finish.
+CLOSE_TIMEOUT = 0.9
+
+#: A query parameter value: a string, or several for a repeated parameter (``tag``).
+ParamValue = str | Sequence[str]
+
+
+def decode_json(response: ConsulResponse) -> Any:
+    """Decode a watch answer as JSON (``None`` for a 404 or an empty body)."""
+    if response.status == 404:
+        return None
+    return response.json()
+
+
+@dataclass(frozen=True)
+class WatchState(Generic[T]):
+    """A watch's view at one moment, swapped atomically as a whole (readers never lock).
+
+    Attributes:
+        value: the last good decoded value (``None`` before the first answer, or after
+            invalidation without an ``invalidated_value``).
+        has_value: whether ``value`` holds a decoded answer (or the invalidated value).
+        index: the ``X-Consul-Index`` the next query will block on (0: none).
+        updated_at: clock reading of the last successful answer (``None``: never).
+        changed_at: clock reading of the last change of ``value``.
+        stale: whether the last attempt failed, so ``value`` may be out of date.
+        invalidated: whether ``value`` was dropped after ``invalidate_after``.
+        error: the last error while ``stale``.
+        failures: consecutive failed attempts.
+        known_leader: ``X-Consul-KnownLeader`` of the last answer.
+        last_contact: ``X-Consul-LastContact`` of the last answer, in seconds.
+        cache: ``X-Cache`` of the last answer (``"HIT"``/``"MISS"`` with ``cached``).
+    """
+
+    value: T | None = None
+    has_value: bool = False
+    index: int = 0
+    updated_at: float | None = None
+    changed_at: float | None = None
+    stale: bool = False
+    invalidated: bool = False
+    error: MeshError | None = None
+    failures: int = 0
+    known_leader: bool | None = None
+    last_contact: float | None = None
+    cache: str | None = None
+
+    def age(self, now: float) -> float | None:
+        """Seconds since the last successful answer at clock reading ``now`` (``None``: never)."""
+        return None if self.updated_at is None else max(0.0, now - self.updated_at)
+
+
+# --- an HTTP pool whose sockets can be shut from another thread ---------------------------
+
+
+class _Sockets:
+    """The live connections of one watch's pool, so close() can wake a parked read."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._conns: weakref.WeakSet[HTTPConnection] = weakref.WeakSet()
+        self.closed = False
+
+    def add(self, conn: HTTPConnection) -> None:
+        with self._lock:
+            self._conns.add(conn)
+            closed = self.closed
+        if closed:
+            _shut(conn)
+
+    def shut_all(self) -> None:
+        with self._lock:
+            self.closed = True
+            conns = list(self._conns)
+        for conn in conns:
+            _shut(conn)
+
+
+def _shut(conn: HTTPConnection) -> None:
+    sock = getattr(conn, "sock", None)
+    if sock is None:
+        return
+    try:
+        # shutdown (not close) wakes a recv() blocked in another thread with EOF.
+        sock.shutdown(socket.SHUT_RDWR)
+    except OSError:
+        pass
+
+
+def _poll_client(config: MeshConfig, sockets: _Sockets) -> ConsulClient:
+    """A ConsulClient of the watch's own, whose connections register in ``sockets``."""
+
+    class _Conn(HTTPConnection):
+        def connect(self) -> None:
+            if sockets.closed:
+                raise ConnectionAbortedError("watch closed")
+            super().connect()
+            sockets.add(self)
+
+    class _TLSConn(HTTPSConnection):
+        def connect(self) -> None:
+            if sockets.closed:
+                raise ConnectionAbortedError("watch closed")
+            super().connect()
+            sockets.add(self)
+
+    class _Pool(HTTPConnectionPool):
+        ConnectionCls = _Conn
+
+    class _TLSPool(HTTPSConnectionPool):
+        ConnectionCls = _TLSConn
+
+    client = ConsulClient(config)
+    for adapter in client.session.adapters.values():
+        manager = getattr(adapter, "poolmanager", None)
+        if manager is not None:
+            manager.pool_classes_by_scheme = {"http": _Pool, "https": _TLSPool}
+    return client
+
+
+# --- the watch -----------------------------------------------------------------------------
+
+
+class Watch(Generic[T]):
+    """Keep one blocking endpoint's decoded answer current, on a daemon thread.
+
+    Args:
+        client: the agent to ask (a ConsulClient or a MeshConfig). The watch opens a
+            connection pool of its own from its configuration, so that :meth:`close` can
+            interrupt a parked long poll without touching anyone else's connections.
+        path: the API path, e.g. ``/v1/health/service/web``.
+        params: query parameters (a sequence value repeats the parameter: ``tag``).
+            ``index``, ``wait`` and the consistency flags are added by the watch.
+        decode: turns an answer (status 200, or 404 with ``allow_404``) into the value;
+            runs on the watch thread; an exception counts as a failed attempt (the index
+            does not advance, the last good value stays).
+        on_change: called with each new value (the first included) on the watch thread.
+        on_error: called with each failure on the watch thread (for logging/metrics).
+        wait: the blocking wait in seconds, ``0 < wait <= 600``.
+        consistency: ``"stale"`` (default), ``"default"`` or ``"consistent"``.
+        max_stale: with ``"stale"``: when an answer's ``X-Consul-LastContact`` exceeds this
+            many seconds, read again from the leader (the stale answer is kept if that fails).
+        cached: ask the agent cache (``?cached``) where the endpoint supports it.
+        equal: decides whether a new value equals the current one (no notification).
+        backoff: pauses between failed attempts.
+        rate: token refill rate (requests per second) once the burst is used.
+        burst: token bucket capacity.
+        invalidate_after: drop the last good value once Consul has failed for longer than
+            this many seconds since the last good answer (``None``: keep it forever).
+        invalidated_value: the value that replaces a dropped one (listeners are told);
+            ``None`` leaves :attr:`current` ``None`` and tells nobody.
+        allow_404: pass 404 answers to ``decode`` (a KV prefix with no keys).
+        name: shown in logs and the thread name.
+        clock: time source (backoff pauses and ages use it).
+        rng: randomness for jitter.
+
+    Thread-safety: every public method may be called from any thread. :attr:`current` and
+    :attr:`state` read one reference (no lock). Listeners run one at a time, in order, on
+    the watch thread; they must not block for long.
+
+    Raises:
+        ValueError: from the constructor for an invalid wait, rate or burst.
+    """
+
+    def __init__(
+        self,
+        client: ConsulClient | MeshConfig,
+        path: str,
+        params: Mapping[str, ParamValue] | None = None,
+        *,
+        decode: Callable[[ConsulResponse], T],
+        on_change: Callable[[T], None] | None = None,
+        on_error: Callable[[MeshError], None] | None = None,
+        wait: float = DEFAULT_WAIT,
+        consistency: Consistency = "stale",
+        max_stale: float | None = None,
+        cached: bool = False,
+        equal: Callable[[T, T], bool] | None = None,
+        backoff: Backoff | None = None,
+        rate: float = DEFAULT_RATE,
+        burst: int = DEFAULT_BURST,
+        invalidate_after: float | None = None,
+        invalidated_value: T | None = None,
+        allow_404: bool = True,
+        name: str | None = None,
+        clock: Clock = SYSTEM_CLOCK,
+        rng: random.Random | None = None,
+    ) -> None:
+        if consistency not in ("stale", "default", "consistent"):
+            raise ValueError(f"consistency must be stale, default or consistent: {consistency!r}")
+        if invalidate_after is not None and invalidate_after < 0:
+            raise ValueError("invalidate_after must be >= 0 seconds")
+        self.config = client.config if isinstance(client, ConsulClient) else client
+        self.path = path
+        self.params: dict[str, ParamValue] = dict(params or {})
+        self.name = name or path
+        self.wait = validate_wait(wait)
+        self.consistency: Consistency = consistency
+        self.max_stale = max_stale
+        self.cached = cached
+        self.invalidate_after = invalidate_after
+        self.allow_404 = allow_404
+        self._decode = decode
+        self._equal: Callable[[T, T], bool] = equal or _default_equal
+        self._on_error = on_error
+        self._invalidated_value = invalidated_value
+        self._backoff = backoff or Backoff()
+        self._bucket = TokenBucket(rate=rate, burst=burst)
+        self._clock = clock
+        self._rng = rng or random.Random()
+        self._state: WatchState[T] = WatchState()
+        self._index = BlockingIndex()
+        self._listeners: tuple[Callable[[T], None], ...] = (on_change,) if on_change else ()
+        self._listeners_lock = threading.Lock()
+        self._dispatch_lock = threading.RLock()
+        self._closed = threading.Event()
+        self._wake = threading.Event()
+        self._first = threading.Event()
+        self._first_outcome = threading.Event()
+        self._start_lock = threading.Lock()
+        self._close_started = False
+        self._thread: threading.Thread | None = None
+        self._sockets = _Sockets()
+        self._poll = _poll_client(self.config, self._sockets)
+        #: HTTP requests sent so far (every attempt, successful or not).
+        self.requests = 0
+        #: Answers whose decoded value changed (notifications sent).
+        self.changes = 0
+        #: Times the index went backwards and was reset.
+        self.resets = 0
+
+    # -- reading ------------------------------------------------------------------------------
+
+    @property
+    def state(self) -> WatchState[T]:
+        """The current :class:`WatchState` (one atomic read)."""
+        return self._state
+
+    @property
+    def current(self) -> T | None:
+        """The last good value (``None`` before the first answer)."""
+        return self._state.value
+
+    @property
+    def stale(self) -> bool:
+        """Whether the last attempt failed and :attr:`current` may be out of date."""
+        return self._state.stale
+
+    def age(self) -> float | None:
+        """Seconds since the last successful answer (``None``: never had one)."""
+        return self._state.age(self._clock.monotonic())
+
+    @property
+    def closed(self) -> bool:
+        """Whether :meth:`close` was called."""
+        return self._closed.is_set()
+
+    def wait_first(self, timeout: float | None, *, or_error: bool = False) -> bool:
+        """Wait until the first answer is in (starting the watch if needed).
+
+        Args:
+            timeout: seconds to wait at most (``None``: forever).
+            or_error: also return at the first failed attempt.
+
+        Returns:
+            Whether a value is available (from an answer, or before this call).
+        """
+        self.start()
+        event = self._first_outcome if or_error else self._first
+        if not event.is_set():
+            self._clock.wait(event, timeout)
+        return self._state.has_value
+
+    # -- listening ------------------------------------------------------------------------------
+
+    def subscribe(
+        self, listener: Callable[[T], None], *, replay: bool = False
+    ) -> Callable[[], None]:
+        """Call ``listener`` with each new value; return a function that unsubscribes.
+
+        With ``replay`` the listener first gets the current value (if there is one), in
+        order with later changes (never a newer value before an older one).
+        """
+        with self._dispatch_lock:
+            with self._listeners_lock:
+                self._listeners = (*self._listeners, listener)
+            state = self._state
+            if replay and state.has_value and not self.closed:
+                _call(listener, cast(T, state.value), self.name)
+
+        def unsubscribe() -> None:
+            with self._listeners_lock:
+                listeners = list(self._listeners)
+                if listener in listeners:
+                    listeners.remove(listener)
+                self._listeners = tuple(listeners)
+
+        return unsubscribe
+
+    # -- life cycle ------------------------------------------------------------------------------
+
+    def start(self) -> Watch[T]:
+        """Start the background thread (idempotent); returns ``self``."""
+        with self._start_lock:
+            if self._thread is None and not self.closed:
+                self._thread = threading.Thread(
+                    target=self._run, name=f"lake-mesh-watch:{self.name}", daemon=True
+                )
+                self._thread.start()
+        return self
+
+    def close(self) -> None:
+        """Stop watching: returns within about a second, and no callback starts afterwards.
+
+        A long poll parked in the agent is interrupted by shutting its socket. If a
+        listener is running on the watch thread, close waits for it (up to the same
+        second). Idempotent; may be called from a listener.
+        """
+        with self._start_lock:
+            if self._close_started:
+                return
+            self._close_started = True
+        self._interrupt()
+        thread = self._thread
+        if thread is not None and thread is not threading.current_thread():
+            deadline = _monotonic() + CLOSE_TIMEOUT
+            thread.join(CLOSE_TIMEOUT)
+            # Wait out a listener that is still running (it holds the dispatch lock).
+            if self._dispatch_lock.acquire(timeout=max(0.0, deadline - _monotonic())):
+                self._dispatch_lock.release()
+        self._poll.close()
+
+    def _interrupt(self) -> None:
+        """Mark closed and wake the thread wherever it is parked (no waiting)."""
+        self._closed.set()
+        self._wake.set()
+        self._first_outcome.set()
+        self._sockets.shut_all()
+
+    def __enter__(self) -> Watch[T]:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        state = self._state
+        return (
+            f"Watch({self.name!r}, index={state.index}, stale={state.stale}, "
+            f"requests={self.requests}, closed={self.closed})"
+        )
+
+    # -- the loop ---------------------------------------------------------------------------------
+
+    def _pause(self, seconds: float) -> bool:
+        """Pause ``seconds`` on the clock; True when closed meanwhile."""
+        if seconds > 0 and not self._closed.is_set():
+            self._clock.wait(self._wake, seconds)
+        return self._closed.is_set()
+
+    def _run(self) -> None:
+        try:
+            while not self._closed.is_set():
+                self._bucket, delay = self._bucket.reserve(self._clock.monotonic())
+                if self._pause(delay):
+                    return
+                try:
+                    response = self._fetch()
+                    if self._closed.is_set():
+                        return
+                    self._on_answer(response)
+                except MeshError as exc:
+                    if self._closed.is_set():
+                        return
+                    self._on_failure(exc)
+                    if self._pause(self._backoff.delay(self._state.failures, self._rng)):
+                        return
+        except Exception:  # a bug: log it, keep the last good value, stop the thread
+            log.exception("watch %s stopped by an unexpected error", self.name)
+            self._state = dataclasses.replace(self._state, stale=True)
+
+    def _query(self, *, blocking: bool, consistency: Consistency) -> dict[str, Any]:
+        query: dict[str, Any] = {
+            k: v if isinstance(v, str) else list(v) for k, v in self.params.items()
+        }
+        if consistency != "default":
+            query[consistency] = ""
+        if self.cached:
+            query["cached"] = ""
+        index = self._index.query_value
+        if blocking and index is not None:
+            query["index"] = str(index)
+        return query
+
+    def _get(self, query: dict[str, Any], wait: float | None) -> ConsulResponse:
+        self.requests += 1
+        return self._poll.request(
+            "GET",
+            self.path,
+            operation=f"watch {self.name}",
+            params=query,
+            wait=wait,
+            allow_404=self.allow_404,
+        )
+
+    def _fetch(self) -> ConsulResponse:
+        blocking = self._index.query_value is not None
+        query = self._query(blocking=True, consistency=self.consistency)
+        response = self._get(query, self.wait if blocking else None)
+        if (
+            self.consistency == "stale"
+            and self.max_stale is not None
+            and response.last_contact is not None
+            and response.last_contact > self.max_stale
+            and not self._closed.is_set()
+        ):
+            # Too stale: ask the leader once, without blocking (Consul DNS's max_stale).
+            try:
+                response = self._get(self._query(blocking=False, consistency="default"), None)
+            except MeshError as exc:
+                log.debug(
+                    "watch %s: leader re-read failed, keeping stale answer: %s", self.name, exc
+                )
+        return response
+
+    def _on_answer(self, response: ConsulResponse) -> None:
+        previous = self._index
+        step = previous.observe(response.index)
+        if step.reset:
+            self.resets += 1
+            log.info(
+                "watch %s: index went backwards (%d -> %d), reset",
+                self.name,
+                previous.value,
+                response.index,
+            )
+        now = self._clock.monotonic()
+        state = self._state
+        if state.failures:
+            log.info("watch %s: recovered after %d failed attempt(s)", self.name, state.failures)
+        if not step.changed and state.has_value and not state.invalidated:
+            self._index = step.index
+            self._state = _fresh(state, response, now, step.index.value)
+            return
+        try:
+            value = self._decode(response)
+        except Exception as exc:  # a corrupt answer: keep the old index, read it again
+            raise ConsulError(f"watch {self.name}: undecodable answer: {exc}") from exc
+        self._index = step.index
+        if state.has_value and not state.invalidated and self._equal(cast(T, state.value), value):
+            self._state = _fresh(state, response, now, step.index.value)
+            return
+        self._state = _fresh(
+            dataclasses.replace(
+                state, value=value, has_value=True, invalidated=False, changed_at=now
+            ),
+            response,
+            now,
+            step.index.value,
+        )
+        self.changes += 1
+        self._first.set()
+        self._first_outcome.set()
+        self._dispatch(value)
+
+    def _on_failure(self, exc: MeshError) -> None:
+        state = self._state
+        failures = state.failures + 1
+        if failures == 1:
+            log.warning("watch %s: %s (serving the last known value)", self.name, exc)
+        else:
+            log.debug("watch %s: attempt %d failed: %s", self.name, failures, exc)
+        new = dataclasses.replace(state, stale=True, error=exc, failures=failures)
+        invalidate = (
+            self.invalidate_after is not None
+            and state.has_value
+            and not state.invalidated
+            and state.updated_at is not None
+            and self._clock.monotonic() - state.updated_at > self.invalidate_after
+        )
+        if invalidate:
+            log.warning(
+                "watch %s: last value older than %gs, invalidated", self.name, self.invalidate_after
+            )
+            replacement = self._invalidated_value
+            new = dataclasses.replace(
+                new,
+                value=replacement,
+                has_value=replacement is not None,
+                invalidated=True,
+                changed_at=self._clock.monotonic(),
+            )
+        self._state = new
+        self._first_outcome.set()
+        if self._on_error is not None:
+            try:
+                self._on_error(exc)
+            except Exception:
+                log.exception("watch %s: on_error callback failed", self.name)
+        if invalidate and self._invalidated_value is not None:
+            self._dispatch(self._invalidated_value)
+
+    def _dispatch(self, value: T) -> None:
+        with self._dispatch_lock:
+            for listener in self._listeners:
+                if self._closed.is_set():
+                    return
+                _call(listener, value, self.name)
+
+
+def _fresh(state: WatchState[T], response: ConsulResponse, now: float, index: int) -> WatchState[T]:
+    """``state`` after a successful answer: not stale, headers and freshness updated."""
+    return dataclasses.replace(
+        state,
+        index=index,
+        updated_at=now,
+        stale=False,
+        error=None,
+        failures=0,
+        known_leader=response.known_leader,
+        last_contact=response.last_contact,
+        cache=response.cache,
+    )
+
+
+def _default_equal(a: Any, b: Any) -> bool:
+    return bool(a == b)
+
+
+def _call(listener: Callable[[T], None], value: T, name: str) -> None:
+    try:
+        listener(value)
+    except Exception:
+        log.exception("watch %s: listener %r failed", name, listener)
+
+
+def _monotonic() -> float:
+    # close() bounds real time, whatever clock drives the loop.
+    import time
+
+    return time.monotonic()
+
+
+# --- single flight --------------------------------------------------------------------------
+
+
+class SharedWatch(Generic[T]):
+    """One consumer's handle on a :class:`Watch` shared through a :class:`WatchHub`.
+
+    Reading (:attr:`current`, :attr:`state`, :meth:`age`) goes to the shared watch;
+    listeners subscribed through this handle are removed by :meth:`close`, which also
+    releases the handle's reference (the watch stops when the last handle is closed).
+
+    Thread-safety: like :class:`Watch`.
+    """
+
+    def __init__(self, hub: WatchHub, key: tuple[Any, ...], watch: Watch[T]) -> None:
+        self._hub = hub
+        self._key = key
+        self.watch = watch
+        self._unsubscribers: list[Callable[[], None]] = []
+        self._lock = threading.Lock()
+        self._closed = False
+
+    @property
+    def current(self) -> T | None:
+        """The shared watch's last good value."""
+        return self.watch.current
+
+    @property
+    def state(self) -> WatchState[T]:
+        """The shared watch's state."""
+        return self.watch.state
+
+    def age(self) -> float | None:
+        """Seconds since the shared watch's last successful answer."""
+        return self.watch.age()
+
+    def wait_first(self, timeout: float | None, *, or_error: bool = False) -> bool:
+        """See :meth:`Watch.wait_first`."""
+        return self.watch.wait_first(timeout, or_error=or_error)
+
+    def subscribe(
+        self, listener: Callable[[T], None], *, replay: bool = False
+    ) -> Callable[[], None]:
+        """See :meth:`Watch.subscribe`; the listener is also removed by :meth:`close`."""
+        unsubscribe = self.watch.subscribe(listener, replay=replay)
+        with self._lock:
+            self._unsubscribers.append(unsubscribe)
+        return unsubscribe
+
+    def close(self) -> None:
+        """Remove this handle's listeners and release it. Idempotent."""
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            unsubscribers, self._unsubscribers = self._unsubscribers, []
+        for unsubscribe in unsubscribers:
+            unsubscribe()
+        self._hub._release(self._key)
+
+    def __enter__(self) -> SharedWatch[T]:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class WatchHub:
+    """Single flight: one :class:`Watch` per (path, parameters, options), shared by handles.
+
+    :meth:`watch` returns a :class:`SharedWatch`; consumers asking for the same path,
+    parameters (order does not matter) and options share one blocking query. The ``decode``
+    of the first consumer is used for everyone: it must depend only on the answer.
+
+    Args:
+        client: the agent (ConsulClient or MeshConfig).
+        clock: time source of the watches.
+        rng: randomness for jitter (one per hub; watches get their own seeded from it).
+        defaults: default keyword arguments for every :class:`Watch` (``wait``, ``rate``,
+            ``backoff``...), overridden per call.
+
+    Thread-safety: every method may be called from any thread.
+
+    Example:
+        >>> hub = WatchHub.shared(MeshConfig())            # doctest: +SKIP
+        >>> a = hub.watch("/v1/health/service/web", {"passing": "1"}, decode=decode_json)
+        >>> b = hub.watch("/v1/health/service/web", {"passing": "1"}, decode=decode_json)
+        >>> a.watch is b.watch                              # one blocking query
+        True
+    """
+
+    _shared: dict[MeshConfig, WatchHub] = {}  # noqa: RUF012 - process-wide registry
+    _shared_lock = threading.Lock()
+
+    def __init__(
+        self,
+        client: ConsulClient | MeshConfig,
+        *,
+        clock: Clock = SYSTEM_CLOCK,
+        rng: random.Random | None = None,
+        **defaults: Any,
+    ) -> None:
+        self.config = client.config if isinstance(client, ConsulClient) else client
+        self._clock = clock
+        self._rng = rng or random.Random()
+        self._defaults = defaults
+        self._lock = threading.Lock()
+        self._entries: dict[tuple[Any, ...], tuple[Watch[Any], int]] = {}
+        self._closed_requests = 0
+        self._closed = False
+
+    @classmethod
+    def shared(cls, client: ConsulClient | MeshConfig) -> WatchHub:
+        """The process-wide hub for one agent configuration (real clock), created once."""
+        config = client.config if isinstance(client, ConsulClient) else client
+        with cls._shared_lock:
+            hub = cls._shared.get(config)
+            if hub is None or hub._closed:
+                hub = cls(config)
+                cls._shared[config] = hub
+            return hub
+
+    @staticmethod
+    def key(path: str, params: Mapping[str, ParamValue] | None, **options: Any) -> tuple[Any, ...]:
+        """The single-flight key: path, sorted parameters (sorted repeated values), options."""
+        norm = []
+        for name, value in (params or {}).items():
+            values = (value,) if isinstance(value, str) else tuple(sorted(value))
+            norm.append((name, values))
+        opts = tuple(sorted((k, repr(v)) for k, v in options.items()))
+        return (path, tuple(sorted(norm)), opts)
+
+    def watch(
+        self,
+        path: str,
+        params: Mapping[str, ParamValue] | None = None,
+        *,
+        decode: Callable[[ConsulResponse], T],
+        name: str | None = None,
+        **options: Any,
+    ) -> SharedWatch[T]:
+        """A handle on the (started) watch of ``path`` and ``params``, creating it if needed.
+
+        ``options`` are :class:`Watch` keyword arguments; they are part of the key.
+
+        Raises:
+            MeshError: the hub is closed (a ConsulError).
+            ValueError: invalid options.
+        """
+        merged = {**self._defaults, **options}
+        key = self.key(path, params, **merged)
+        with self._lock:
+            if self._closed:
+                raise ConsulError("the watch hub is closed")
+            entry = self._entries.get(key)
+            if entry is None or entry[0].closed:
+                watch: Watch[Any] = Watch(
+                    self.config,
+                    path,
+                    params,
+                    decode=decode,
+                    name=name,
+                    clock=self._clock,
+                    rng=random.Random(self._rng.random()),
+                    **merged,
+                )
+                self._entries[key] = (watch, 1)
+            else:
+                watch, refs = entry
+                self._entries[key] = (watch, refs + 1)
+        watch.start()
+        return SharedWatch(self, key, watch)
+
+    def _release(self, key: tuple[Any, ...]) -> None:
+        to_close: Watch[Any] | None = None
+        with self._lock:
+            entry = self._entries.get(key)
+            if entry is None:
+                return
+            watch, refs = entry
+            if refs <= 1:
+                del self._entries[key]
+                self._closed_requests += watch.requests
+                to_close = watch
+            else:
+                self._entries[key] = (watch, refs - 1)
+        if to_close is not None:
+            to_close.close()
+
+    def watches(self) -> Iterator[Watch[Any]]:
+        """The live watches (a snapshot of the list)."""
+        with self._lock:
+            entries = list(self._entries.values())
+        return iter([watch for watch, _ in entries])
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._entries)
+
+    @property
+    def requests(self) -> int:
+        """HTTP requests sent by every watch of this hub, closed ones included."""
+        with self._lock:
+            return self._closed_requests + sum(w.requests for w, _ in self._entries.values())
+
+    def close(self) -> None:
+        """Close every watch (within about a second each, in parallel). Idempotent."""
+        with self._lock:
+            self._closed = True
+            watches = [w for w, _ in self._entries.values()]
+            self._closed_requests += sum(w.requests for w in watches)
+            self._entries.clear()
+        for watch in watches:  # wake every parked poll first, then wait for each
+            watch._interrupt()
+        for watch in watches:
+            watch.close()
+
+    def __enter__(self) -> WatchHub:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
