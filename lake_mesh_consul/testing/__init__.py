@@ -1,9 +1,13 @@
 """Helpers for testing services that use lake_mesh_consul: public API.
 
 * :class:`FakeClock` - virtual time for breakers, ejection, TTLs and backoff.
+* :class:`DevAgent` - a ``consul agent -dev`` process on free loopback ports that a test can
+  stop, restart, pause and resume; :func:`find_consul_binary` finds the binary it runs.
+* :class:`ConsulAgentHandle` - what the pytest plugin's fixtures hand a test.
 * The pytest plugin (:mod:`lake_mesh_consul.testing.plugin`, registered through the
-  ``pytest11`` entry point) provides a session-wide ``consul_agent`` fixture backed by a
-  real Consul agent.
+  ``pytest11`` entry point) provides the session-wide ``consul_agent`` fixture backed by a
+  real Consul agent (an external address, a container, or the binary), plus
+  ``dedicated_consul_agent``, ``consul_acl_agent``, ``mesh_config`` and ``unique_name``.
 
 Names load lazily so that importing this package starts nothing.
 """
@@ -11,12 +15,20 @@ Names load lazily so that importing this package starts nothing.
 from __future__ import annotations
 
 import importlib
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-__all__ = ["FakeClock"]
+if TYPE_CHECKING:
+    from lake_mesh_consul.testing._agent import DevAgent, find_consul_binary
+    from lake_mesh_consul.testing.clock import FakeClock
+    from lake_mesh_consul.testing.plugin import ConsulAgentHandle
+
+__all__ = ["ConsulAgentHandle", "DevAgent", "FakeClock", "find_consul_binary"]
 
 _EXPORTS: dict[str, str] = {
+    "ConsulAgentHandle": "lake_mesh_consul.testing.plugin",
+    "DevAgent": "lake_mesh_consul.testing._agent",
     "FakeClock": "lake_mesh_consul.testing.clock",
+    "find_consul_binary": "lake_mesh_consul.testing._agent",
 }
 
 
