@@ -688,6 +688,16 @@ class CircuitBreaker:
         """Report that ``permit``'s call failed (``error`` is for pybreaker's listeners)."""
         self._record(permit, True, duration, error)
 
+    def observe(
+        self, *, success: bool, duration: float = 0.0, error: BaseException | None = None
+    ) -> None:
+        """Record the outcome of a call made without a permit (e.g. by a balancer).
+
+        Counted while closed or metrics_only (it can trip the breaker); ignored while open or
+        half_open, where only admitted probes decide.
+        """
+        self._record(Permit(self, self._epoch, False, 0.0), not success, duration, error)
+
     def record_exception(self, permit: Permit, exc: BaseException) -> None:
         """Classify ``exc`` with the policy: failure, or release for ignored/non-Exception."""
         p = self.policy

@@ -1,0 +1,771 @@
+"""FailureDetector: outcome classification, failure accrual and Envoy-style outlier ejection.
+
+Every finished request is classified (:class:`OutcomeKind`) and fed to per-endpoint
+accrual. An endpoint is *ejected* (unavailable for picks) when, while not ejected:
+
+* ``consecutive_failures`` failures in a row (Envoy ``consecutive_5xx``, default 5), or
+  ``consecutive_gateway_failures`` gateway errors in a row (502/503/504 only; Envoy's
+  ``consecutive_gateway_failure``, off by default as Envoy enforces it at 0%);
+* the failure rate or the slow-call rate over a sliding window reaches its threshold, once
+  the window holds ``minimum_calls`` outcomes (Resilience4j: 50%, 100 calls, 100 minimum);
+* optionally, every ``interval`` (10 s), its success rate falls below
+  ``mean - 1.9 * stdev`` of its peers' (Envoy success-rate outlier detection: only hosts with
+  at least 100 requests in the interval count, and only when at least 5 such hosts exist).
+
+An ejection lasts ``base_ejection_time * n`` (n = times ejected; 30 s base), capped at
+``max_ejection_time`` (300 s), plus up to ``ejection_jitter`` seconds. Like Envoy, n goes
+down by one for each full ``interval`` the endpoint spends un-ejected. At most
+``max_ejection_percent`` (10%) of a service's endpoints are ejected at once, but always at
+least one (Envoy's rule); an ejection refused by that cap is an ``overflow`` event. Returns
+are noticed lazily (on ``is_available``, ``record``, ``state`` or ``sweep``): no thread.
+
+The detector implements the ports :class:`~lake_mesh_consul._core.ports.EndpointGate` and
+:class:`~lake_mesh_consul._core.ports.OutcomeRecorder`. With a ``breaker`` policy it also owns
+one :class:`~lake_mesh_consul._core.breaker.CircuitBreaker` per endpoint (keyed by identity):
+an open breaker makes its endpoint unavailable too.
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+import math
+import random
+import socket
+import threading
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field, replace
+from typing import Literal
+
+from lake_mesh_consul._core.breaker import (
+    BreakerListener,
+    BreakerPolicy,
+    BreakerSnapshot,
+    CircuitBreaker,
+    Permit,
+    SlidingWindow,
+    WindowPolicy,
+)
+from lake_mesh_consul._core.clock import SYSTEM_CLOCK, Clock
+from lake_mesh_consul._core.endpoint import ServiceEndpoint
+from lake_mesh_consul.errors import DeadlineExceeded, InvalidSetting
+
+__all__ = [
+    "ClassificationPolicy",
+    "DetectorPolicy",
+    "EjectionEvent",
+    "EjectionListener",
+    "EjectionPolicy",
+    "EndpointState",
+    "FailureDetector",
+    "OutcomeKind",
+    "OutlierPolicy",
+    "classify",
+]
+
+_log = logging.getLogger(__name__)
+
+#: Envoy's ``consecutive_5xx`` default.
+DEFAULT_CONSECUTIVE_FAILURES = 5
+#: Envoy's ``consecutive_gateway_failure`` default (enforced only when set here).
+DEFAULT_CONSECUTIVE_GATEWAY_FAILURES = 5
+#: Envoy's outlier-detection ``interval``: success-rate sweeps and multiplier decay.
+DEFAULT_INTERVAL = 10.0
+#: Envoy's ``base_ejection_time``.
+DEFAULT_BASE_EJECTION_TIME = 30.0
+#: Envoy's ``max_ejection_time``.
+DEFAULT_MAX_EJECTION_TIME = 300.0
+#: Envoy's ``max_ejection_percent`` (at least one endpoint may always be ejected).
+DEFAULT_MAX_EJECTION_PERCENT = 10.0
+#: Envoy's ``max_ejection_time_jitter`` default (0: no jitter unless configured).
+DEFAULT_EJECTION_JITTER = 0.0
+#: Envoy's ``success_rate_minimum_hosts``.
+DEFAULT_SUCCESS_RATE_MINIMUM_HOSTS = 5
+#: Envoy's ``success_rate_request_volume`` (per interval).
+DEFAULT_SUCCESS_RATE_REQUEST_VOLUME = 100
+#: Envoy's ``success_rate_stdev_factor`` (1900 / 1000).
+DEFAULT_SUCCESS_RATE_STDEV_FACTOR = 1.9
+#: The gateway errors: 502, 503, 504 (Envoy's ``consecutive_gateway_failure``).
+GATEWAY_STATUSES = frozenset({502, 503, 504})
+#: Statuses meaning "throttled": not the endpoint's fault alone, but a failure by default.
+THROTTLE_STATUSES = frozenset({429})
+#: How far down ``__cause__``/``__context__`` classification looks.
+MAX_CAUSE_DEPTH = 8
+
+
+class OutcomeKind(str, enum.Enum):
+    """How a request ended, as far as failure detection and retries care.
+
+    ``CONNECT_FAILURE`` means the request was never sent (refused, unreachable, DNS,
+    connect timeout): safe to retry even for non-idempotent methods. ``RESET`` means the
+    connection broke after it may have been sent.
+    """
+
+    SUCCESS = "success"
+    CLIENT_ERROR = "client_error"
+    THROTTLED = "throttled"
+    SERVER_ERROR = "server_error"
+    GATEWAY_ERROR = "gateway_error"
+    CONNECT_FAILURE = "connect_failure"
+    RESET = "reset"
+    TIMEOUT = "timeout"
+    ERROR = "error"
+    IGNORED = "ignored"
+
+
+#: The kinds counted as failures by default: 4xx other than 429 are the caller's fault.
+DEFAULT_FAILURE_KINDS = frozenset(
+    {
+        OutcomeKind.THROTTLED,
+        OutcomeKind.SERVER_ERROR,
+        OutcomeKind.GATEWAY_ERROR,
+        OutcomeKind.CONNECT_FAILURE,
+        OutcomeKind.RESET,
+        OutcomeKind.TIMEOUT,
+        OutcomeKind.ERROR,
+    }
+)
+
+
+@dataclass(frozen=True, slots=True)
+class ClassificationPolicy:
+    """Which outcomes are failures.
+
+    Attributes:
+        failure_kinds: kinds counted as failures (default: everything but success,
+            client errors and ignored; remove ``THROTTLED`` to not count 429).
+        gateway_statuses: statuses classified ``GATEWAY_ERROR``.
+        throttle_statuses: statuses classified ``THROTTLED``.
+        failure_statuses: further statuses below 500 to classify ``SERVER_ERROR`` (e.g. 408).
+        ignore_exceptions: exceptions classified ``IGNORED`` (business errors).
+        timeout_exceptions: further exception types classified ``TIMEOUT``.
+        connect_exceptions: further exception types classified ``CONNECT_FAILURE``.
+    """
+
+    failure_kinds: frozenset[OutcomeKind] = DEFAULT_FAILURE_KINDS
+    gateway_statuses: frozenset[int] = GATEWAY_STATUSES
+    throttle_statuses: frozenset[int] = THROTTLE_STATUSES
+    failure_statuses: frozenset[int] = frozenset()
+    ignore_exceptions: tuple[type[BaseException], ...] = ()
+    timeout_exceptions: tuple[type[BaseException], ...] = ()
+    connect_exceptions: tuple[type[BaseException], ...] = ()
+
+    def is_failure(self, kind: OutcomeKind) -> bool:
+        """Whether ``kind`` counts as a failure under this policy."""
+        return kind in self.failure_kinds
+
+
+_DEFAULT_CLASSIFICATION = ClassificationPolicy()
+
+
+def _classify_status(status: int, p: ClassificationPolicy) -> OutcomeKind:
+    if status in p.gateway_statuses:
+        return OutcomeKind.GATEWAY_ERROR
+    if status in p.throttle_statuses:
+        return OutcomeKind.THROTTLED
+    if status >= 500 or status in p.failure_statuses:
+        return OutcomeKind.SERVER_ERROR
+    if status >= 400:
+        return OutcomeKind.CLIENT_ERROR
+    return OutcomeKind.SUCCESS
+
+
+def _classify_one(exc: BaseException, p: ClassificationPolicy) -> OutcomeKind | None:
+    if p.ignore_exceptions and isinstance(exc, p.ignore_exceptions):
+        return OutcomeKind.IGNORED
+    if p.connect_exceptions and isinstance(exc, p.connect_exceptions):
+        return OutcomeKind.CONNECT_FAILURE
+    if p.timeout_exceptions and isinstance(exc, p.timeout_exceptions):
+        return OutcomeKind.TIMEOUT
+    if isinstance(exc, (ConnectionRefusedError, socket.gaierror)):
+        return OutcomeKind.CONNECT_FAILURE
+    if isinstance(exc, (ConnectionResetError, ConnectionAbortedError, BrokenPipeError)):
+        return OutcomeKind.RESET
+    if isinstance(exc, (TimeoutError, DeadlineExceeded)):
+        return OutcomeKind.TIMEOUT
+    # Foreign libraries we may not import in the core (requests, urllib3): by class name.
+    names = [c.__name__ for c in type(exc).__mro__]
+    if "ConnectTimeout" in names or "ConnectTimeoutError" in names:
+        return OutcomeKind.CONNECT_FAILURE
+    if any("Timeout" in n for n in names):
+        return OutcomeKind.TIMEOUT
+    if "NewConnectionError" in names or "NameResolutionError" in names:
+        return OutcomeKind.CONNECT_FAILURE
+    for attr in ("status", "status_code", "code"):
+        value = getattr(exc, attr, None)
+        if isinstance(value, int) and 100 <= value <= 599:
+            return _classify_status(value, p)
+    return None
+
+
+def classify(
+    *,
+    error: BaseException | None = None,
+    status: int | None = None,
+    policy: ClassificationPolicy = _DEFAULT_CLASSIFICATION,
+) -> OutcomeKind:
+    """Classify one outcome: an exception (with its causes) or an HTTP status.
+
+    Exceptions: refused/unreachable/DNS/connect-timeout -> ``CONNECT_FAILURE``;
+    reset/aborted/broken pipe -> ``RESET``; timeouts (also foreign ``*Timeout*`` classes)
+    -> ``TIMEOUT``; an exception carrying an HTTP ``status``/``status_code``/``code`` -> by
+    status; ``__cause__``/``__context__`` are followed (requests wraps urllib3 wraps the
+    socket error); anything else -> ``ERROR``. Statuses: 502/503/504 ->
+    ``GATEWAY_ERROR``, 429 -> ``THROTTLED``, other 5xx -> ``SERVER_ERROR``, other 4xx ->
+    ``CLIENT_ERROR``, else ``SUCCESS``. Pure function.
+    """
+    if error is not None:
+        seen: set[int] = set()
+        exc: BaseException | None = error
+        depth = 0
+        while exc is not None and depth < MAX_CAUSE_DEPTH and id(exc) not in seen:
+            seen.add(id(exc))
+            kind = _classify_one(exc, policy)
+            if kind is not None:
+                return kind
+            exc = exc.__cause__ or exc.__context__
+            depth += 1
+        return OutcomeKind.ERROR
+    if status is not None:
+        return _classify_status(status, policy)
+    return OutcomeKind.SUCCESS
+
+
+@dataclass(frozen=True, slots=True)
+class EjectionPolicy:
+    """How long and how many endpoints are ejected (Envoy's outlier-detection knobs).
+
+    Attributes:
+        base_ejection_time: seconds, multiplied by the number of ejections.
+        max_ejection_time: cap on one ejection (before jitter).
+        max_ejection_percent: at most this share of a service's endpoints ejected at once
+            (at least one endpoint may always be ejected).
+        ejection_jitter: up to this many random seconds added to each ejection.
+    """
+
+    base_ejection_time: float = DEFAULT_BASE_EJECTION_TIME
+    max_ejection_time: float = DEFAULT_MAX_EJECTION_TIME
+    max_ejection_percent: float = DEFAULT_MAX_EJECTION_PERCENT
+    ejection_jitter: float = DEFAULT_EJECTION_JITTER
+
+    def __post_init__(self) -> None:
+        if not self.base_ejection_time > 0:
+            raise InvalidSetting("ejection.base_ejection_time", "must be > 0")
+        if self.max_ejection_time < self.base_ejection_time:
+            raise InvalidSetting("ejection.max_ejection_time", "must be >= base_ejection_time")
+        if not 0 <= self.max_ejection_percent <= 100:
+            raise InvalidSetting("ejection.max_ejection_percent", "must be within [0, 100]")
+        if self.ejection_jitter < 0:
+            raise InvalidSetting("ejection.ejection_jitter", "must be >= 0")
+
+
+@dataclass(frozen=True, slots=True)
+class OutlierPolicy:
+    """Envoy's success-rate outlier detection against peers (off by default).
+
+    Attributes:
+        enabled: run the per-interval sweep.
+        minimum_hosts: endpoints with enough volume needed before anyone is judged.
+        request_volume: requests an endpoint needs in the interval to be judged.
+        stdev_factor: eject below ``mean - stdev_factor * stdev``.
+    """
+
+    enabled: bool = False
+    minimum_hosts: int = DEFAULT_SUCCESS_RATE_MINIMUM_HOSTS
+    request_volume: int = DEFAULT_SUCCESS_RATE_REQUEST_VOLUME
+    stdev_factor: float = DEFAULT_SUCCESS_RATE_STDEV_FACTOR
+
+
+def _default_window() -> WindowPolicy:
+    return WindowPolicy()
+
+
+@dataclass(frozen=True, slots=True)
+class DetectorPolicy:
+    """Everything a :class:`FailureDetector` decides by. Change with ``dataclasses.replace``.
+
+    Attributes:
+        consecutive_failures: failures in a row that eject; ``None`` disables.
+        consecutive_gateway_failures: gateway errors in a row that eject; ``None`` (the
+            default, as Envoy enforces it at 0%) disables.
+        window: failure-rate and slow-call window; ``None`` disables.
+        interval: seconds between success-rate sweeps and ejection-multiplier decrements.
+        ejection: durations and the ejection cap.
+        outlier: success-rate outlier detection.
+        classification: which outcomes are failures.
+        breaker: if set, one circuit breaker per endpoint with this policy.
+    """
+
+    consecutive_failures: int | None = DEFAULT_CONSECUTIVE_FAILURES
+    consecutive_gateway_failures: int | None = None
+    window: WindowPolicy | None = field(default_factory=_default_window)
+    interval: float = DEFAULT_INTERVAL
+    ejection: EjectionPolicy = field(default_factory=EjectionPolicy)
+    outlier: OutlierPolicy = field(default_factory=OutlierPolicy)
+    classification: ClassificationPolicy = _DEFAULT_CLASSIFICATION
+    breaker: BreakerPolicy | None = None
+
+    def __post_init__(self) -> None:
+        if self.consecutive_failures is not None and self.consecutive_failures < 1:
+            raise InvalidSetting("detector.consecutive_failures", "must be >= 1 or None")
+        if self.consecutive_gateway_failures is not None and self.consecutive_gateway_failures < 1:
+            raise InvalidSetting("detector.consecutive_gateway_failures", "must be >= 1 or None")
+        if not self.interval > 0:
+            raise InvalidSetting("detector.interval", "must be > 0")
+
+
+@dataclass(frozen=True, slots=True)
+class EjectionEvent:
+    """An ejection, a return, or an ejection refused by the cap (``overflow``).
+
+    Attributes:
+        kind: ``"ejected"``, ``"returned"`` or ``"overflow"``.
+        endpoint: the endpoint.
+        reason: the trigger (``consecutive_failures``, ``consecutive_gateway_failures``,
+            ``failure_rate``, ``slow_call_rate``, ``success_rate``).
+        at: monotonic time the detector noticed it.
+        until: monotonic time the ejection ends (ejected only).
+        ejections: times ejected so far (the multiplier).
+    """
+
+    kind: Literal["ejected", "returned", "overflow"]
+    endpoint: ServiceEndpoint
+    reason: str
+    at: float
+    until: float | None = None
+    ejections: int = 0
+
+
+#: Called with every :class:`EjectionEvent`, outside the detector's lock, on the thread
+#: that noticed it.
+EjectionListener = Callable[[EjectionEvent], None]
+
+
+@dataclass(frozen=True, slots=True)
+class EndpointState:
+    """A read-only view of one endpoint for ``explain``.
+
+    Attributes:
+        endpoint: the endpoint.
+        available: what :meth:`FailureDetector.is_available` answers now.
+        ejected_until: monotonic end of the current ejection, or ``None``.
+        ejected_for: seconds of ejection left (0 when not ejected).
+        ejection_reason: the trigger of the current (or last) ejection.
+        ejections: the ejection multiplier.
+        consecutive_failures: failures in a row.
+        consecutive_gateway_failures: gateway errors in a row.
+        requests: outcomes recorded in total.
+        failures: failures recorded in total.
+        window_calls: outcomes in the sliding window.
+        failure_rate: percent over the window (``None`` below the minimum).
+        slow_call_rate: percent over the window (``None`` below the minimum).
+        breaker: the endpoint's breaker, if the detector owns breakers.
+    """
+
+    endpoint: ServiceEndpoint
+    available: bool
+    ejected_until: float | None
+    ejected_for: float
+    ejection_reason: str | None
+    ejections: int
+    consecutive_failures: int
+    consecutive_gateway_failures: int
+    requests: int
+    failures: int
+    window_calls: int
+    failure_rate: float | None
+    slow_call_rate: float | None
+    breaker: BreakerSnapshot | None
+
+
+class _Stats:
+    __slots__ = (
+        "consecutive",
+        "consecutive_gateway",
+        "ejected_until",
+        "ejections",
+        "endpoint",
+        "failures",
+        "interval_requests",
+        "interval_successes",
+        "reason",
+        "requests",
+        "returned_at",
+        "window",
+    )
+
+    def __init__(self, endpoint: ServiceEndpoint, window: WindowPolicy | None) -> None:
+        self.endpoint = endpoint
+        self.consecutive = 0
+        self.consecutive_gateway = 0
+        self.requests = 0
+        self.failures = 0
+        self.interval_requests = 0
+        self.interval_successes = 0
+        self.ejected_until: float | None = None
+        self.ejections = 0
+        self.returned_at: float | None = None
+        self.reason: str | None = None
+        self.window = SlidingWindow(window) if window is not None else None
+
+
+class FailureDetector:
+    """Per-endpoint failure accrual, outlier ejection and (optionally) circuit breakers.
+
+    Implements :class:`~lake_mesh_consul._core.ports.EndpointGate` (:meth:`is_available`)
+    and :class:`~lake_mesh_consul._core.ports.OutcomeRecorder` (:meth:`record`).
+
+    Args:
+        policy: thresholds (:class:`DetectorPolicy`).
+        clock: time for windows, ejections and breakers.
+        rng: randomness for the ejection jitter.
+        listeners: called with every :class:`EjectionEvent`.
+        breaker_listeners: attached to every breaker the detector creates.
+
+    Thread-safe: one short lock around the counters; :meth:`is_available` takes no lock
+    unless an ejection just ended. Listeners run outside the lock.
+
+    Example::
+
+        detector = FailureDetector(DetectorPolicy(breaker=BreakerPolicy()))
+        detector.record(endpoint, success=False, duration=0.2, status=503)
+        detector.is_available(endpoint)
+    """
+
+    def __init__(
+        self,
+        policy: DetectorPolicy | None = None,
+        *,
+        clock: Clock = SYSTEM_CLOCK,
+        rng: random.Random | None = None,
+        listeners: Iterable[EjectionListener] = (),
+        breaker_listeners: Iterable[BreakerListener] = (),
+    ) -> None:
+        self.policy = policy = policy or DetectorPolicy()
+        self._clock = clock
+        self._now = clock.monotonic
+        self._rng = rng or random.Random()
+        self._lock = threading.Lock()
+        self._listeners: list[EjectionListener] = list(listeners)
+        self._breaker_listeners = tuple(breaker_listeners)
+        self._stats: dict[ServiceEndpoint, _Stats] = {}
+        self._members: dict[str, dict[ServiceEndpoint, _Stats]] = {}
+        self._breakers: dict[ServiceEndpoint, CircuitBreaker] = {}
+        self._classification = policy.classification
+        self._failure_kinds = policy.classification.failure_kinds
+        self._slow_after = policy.window.slow_call_duration if policy.window else math.inf
+        self._next_sweep = self._now() + policy.interval
+
+    # --- listeners -----------------------------------------------------------------------
+
+    def add_listener(self, listener: EjectionListener) -> None:
+        """Register ``listener`` for every future ejection event."""
+        with self._lock:
+            self._listeners.append(listener)
+
+    def _emit(self, events: list[EjectionEvent]) -> None:
+        for event in events:
+            for listener in tuple(self._listeners):
+                try:
+                    listener(event)
+                except Exception:
+                    _log.exception("ejection listener failed on %s", event)
+
+    # --- membership ----------------------------------------------------------------------
+
+    def update_endpoints(self, service: str, endpoints: Iterable[ServiceEndpoint]) -> None:
+        """Tell the detector a service's current endpoints (for the ejection cap).
+
+        Endpoints no longer listed are forgotten (state, ejection and breaker). Usable as an
+        :class:`~lake_mesh_consul._core.ports.EndpointSource` listener with
+        ``functools.partial(detector.update_endpoints, "web")``.
+        """
+        with self._lock:
+            current = self._members.setdefault(service, {})
+            wanted = set(endpoints)
+            for ep in list(current):
+                if ep not in wanted:
+                    del current[ep]
+                    self._stats.pop(ep, None)
+                    self._breakers.pop(ep, None)
+            for ep in wanted:
+                if ep not in current:
+                    st = self._stats.get(ep)
+                    if st is None:
+                        st = self._stats[ep] = _Stats(ep, self.policy.window)
+                    current[ep] = st
+
+    def _stats_for(self, endpoint: ServiceEndpoint) -> _Stats:
+        st = self._stats.get(endpoint)
+        if st is None:
+            st = self._stats[endpoint] = _Stats(endpoint, self.policy.window)
+            self._members.setdefault(endpoint.service, {})[endpoint] = st
+        return st
+
+    # --- breakers ------------------------------------------------------------------------
+
+    def breaker(self, endpoint: ServiceEndpoint) -> CircuitBreaker | None:
+        """The endpoint's circuit breaker, created on first use; ``None`` without a policy."""
+        policy = self.policy.breaker
+        if policy is None:
+            return None
+        br = self._breakers.get(endpoint)
+        if br is None:
+            with self._lock:
+                br = self._breakers.get(endpoint)
+                if br is None:
+                    br = CircuitBreaker(
+                        endpoint.id or endpoint.host_port,
+                        policy,
+                        clock=self._clock,
+                        listeners=self._breaker_listeners,
+                    )
+                    self._breakers[endpoint] = br
+        return br
+
+    # --- the ports -----------------------------------------------------------------------
+
+    def is_available(self, endpoint: ServiceEndpoint) -> bool:
+        """False while ``endpoint`` is ejected or its breaker refuses calls.
+
+        Lock-free unless an ejection has just ended (then the return is recorded and
+        announced). Advisory: a half-open breaker may still refuse the actual acquire.
+        """
+        st = self._stats.get(endpoint)
+        if st is not None and st.ejected_until is not None:
+            if self._now() < st.ejected_until:
+                return False
+            events: list[EjectionEvent] = []
+            with self._lock:
+                self._return_if_due(st, self._now(), events)
+            self._emit(events)
+        br = self._breakers.get(endpoint)
+        return br is None or br.allows()
+
+    def classify(
+        self, *, error: BaseException | None = None, status: int | None = None
+    ) -> OutcomeKind:
+        """:func:`classify` with this detector's classification policy."""
+        return classify(error=error, status=status, policy=self._classification)
+
+    def is_failure(self, kind: OutcomeKind) -> bool:
+        """Whether ``kind`` counts as a failure under this detector's policy."""
+        return kind in self._failure_kinds
+
+    def record(
+        self,
+        endpoint: ServiceEndpoint,
+        *,
+        success: bool,
+        duration: float,
+        error: BaseException | None = None,
+        status: int | None = None,
+        permit: Permit | None = None,
+    ) -> None:
+        """Record one finished request to ``endpoint`` (``duration`` in seconds).
+
+        With ``error`` or ``status`` the outcome is classified (:func:`classify`) and
+        ``success`` is only a fallback; without them, ``success`` decides. ``IGNORED``
+        outcomes count nowhere. If the detector owns breakers, the outcome goes to the
+        endpoint's breaker too: through ``permit`` when the call was admitted with one
+        (``breaker(endpoint).acquire()``), otherwise as an observation.
+
+        Thread-safe; ejection listeners run after the lock is released.
+        """
+        if error is None and status is None:
+            kind = OutcomeKind.SUCCESS if success else OutcomeKind.ERROR
+        else:
+            kind = classify(error=error, status=status, policy=self._classification)
+        if kind is OutcomeKind.IGNORED:
+            if permit is not None:
+                permit.release()
+            return
+        failure = kind in self._failure_kinds
+        if permit is not None:
+            if failure:
+                permit.failure(error, duration)
+            else:
+                permit.success(duration)
+        elif self.policy.breaker is not None:
+            br = self.breaker(endpoint)
+            if br is not None:
+                br.observe(success=not failure, duration=duration, error=error)
+        events: list[EjectionEvent] = []
+        now = self._now()
+        with self._lock:
+            st = self._stats.get(endpoint) or self._stats_for(endpoint)
+            if now >= self._next_sweep:
+                self._sweep(now, events)
+            st.requests += 1
+            st.interval_requests += 1
+            if failure:
+                st.failures += 1
+                st.consecutive += 1
+                if kind is OutcomeKind.GATEWAY_ERROR:
+                    st.consecutive_gateway += 1
+                else:
+                    st.consecutive_gateway = 0
+            else:
+                st.interval_successes += 1
+                st.consecutive = 0
+                st.consecutive_gateway = 0
+            window = st.window
+            if window is not None:
+                window.record(failure, duration > self._slow_after, now)
+            if st.ejected_until is not None:
+                self._return_if_due(st, now, events)
+            if st.ejected_until is None:
+                reason = self._trigger(st, now)
+                if reason is not None:
+                    self._eject(st, reason, now, events)
+        if events:
+            self._emit(events)
+
+    # --- decisions (lock held) -----------------------------------------------------------
+
+    def _trigger(self, st: _Stats, now: float) -> str | None:
+        p = self.policy
+        if p.consecutive_failures is not None and st.consecutive >= p.consecutive_failures:
+            return "consecutive_failures"
+        if (
+            p.consecutive_gateway_failures is not None
+            and st.consecutive_gateway >= p.consecutive_gateway_failures
+        ):
+            return "consecutive_gateway_failures"
+        if st.window is not None:
+            return st.window.exceeded(now)
+        return None
+
+    def _return_if_due(self, st: _Stats, now: float, events: list[EjectionEvent]) -> None:
+        until = st.ejected_until
+        if until is not None and now >= until:
+            st.ejected_until = None
+            st.returned_at = until
+            events.append(
+                EjectionEvent("returned", st.endpoint, st.reason or "", now, None, st.ejections)
+            )
+
+    def _eject(self, st: _Stats, reason: str, now: float, events: list[EjectionEvent]) -> bool:
+        e = self.policy.ejection
+        members = self._members.get(st.endpoint.service, {})
+        for other in members.values():
+            if other.ejected_until is not None:
+                self._return_if_due(other, now, events)
+        ejected = sum(1 for other in members.values() if other.ejected_until is not None)
+        total = max(len(members), 1)
+        if ejected > 0 and 100.0 * (ejected + 1) > e.max_ejection_percent * total:
+            events.append(EjectionEvent("overflow", st.endpoint, reason, now, None, st.ejections))
+            return False
+        if st.returned_at is not None and st.ejections:
+            healthy_intervals = int((now - st.returned_at) // self.policy.interval)
+            st.ejections = max(0, st.ejections - healthy_intervals)
+        st.ejections += 1
+        duration = min(e.base_ejection_time * st.ejections, e.max_ejection_time)
+        if e.ejection_jitter:
+            duration += self._rng.uniform(0.0, e.ejection_jitter)
+        st.ejected_until = now + duration
+        st.returned_at = None
+        st.reason = reason
+        st.consecutive = st.consecutive_gateway = 0
+        if st.window is not None:
+            st.window.reset()
+        events.append(
+            EjectionEvent("ejected", st.endpoint, reason, now, st.ejected_until, st.ejections)
+        )
+        return True
+
+    def _sweep(self, now: float, events: list[EjectionEvent]) -> None:
+        """Per-interval work: returns, success-rate outliers, fresh interval counters."""
+        self._next_sweep = now + self.policy.interval
+        for st in self._stats.values():
+            if st.ejected_until is not None:
+                self._return_if_due(st, now, events)
+        o = self.policy.outlier
+        if o.enabled:
+            for members in self._members.values():
+                judged = [
+                    (st, st.interval_successes / st.interval_requests)
+                    for st in members.values()
+                    if st.interval_requests >= o.request_volume and st.ejected_until is None
+                ]
+                if len(judged) < o.minimum_hosts:
+                    continue
+                rates = [rate for _, rate in judged]
+                mean = sum(rates) / len(rates)
+                stdev = math.sqrt(sum((r - mean) ** 2 for r in rates) / len(rates))
+                threshold = mean - o.stdev_factor * stdev
+                for st, rate in sorted(judged, key=lambda pair: pair[1]):
+                    if rate < threshold:
+                        self._eject(st, "success_rate", now, events)
+        for st in self._stats.values():
+            st.interval_requests = st.interval_successes = 0
+
+    def sweep(self) -> None:
+        """Run the per-interval work now (returns, success-rate outliers) if it is due.
+
+        ``record`` does this lazily; call it from a timer if traffic can stop entirely.
+        """
+        events: list[EjectionEvent] = []
+        now = self._now()
+        with self._lock:
+            for st in self._stats.values():
+                if st.ejected_until is not None:
+                    self._return_if_due(st, now, events)
+            if now >= self._next_sweep:
+                self._sweep(now, events)
+        self._emit(events)
+
+    # --- reading -------------------------------------------------------------------------
+
+    def state(self, endpoint: ServiceEndpoint) -> EndpointState:
+        """The read-only state of ``endpoint`` (for ``explain``); zeros if never seen."""
+        events: list[EjectionEvent] = []
+        now = self._now()
+        with self._lock:
+            st = self._stats.get(endpoint) or _Stats(endpoint, self.policy.window)
+            self._return_if_due(st, now, events)
+            calls = 0
+            rates: tuple[float | None, float | None] = (None, None)
+            if st.window is not None:
+                calls = st.window.counts(now)[0]
+                rates = st.window.rates(now)
+            until = st.ejected_until
+            snapshot = EndpointState(
+                endpoint=endpoint,
+                available=False,
+                ejected_until=until,
+                ejected_for=max(0.0, until - now) if until is not None else 0.0,
+                ejection_reason=st.reason,
+                ejections=st.ejections,
+                consecutive_failures=st.consecutive,
+                consecutive_gateway_failures=st.consecutive_gateway,
+                requests=st.requests,
+                failures=st.failures,
+                window_calls=calls,
+                failure_rate=rates[0],
+                slow_call_rate=rates[1],
+                breaker=None,
+            )
+        self._emit(events)
+        br = self._breakers.get(endpoint)
+        return replace(
+            snapshot,
+            available=self.is_available(endpoint),
+            breaker=br.snapshot() if br is not None else None,
+        )
+
+    def states(self, service: str | None = None) -> list[EndpointState]:
+        """:meth:`state` of every known endpoint (of ``service``, if given)."""
+        with self._lock:
+            if service is None:
+                endpoints = list(self._stats)
+            else:
+                endpoints = list(self._members.get(service, {}))
+        return [self.state(ep) for ep in endpoints]
+
+    def ejected(self, service: str | None = None) -> list[ServiceEndpoint]:
+        """Endpoints currently ejected (of ``service``, if given)."""
+        return [s.endpoint for s in self.states(service) if s.ejected_until is not None]
+
+    def __repr__(self) -> str:
+        return f"FailureDetector(endpoints={len(self._stats)})"

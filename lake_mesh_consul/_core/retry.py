@@ -1,0 +1,549 @@
+"""Retries: :class:`RetryPolicy`, :class:`RetryBudget` and the composed call path :func:`execute`.
+
+The request path is ``retry( pick(exclude=tried) -> breaker( call(endpoint) ) )``:
+
+1. Deposit one request in the budget; pick an endpoint, excluding those already tried.
+2. Acquire the endpoint's breaker permit (``CircuitOpen`` -> re-pick, nothing was sent).
+3. Run the call with no lock held, with a timeout of ``min(per_try_timeout, time left)``.
+4. Record the outcome (detector and breaker). Done unless it failed in a retriable way.
+5. Retry only if: the failure kind is in ``retry_on``; the call is idempotent, or the
+   request was never sent (connect failure, open breaker: urllib3 retries connect errors for
+   any method too); attempts remain; the budget allows a retry; and the backoff (full
+   jitter, or the server's Retry-After if longer) ends before the deadline.
+
+The first attempt runs without tenacity, so the success path does not pay its set-up cost
+(about 10-15 us). On the first failure a fresh ``tenacity.Retrying`` and ``RetryCallState``
+are built for this call alone (never shared between calls or threads, unlike a decorated
+function: tenacity issues #93 and #701); its ``stop`` and ``wait`` strategies compute when to
+give up and how long to back off, on the injected clock.
+
+When attempts run out on a *response* with a retriable status, that last response is
+returned (as Envoy does); when they run out on an *exception*,
+:class:`~lake_mesh_consul.errors.RetryExhausted` is raised with every
+:class:`~lake_mesh_consul.errors.Attempt`, chained to the last error. Exceptions that are not
+a retriable kind at all (a business error) are re-raised unchanged.
+
+tenacity is imported only in this module.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import math
+import random
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Protocol, TypeVar
+
+import tenacity
+
+from lake_mesh_consul._core.breaker import CircuitBreaker, Permit
+from lake_mesh_consul._core.clock import SYSTEM_CLOCK, Clock
+from lake_mesh_consul._core.detector import (
+    ClassificationPolicy,
+    FailureDetector,
+    OutcomeKind,
+    classify,
+)
+from lake_mesh_consul._core.endpoint import ServiceEndpoint
+from lake_mesh_consul.errors import (
+    Attempt,
+    CircuitOpen,
+    DeadlineExceeded,
+    InvalidSetting,
+    NoEndpointsAvailable,
+    RetryExhausted,
+)
+
+__all__ = [
+    "DEFAULT_ALLOWED_METHODS",
+    "DEFAULT_RETRY_ON",
+    "Picker",
+    "RetryBudget",
+    "RetryPolicy",
+    "execute",
+    "parse_retry_after",
+]
+
+_T = TypeVar("_T")
+
+#: urllib3's ``Retry.DEFAULT_ALLOWED_METHODS``: the idempotent methods retried by default.
+DEFAULT_ALLOWED_METHODS = frozenset({"HEAD", "GET", "PUT", "DELETE", "OPTIONS", "TRACE"})
+#: Failure kinds retried by default: transport failures, gateway errors and 429. A plain
+#: 500 is not retried by default: it is usually a bug that will happen again.
+DEFAULT_RETRY_ON = frozenset(
+    {
+        OutcomeKind.CONNECT_FAILURE,
+        OutcomeKind.RESET,
+        OutcomeKind.TIMEOUT,
+        OutcomeKind.GATEWAY_ERROR,
+        OutcomeKind.THROTTLED,
+    }
+)
+#: Attempts in total, the first included.
+DEFAULT_ATTEMPTS = 3
+#: Envoy's retry back-off base interval (seconds).
+DEFAULT_BACKOFF_BASE = 0.025
+#: Envoy's default back-off cap: ten times the base (seconds).
+DEFAULT_BACKOFF_MAX = 0.25
+#: Overall deadline, retries and back-off included (Envoy's default route timeout).
+DEFAULT_DEADLINE = 15.0
+#: Longest Retry-After honoured; a longer one ends the retries.
+DEFAULT_MAX_RETRY_AFTER = 30.0
+#: Finagle's retry budget: deposits expire after this many seconds.
+DEFAULT_BUDGET_TTL = 10.0
+#: Finagle's retry budget: retries always allowed per second (the reserve).
+DEFAULT_BUDGET_MIN_RETRIES_PER_SEC = 10
+#: Finagle's retry budget: share of requests that may be retried.
+DEFAULT_BUDGET_PERCENT_CAN_RETRY = 0.2
+
+_EMPTY: frozenset[ServiceEndpoint] = frozenset()
+_RNG = random.Random()
+#: Outcomes where the request never reached the endpoint: safe to retry for any method.
+_NOT_SENT = frozenset({OutcomeKind.CONNECT_FAILURE})
+
+
+@dataclass(frozen=True, slots=True)
+class RetryPolicy:
+    """How a call is retried. Frozen: derive variants with :func:`dataclasses.replace`.
+
+    Attributes:
+        attempts: attempts in total (1 disables retries).
+        per_try_timeout: seconds for one attempt (``None``: whatever the deadline leaves);
+            passed to the call, which must honour it.
+        deadline: seconds for the whole call, retries and back-off included (``None``: none).
+        backoff_base: full-jitter exponential back-off: attempt n waits a uniform random
+            time in ``[0, min(backoff_max, backoff_base * 2**(n-1))]``.
+        backoff_max: cap of the back-off interval.
+        retry_on: failure kinds that may be retried.
+        allowed_methods: methods considered idempotent when ``idempotent`` is not given.
+        respect_retry_after: wait at least the server's Retry-After on 429/503.
+        max_retry_after: a longer Retry-After stops the retries instead.
+        different_endpoint: exclude already-tried endpoints from each re-pick.
+        reuse_endpoints: when every endpoint was tried, allow picking one again.
+    """
+
+    attempts: int = DEFAULT_ATTEMPTS
+    per_try_timeout: float | None = None
+    deadline: float | None = DEFAULT_DEADLINE
+    backoff_base: float = DEFAULT_BACKOFF_BASE
+    backoff_max: float = DEFAULT_BACKOFF_MAX
+    retry_on: frozenset[OutcomeKind] = DEFAULT_RETRY_ON
+    allowed_methods: frozenset[str] = DEFAULT_ALLOWED_METHODS
+    respect_retry_after: bool = True
+    max_retry_after: float = DEFAULT_MAX_RETRY_AFTER
+    different_endpoint: bool = True
+    reuse_endpoints: bool = True
+
+    def __post_init__(self) -> None:
+        if self.attempts < 1:
+            raise InvalidSetting("retry.attempts", f"must be >= 1, got {self.attempts!r}")
+        for name in ("per_try_timeout", "deadline"):
+            value = getattr(self, name)
+            if value is not None and not value > 0:
+                raise InvalidSetting(f"retry.{name}", f"must be > 0 or None, got {value!r}")
+        if self.backoff_base < 0 or self.backoff_max < self.backoff_base:
+            raise InvalidSetting("retry.backoff_max", "need 0 <= backoff_base <= backoff_max")
+
+    def is_idempotent(self, method: str | None, idempotent: bool | None) -> bool:
+        """``idempotent`` if given, else whether ``method`` is allowed; unknown -> False."""
+        if idempotent is not None:
+            return idempotent
+        return method is not None and method.upper() in self.allowed_methods
+
+
+class RetryBudget:
+    """Finagle's retry budget: bounds retries to a share of requests plus a small reserve.
+
+    Retries may be at most ``percent_can_retry`` of requests plus ``min_retries_per_sec``
+    per second, both over the last ``ttl`` seconds. Every request deposits
+    (:meth:`deposit`); every retry must :meth:`try_withdraw` first. Deposits
+    and withdrawals expire after ``ttl`` (one-second buckets), so in any ``ttl`` window
+    ``retries <= percent_can_retry * requests + min_retries_per_sec * ttl``: a failure storm
+    cannot multiply the load by more than about 1.2.
+
+    Thread-safe (a short lock); share one budget per client or per service.
+    """
+
+    _SCALE = 1000
+
+    def __init__(
+        self,
+        *,
+        ttl: float = DEFAULT_BUDGET_TTL,
+        min_retries_per_sec: int = DEFAULT_BUDGET_MIN_RETRIES_PER_SEC,
+        percent_can_retry: float = DEFAULT_BUDGET_PERCENT_CAN_RETRY,
+        clock: Clock = SYSTEM_CLOCK,
+    ) -> None:
+        if not 1 <= ttl <= 60:
+            raise InvalidSetting("budget.ttl", "must be within [1, 60] seconds (Finagle)")
+        if min_retries_per_sec < 0:
+            raise InvalidSetting("budget.min_retries_per_sec", "must be >= 0")
+        if not 0 <= percent_can_retry <= 1000:
+            raise InvalidSetting("budget.percent_can_retry", "must be within [0, 1000]")
+        self.ttl = ttl
+        self.min_retries_per_sec = min_retries_per_sec
+        self.percent_can_retry = percent_can_retry
+        self._now = clock.monotonic
+        self._lock = threading.Lock()
+        self._n = math.ceil(ttl)
+        self._deposit_weight = round(percent_can_retry * self._SCALE)
+        self._reserve = round(min_retries_per_sec * ttl * self._SCALE)
+        self._dep = [0] * self._n
+        self._wd = [0] * self._n
+        self._deposits = 0
+        self._withdrawals = 0
+        self._head = -1
+
+    def _advance(self, now: float) -> None:
+        sec = int(now)
+        head = self._head
+        if sec <= head:
+            return
+        if head < 0 or sec - head >= self._n:
+            self._dep = [0] * self._n
+            self._wd = [0] * self._n
+            self._deposits = self._withdrawals = 0
+        else:
+            for s in range(head + 1, sec + 1):
+                i = s % self._n
+                self._deposits -= self._dep[i]
+                self._withdrawals -= self._wd[i]
+                self._dep[i] = self._wd[i] = 0
+        self._head = sec
+
+    def deposit(self) -> None:
+        """Count one request (call once per logical request, before its first attempt)."""
+        with self._lock:
+            self._advance(self._now())
+            self._dep[self._head % self._n] += 1
+            self._deposits += 1
+
+    def try_withdraw(self) -> bool:
+        """Take one retry from the budget; False (and nothing taken) if it is empty."""
+        with self._lock:
+            self._advance(self._now())
+            balance = (
+                self._deposits * self._deposit_weight
+                + self._reserve
+                - self._withdrawals * self._SCALE
+            )
+            if balance < self._SCALE:
+                return False
+            self._wd[self._head % self._n] += 1
+            self._withdrawals += 1
+            return True
+
+    def balance(self) -> int:
+        """Retries that could be withdrawn right now."""
+        with self._lock:
+            self._advance(self._now())
+            scaled = (
+                self._deposits * self._deposit_weight
+                + self._reserve
+                - self._withdrawals * self._SCALE
+            )
+            return max(0, scaled // self._SCALE)
+
+    def __repr__(self) -> str:
+        return (
+            f"RetryBudget(ttl={self.ttl:g}, min_retries_per_sec={self.min_retries_per_sec}, "
+            f"percent_can_retry={self.percent_can_retry:g})"
+        )
+
+
+def parse_retry_after(value: str | None, *, now: float) -> float | None:
+    """Seconds to wait from a ``Retry-After`` header value (delta-seconds or an HTTP-date).
+
+    ``now`` is the wall-clock time (``clock.time()``) to measure an HTTP-date against.
+    Returns ``None`` for a missing or malformed value; never negative.
+    """
+    if value is None:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return float(value)
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError, IndexError):
+        return None
+    return max(0.0, when.timestamp() - now)
+
+
+class Picker(Protocol):
+    """Picks an endpoint not in ``exclude``; raises NoEndpointsAvailable when none is left."""
+
+    def __call__(self, *, exclude: frozenset[ServiceEndpoint]) -> ServiceEndpoint:
+        """Pick one endpoint."""
+        ...
+
+
+class _FullJitter(tenacity.wait_exponential):
+    """tenacity's exponential interval, then AWS "full jitter" with an injected RNG."""
+
+    def __init__(self, base: float, cap: float, rng: random.Random) -> None:
+        super().__init__(multiplier=base, max=cap)
+        self._rng = rng
+
+    def __call__(self, retry_state: tenacity.RetryCallState) -> float:
+        return self._rng.uniform(0.0, super().__call__(retry_state))
+
+
+class _RetryState:
+    """One call's tenacity state: built on the first failure, never shared."""
+
+    __slots__ = ("_attempts", "_deadline", "_state", "_wait")
+
+    def __init__(self, policy: RetryPolicy, start: float, rng: random.Random) -> None:
+        self._attempts = tenacity.stop_after_attempt(policy.attempts)
+        self._deadline: tenacity.stop.stop_base | None = (
+            tenacity.stop_before_delay(policy.deadline) if policy.deadline is not None else None
+        )
+        self._wait = _FullJitter(policy.backoff_base, policy.backoff_max, rng)
+        retrying = tenacity.Retrying(
+            stop=self._attempts | self._deadline if self._deadline else self._attempts,
+            wait=self._wait,
+            reraise=True,
+        )
+        self._state = tenacity.RetryCallState(retrying, None, (), {})
+        self._state.start_time = start
+
+    def decide(self, number: int, now: float, floor: float) -> tuple[str | None, float]:
+        """After failed attempt ``number``: ``(stop reason or None, seconds to wait)``."""
+        state = self._state
+        state.attempt_number = number
+        state.outcome_timestamp = now
+        if self._attempts(state):
+            return "attempts exhausted", 0.0
+        delay = max(self._wait(state), floor)
+        state.upcoming_sleep = delay
+        if self._deadline is not None and self._deadline(state):
+            return "deadline", delay
+        return None, delay
+
+
+def _retry_after_from(error: BaseException | None) -> float | None:
+    if error is None or isinstance(error, CircuitOpen):
+        return None
+    value = getattr(error, "retry_after", None)
+    return float(value) if isinstance(value, (int, float)) else None
+
+
+def execute(
+    pick: Picker,
+    call: Callable[[ServiceEndpoint, float | None], _T],
+    *,
+    policy: RetryPolicy | None = None,
+    budget: RetryBudget | None = None,
+    detector: FailureDetector | None = None,
+    breaker_for: Callable[[ServiceEndpoint], CircuitBreaker | None] | None = None,
+    clock: Clock = SYSTEM_CLOCK,
+    sleep: Callable[[float], None] | None = None,
+    rng: random.Random | None = None,
+    method: str | None = None,
+    idempotent: bool | None = None,
+    status_of: Callable[[_T], int | None] | None = None,
+    retry_after_of: Callable[[_T], float | None] | None = None,
+    classification: ClassificationPolicy | None = None,
+) -> _T:
+    """Run ``call(endpoint, timeout)`` on picked endpoints with breakers, detection and retries.
+
+    Args:
+        pick: ``pick(exclude=...)`` returns an endpoint (the balancer).
+        call: does the request; ``timeout`` is the seconds it may take (or ``None``).
+        policy: the retry policy (default :class:`RetryPolicy`).
+        budget: a shared :class:`RetryBudget`; ``None`` means unlimited.
+        detector: records every outcome; its per-endpoint breakers are used unless
+            ``breaker_for`` is given.
+        breaker_for: the breaker of an endpoint (or ``None`` for none).
+        clock: time for the deadline and durations.
+        sleep: how to wait between attempts (default ``clock.sleep``).
+        rng: randomness for the back-off jitter.
+        method: the HTTP method, to decide idempotency per ``policy.allowed_methods``.
+        idempotent: overrides ``method``; with neither, the call is not idempotent.
+        status_of: the HTTP status of a result (then 5xx/429 results are failures).
+        retry_after_of: the Retry-After of a result, in seconds.
+        classification: how outcomes are classified (default: the detector's).
+
+    Returns:
+        The first successful (or non-retriable) result, or the last response when attempts
+        ran out on a retriable status.
+
+    Raises:
+        RetryExhausted: attempts, budget or idempotency stopped the retries after an
+            exception; ``.attempts`` has every attempt; chained to the last error.
+        DeadlineExceeded: the deadline ran out; ``.attempts`` has every attempt.
+        NoEndpointsAvailable: nothing could be picked for the first attempt.
+        Exception: an error of a kind not in ``retry_on`` is re-raised unchanged.
+
+    Thread-safe if ``pick``, ``call`` and the shared objects are; keeps no state between
+    calls.
+    """
+    p = policy or _DEFAULT_POLICY
+    now = clock.monotonic
+    start = now()
+    deadline_at = start + p.deadline if p.deadline is not None else math.inf
+    if classification is None:
+        classification = detector.policy.classification if detector else _DEFAULT_CLASSES
+    if breaker_for is None and detector is not None and detector.policy.breaker is not None:
+        breaker_for = detector.breaker
+    if budget is not None:
+        budget.deposit()
+    attempts: list[Attempt] = []
+    tried: set[ServiceEndpoint] = set()
+    retry_state: _RetryState | None = None
+    last_result: _T | None = None
+    has_result = False
+    number = 0
+    while True:
+        number += 1
+        remaining = deadline_at - now()
+        error: BaseException | None = None
+        if remaining <= 0:
+            raise DeadlineExceeded(p.deadline or 0.0, attempts) from _last_error(attempts)
+        exclude = frozenset(tried) if (p.different_endpoint and tried) else _EMPTY
+        try:
+            endpoint = pick(exclude=exclude)
+        except NoEndpointsAvailable as exc:
+            if not exclude:
+                if attempts:
+                    raise RetryExhausted(attempts, "no endpoint to retry on") from exc
+                raise
+            if not p.reuse_endpoints:
+                raise RetryExhausted(attempts, "no untried endpoint left") from exc
+            endpoint = pick(exclude=_EMPTY)
+        tried.add(endpoint)
+        breaker = breaker_for(endpoint) if breaker_for is not None else None
+        permit: Permit | None = None
+        t0 = now()
+        if breaker is not None:
+            try:
+                permit = breaker.acquire()
+            except CircuitOpen as exc:
+                error = exc
+                kind = OutcomeKind.CONNECT_FAILURE  # never sent: re-pick elsewhere
+        if error is None:
+            timeout = remaining if p.per_try_timeout is None else min(p.per_try_timeout, remaining)
+            try:
+                result = call(endpoint, None if timeout == math.inf else timeout)
+            except Exception as exc:
+                duration = now() - t0
+                error = exc
+                kind = classify(error=exc, policy=classification)
+                _record(
+                    detector,
+                    permit,
+                    endpoint,
+                    classification,
+                    kind,
+                    duration=duration,
+                    error=exc,
+                    status=None,
+                )
+            except BaseException:
+                if permit is not None:
+                    permit.release()
+                raise
+            else:
+                duration = now() - t0
+                status = status_of(result) if status_of is not None else None
+                if status is None:
+                    kind = OutcomeKind.SUCCESS
+                    if detector is not None:
+                        detector.record(endpoint, success=True, duration=duration, permit=permit)
+                    elif permit is not None:
+                        permit.success(duration)
+                    return result
+                kind = classify(status=status, policy=classification)
+                _record(
+                    detector,
+                    permit,
+                    endpoint,
+                    classification,
+                    kind,
+                    duration=duration,
+                    error=None,
+                    status=status,
+                )
+                if kind not in p.retry_on:
+                    return result
+                last_result, has_result = result, True
+        attempts.append(Attempt(number, endpoint.id, error, now() - t0))
+        if error is not None:
+            has_result = False
+            if kind not in p.retry_on and not isinstance(error, CircuitOpen):
+                raise error
+        # Decide whether to try again.
+        if not (kind in _NOT_SENT or p.is_idempotent(method, idempotent)):
+            reason: str | None = "not idempotent"
+        else:
+            reason = None
+        floor = 0.0
+        if reason is None and p.respect_retry_after:
+            after = _retry_after_from(error)
+            if after is None and has_result and retry_after_of is not None:
+                after = retry_after_of(last_result)  # type: ignore[arg-type]
+            if after is not None:
+                if after > p.max_retry_after:
+                    reason = f"Retry-After {after:g}s exceeds {p.max_retry_after:g}s"
+                floor = after
+        delay = 0.0
+        if reason is None:
+            if retry_state is None:
+                retry_state = _RetryState(p, start, rng or _RNG)
+            reason, delay = retry_state.decide(number, now(), floor)
+            if reason == "deadline":
+                if has_result:
+                    return last_result  # type: ignore[return-value]
+                raise DeadlineExceeded(p.deadline or 0.0, attempts) from error
+        if (
+            reason is None
+            and budget is not None
+            and not isinstance(error, CircuitOpen)
+            and not budget.try_withdraw()
+        ):
+            reason = "retry budget exhausted"
+        if reason is not None:
+            if has_result:
+                return last_result  # type: ignore[return-value]
+            raise RetryExhausted(attempts, reason) from error
+        if delay > 0:
+            (sleep or clock.sleep)(delay)
+
+
+def _record(
+    detector: FailureDetector | None,
+    permit: Permit | None,
+    endpoint: ServiceEndpoint,
+    classification: ClassificationPolicy,
+    kind: OutcomeKind,
+    *,
+    duration: float,
+    error: BaseException | None,
+    status: int | None,
+) -> None:
+    if detector is not None:
+        detector.record(
+            endpoint,
+            success=not classification.is_failure(kind),
+            duration=duration,
+            error=error,
+            status=status,
+            permit=permit,
+        )
+    elif permit is not None:
+        if kind is OutcomeKind.IGNORED:
+            permit.release()
+        elif classification.is_failure(kind):
+            permit.failure(error, duration)
+        else:
+            permit.success(duration)
+
+
+def _last_error(attempts: list[Attempt]) -> BaseException | None:
+    return attempts[-1].error if attempts else None
+
+
+_DEFAULT_POLICY = RetryPolicy()
+_DEFAULT_CLASSES = ClassificationPolicy()
