@@ -19,7 +19,7 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
-__all__ = ["DevAgent", "cache_dir", "find_consul_binary", "free_port"]
+__all__ = ["DevAgent", "cache_dir", "find_consul_binary", "free_port", "wait_stopped"]
 
 
 def cache_dir() -> Path:
@@ -50,6 +50,25 @@ def free_port(host: str = "127.0.0.1") -> int:
         sock.bind((host, 0))
         port: int = sock.getsockname()[1]
         return port
+
+
+def wait_stopped(pid: int, timeout: float = 5.0) -> bool:
+    """Wait until process ``pid`` is really stopped (state ``T``) after a SIGSTOP.
+
+    ``kill`` returns before the signal takes effect; a request sent right after a pause
+    could otherwise still be answered. Returns False where /proc is not available.
+    """
+    stat = Path(f"/proc/{pid}/stat")
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            state = stat.read_text().rsplit(")", 1)[-1].split()[0]
+        except (OSError, IndexError):
+            return False
+        if state in ("T", "t"):
+            return True
+        time.sleep(0.005)
+    return False
 
 
 @dataclass
@@ -179,6 +198,7 @@ class DevAgent:
         """SIGSTOP the agent: it stops answering but keeps its sockets open."""
         if self._proc is not None:
             os.kill(self._proc.pid, signal.SIGSTOP)
+            wait_stopped(self._proc.pid)
 
     def resume(self) -> None:
         """SIGCONT a paused agent."""

@@ -41,7 +41,7 @@ from pathlib import Path
 from typing import Any
 
 from lake_mesh_consul.errors import ProvisioningError
-from lake_mesh_consul.testing._agent import cache_dir, find_consul_binary, free_port
+from lake_mesh_consul.testing._agent import cache_dir, find_consul_binary, free_port, wait_stopped
 
 __all__ = [
     "CONTAINER_NAME",
@@ -934,6 +934,10 @@ class ContainerAgent:
     def pause(self) -> None:
         """SIGSTOP the agent: it stops answering but keeps its sockets open."""
         self._signal("SIGSTOP")
+        wrapped = self._wrapped()
+        with contextlib.suppress(Exception):
+            wrapped.reload()
+            wait_stopped(int(wrapped.attrs["State"]["Pid"]))
 
     def resume(self) -> None:
         """SIGCONT a paused agent."""

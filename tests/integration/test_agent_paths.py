@@ -21,8 +21,11 @@ def _exercise(agent, unique_name):
         assert client.leader()
         client.request("PUT", f"/v1/kv/{unique_name}", operation="write", data=b"1")
         agent.pause()
-        with pytest.raises(ConsulUnavailable):
-            ConsulClient(config.replace(read_timeout=0.5)).leader()
+        with (
+            ConsulClient(config.replace(read_timeout=0.5)) as impatient,
+            pytest.raises(ConsulUnavailable),
+        ):
+            impatient.leader()
         agent.resume()
         assert client.leader()
         agent.restart(wipe=True)

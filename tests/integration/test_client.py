@@ -79,7 +79,9 @@ def test_blocking_query_read_timeout_exceeds_wait_and_jitter(mesh_config):
 def test_acl_denial_maps_to_permission_denied(consul_acl_agent, unique_name):
     anonymous = MeshConfig(address=consul_acl_agent.address)
     with ConsulClient(anonymous) as client, pytest.raises(PermissionDenied) as info:
-        client.request("PUT", f"/v1/kv/{unique_name}", operation=f"write {unique_name!r}", data=b"x")
+        client.request(
+            "PUT", f"/v1/kv/{unique_name}", operation=f"write {unique_name!r}", data=b"x"
+        )
     assert unique_name in str(info.value)
     with ConsulClient(anonymous) as client, pytest.raises(PermissionDenied):
         client.call("read agent self", client.consul.agent.self)
