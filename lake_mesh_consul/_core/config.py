@@ -19,10 +19,28 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from lake_mesh_consul._core.config_models import (
+    BreakerSettings,
+    DetectorSettings,
+    EndpointConfig,
+    RetrySettings,
+    ServiceConfig,
+    normalise_global,
+)
 from lake_mesh_consul._core.durations import parse_duration
 from lake_mesh_consul.errors import InvalidSetting
 
-__all__ = ["ENV_VARS", "MeshConfig", "Secret", "parse_address"]
+__all__ = [
+    "ENV_VARS",
+    "BreakerSettings",
+    "DetectorSettings",
+    "EndpointConfig",
+    "MeshConfig",
+    "RetrySettings",
+    "Secret",
+    "ServiceConfig",
+    "parse_address",
+]
 
 #: The environment variables MeshConfig.from_env reads, as Consul's CLI names them.
 ENV_VARS = (
@@ -184,6 +202,18 @@ class MeshConfig:
         connect_timeout: seconds to wait for a TCP connection to the agent.
         read_timeout: seconds to wait for a non-blocking answer.
 
+    Mesh-wide defaults (the global level of configuration; ``None`` = built-in default,
+    overridden per service and per endpoint, see :mod:`lake_mesh_consul._core.config_schema`):
+    ``strategy``, ``breaker``, ``detector``, ``retry``, ``per_try_timeout``, ``deadline``,
+    ``panic_threshold``, ``slow_start_window``, ``keep_warning``,
+    ``deregister_critical_after``. Environment: ``LAKE_MESH_<PATH>``, e.g.
+    ``LAKE_MESH_STRATEGY``, ``LAKE_MESH_BREAKER_CONSECUTIVE_FAILURES``.
+
+    Bootstrap settings (how configuration itself is read; never from KV): ``watch_wait``
+    (blocking-query wait, <= 10 min), ``watch_rate_limit`` (queries per second per watch),
+    ``kv_prefix`` (KV folder of the configuration, default ``lake-mesh``). ``sources`` says
+    where each setting read by :meth:`from_env` / :meth:`from_file` came from.
+
     Example:
         >>> MeshConfig(address="127.0.0.1:8500", token="s3cr3t")
         MeshConfig(address='127.0.0.1:8500', scheme='http', ..., token=Secret('***'), ...)
@@ -204,6 +234,22 @@ class MeshConfig:
     partition: str | None = None
     connect_timeout: float = 2.0
     read_timeout: float = 10.0
+    # -- mesh-wide defaults: the global level (None = built-in default) --------------------
+    strategy: str | None = None
+    breaker: BreakerSettings = field(default_factory=BreakerSettings)
+    detector: DetectorSettings = field(default_factory=DetectorSettings)
+    retry: RetrySettings = field(default_factory=RetrySettings)
+    per_try_timeout: float | None = None
+    deadline: float | None = None
+    panic_threshold: float | None = None
+    slow_start_window: float | None = None
+    keep_warning: bool | None = None
+    deregister_critical_after: float | None = None
+    # -- bootstrap: how configuration is read ----------------------------------------------
+    watch_wait: float = 60.0
+    watch_rate_limit: float = 10.0
+    kv_prefix: str = "lake-mesh"
+    sources: Mapping[str, str] = field(default_factory=dict, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         set_ = object.__setattr__
@@ -249,6 +295,7 @@ class MeshConfig:
                 raise InvalidSetting(name, f"must be a positive number of seconds, got {value!r}")
         if self.datacenter is not None and not self.datacenter.strip():
             raise InvalidSetting("datacenter", "is empty")
+        normalise_global(self)  # mesh-wide defaults and bootstrap settings (config_schema)
 
     # -- construction ----------------------------------------------------------------------
 
@@ -301,6 +348,9 @@ class MeshConfig:
         if "token" in overrides or "token_file" in overrides:
             values.pop("token", None)
             values.pop("token_file", None)
+        from lake_mesh_consul._core.config_sources import layered_from_env
+
+        layered_from_env(env, values, overrides)  # LAKE_MESH_* mesh-wide defaults
         values.update(overrides)
         env_names = {v: k for k, v in simple.items()}
         env_names.update(
@@ -314,6 +364,26 @@ class MeshConfig:
             if exc.setting in env_names and exc.setting not in overrides:
                 raise InvalidSetting(env_names[exc.setting], exc.reason) from None
             raise
+
+    @classmethod
+    def from_file(
+        cls,
+        path: str | os.PathLike[str],
+        environ: Mapping[str, str] | None = None,
+        **overrides: Any,
+    ) -> MeshConfig:
+        """Build from a local JSON or TOML file, then the environment, then ``overrides``.
+
+        Precedence (lowest first): built-in defaults < file < environment < arguments.
+        See :func:`lake_mesh_consul._core.config_sources.load_file` for the file format.
+
+        Raises:
+            ConfigValidationError: the file is unreadable or invalid (naming file and field).
+            InvalidSetting: an environment variable or argument is invalid.
+        """
+        from lake_mesh_consul._core.config_sources import mesh_from_file
+
+        return mesh_from_file(cls, path, environ, overrides)
 
     def replace(self, **changes: Any) -> MeshConfig:
         """A copy with ``changes`` applied (validated like the constructor)."""
