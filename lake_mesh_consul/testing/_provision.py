@@ -636,18 +636,23 @@ def _start_binary(host: str, port: int, progress: Progress) -> AgentState:
     directory.mkdir(parents=True, exist_ok=True)
     log_path = directory / "consul.log"
     progress(f"starting {binary} agent -dev on {host}:{port}")
-    with log_path.open("ab") as log:
-        proc = subprocess.Popen(
-            [str(binary), *agent_command(host=host, http_port=port)],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            start_new_session=True,  # survives the CLI: a daemon in its own session
-        )
+    # posix_spawn in a new session: the agent outlives the CLI, and no Popen object is left
+    # to complain that its child still runs.
+    pid = os.posix_spawn(
+        str(binary),
+        [str(binary), *agent_command(host=host, http_port=port)],
+        dict(os.environ),
+        file_actions=[
+            (os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0),
+            (os.POSIX_SPAWN_OPEN, 1, str(log_path), os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644),
+            (os.POSIX_SPAWN_DUP2, 1, 2),
+        ],
+        setsid=True,
+    )
     state = AgentState(
         mode="binary",
         address=f"{host}:{port}",
-        pid=proc.pid,
+        pid=pid,
         binary=str(binary),
         log=str(log_path),
     )
@@ -658,9 +663,7 @@ def _start_binary(host: str, port: int, progress: Progress) -> AgentState:
         return "\n".join(lines)
 
     try:
-        wait_for_leader(
-            state.address, progress=progress, alive=lambda: proc.poll() is None, describe=tail
-        )
+        wait_for_leader(state.address, progress=progress, alive=lambda: _alive(pid), describe=tail)
     except ProvisioningError:
         _stop_state(state)
         raise
@@ -773,6 +776,8 @@ def _stop_state(state: AgentState) -> None:
             time.sleep(0.1)
         else:
             os.kill(state.pid, signal.SIGKILL)
+        with contextlib.suppress(ChildProcessError):
+            os.waitpid(state.pid, os.WNOHANG)  # reap it when we are its parent
     elif state.mode == "container" and state.container and shutil.which("docker"):
         _run(["docker", "rm", "-f", state.container], timeout=60)
     with contextlib.suppress(OSError):
