@@ -1,0 +1,847 @@
+"""A real multi-agent Consul cluster for fault tests: three servers and client agents.
+
+:class:`ConsulCluster` runs ``consul agent`` processes (not ``-dev``): servers with real raft
+(``-server``, ``bootstrap_expect``, ``retry_join``) and client agents that join them, each on
+its own loopback address (``127.a.b.1``, ``127.a.b.2``, ... with a random ``a.b`` per cluster,
+so clusters of parallel test runs never meet) and its own free ports. Raft and gossip timings
+are tightened (``raft_multiplier = 1``, sub-second probes) so a new leader is elected within
+one to three seconds of losing the old one.
+
+Every member (:class:`ClusterMember`) can be killed (SIGKILL), stopped (SIGTERM, without
+leaving), restarted with or without its data directory, wiped, paused (SIGSTOP) and resumed
+(SIGCONT). Members keep their address, ports and node id across restarts and wipes, like a
+machine that reboots with an empty disk.
+
+Optional modes:
+
+* ``acl_master_token=...``: ACLs enabled, ``default_policy = "deny"``, that token is the
+  management token (and the agents' own token).
+* ``tls=True``: the agents serve HTTPS only, with a CA and certificates made by
+  ``consul tls`` (see :class:`~lake_mesh_consul.testing._tls.TLSMaterial`);
+  ``verify_incoming=True`` makes them demand a client certificate.
+
+:func:`tls_agent` is a one-server cluster in TLS mode, for tests that only need an HTTPS agent.
+
+Thread-safety: a cluster is driven by one test thread; reading :attr:`ConsulCluster.members`
+and calling :meth:`ClusterMember.api` from other threads is safe.
+
+Example::
+
+    with ConsulCluster() as cluster:
+        leader = cluster.wait_for_leader(timeout=15)
+        leader.kill()
+        new_leader = cluster.wait_for_leader(timeout=15)
+        config = cluster.mesh_config()          # talks to the first client agent
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import json
+import os
+import random
+import shutil
+import signal
+import socket
+import ssl
+import struct
+import subprocess
+import tempfile
+import threading
+import time
+import urllib.error
+import urllib.request
+import uuid
+from collections import Counter
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
+
+from lake_mesh_consul.testing._agent import find_consul_binary
+from lake_mesh_consul.testing._tls import TLSMaterial, create_tls_material
+
+if TYPE_CHECKING:
+    from lake_mesh_consul._core.config import MeshConfig
+
+__all__ = ["ApiAnswer", "ClusterMember", "ConsulCluster", "tls_agent"]
+
+#: Seconds to wait for a stopped agent to exit before it is killed.
+STOP_TIMEOUT = 10.0
+
+#: Seconds a single helper HTTP request (status, members) may take.
+API_TIMEOUT = 2.0
+
+#: Serf (SWIM) timings: fast failure detection on loopback, yet tolerant of a busy CPU.
+GOSSIP_LAN = {
+    "gossip_interval": "100ms",
+    "probe_interval": "500ms",
+    "probe_timeout": "250ms",
+    "suspicion_mult": 3,
+}
+
+#: Serf state names, as Consul's ``/v1/agent/members`` numbers them.
+SERF_STATUS = {0: "none", 1: "alive", 2: "leaving", 3: "left", 4: "failed"}
+
+Role = Literal["server", "client"]
+
+# Processes started here and still running: killed at interpreter exit, whatever happened.
+_LIVE: set[subprocess.Popen[bytes]] = set()
+_LIVE_LOCK = threading.Lock()
+
+
+def _kill_leftovers() -> None:
+    with _LIVE_LOCK:
+        procs = list(_LIVE)
+    for proc in procs:
+        with contextlib.suppress(OSError):
+            proc.kill()
+        with contextlib.suppress(OSError, subprocess.TimeoutExpired):
+            proc.wait(timeout=5)
+
+
+atexit.register(_kill_leftovers)
+
+
+def _free_port(host: str) -> int:
+    """A port free for both TCP and UDP on ``host`` (Serf listens on both)."""
+    for _ in range(50):
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as tcp:
+            tcp.bind((host, 0))
+            port: int = tcp.getsockname()[1]
+            try:
+                with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
+                    udp.bind((host, port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError(f"no free TCP+UDP port on {host}")
+
+
+def _loopback_prefix() -> str:
+    """A random ``127.a.b`` prefix whose ``.1`` address can be bound on this machine."""
+    rng = random.SystemRandom()
+    for _ in range(20):
+        prefix = f"127.{rng.randint(100, 254)}.{rng.randint(0, 255)}"
+        try:
+            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+                sock.bind((f"{prefix}.1", 0))
+        except OSError:
+            continue
+        return prefix
+    raise RuntimeError("cannot bind any 127.x.y.1 address (only Linux routes all of 127/8)")
+
+
+@dataclass(frozen=True)
+class ApiAnswer:
+    """One answer of an agent's HTTP API (see :meth:`ClusterMember.api`).
+
+    Attributes:
+        status: the HTTP status code.
+        body: the body decoded as JSON, or the text when it is not JSON (``None`` if empty).
+        headers: the response headers (``X-Consul-KnownLeader``, ``X-Consul-LastContact``...).
+    """
+
+    status: int
+    body: Any
+    headers: Mapping[str, str]
+
+
+@dataclass(eq=False)
+class ClusterMember:
+    """One ``consul agent`` process of a :class:`ConsulCluster`, server or client.
+
+    The member keeps its address, ports and node id across :meth:`restart` and :meth:`wipe`.
+    Use it from the test thread; :meth:`api` may be called from any thread.
+
+    Attributes:
+        name: the node name (``server-1``, ``client-1``...).
+        role: ``"server"`` or ``"client"``.
+        host: its own loopback address.
+        ports: ``http`` (or ``https``), ``serf_lan``, ``serf_wan`` and ``server`` ports.
+        directory: where its config, data and log live.
+        node_id: its fixed node id.
+    """
+
+    name: str
+    role: Role
+    host: str
+    ports: dict[str, int]
+    directory: Path
+    node_id: str
+    cluster: ConsulCluster = field(repr=False)
+    _proc: subprocess.Popen[bytes] | None = field(default=None, repr=False)
+    _paused: bool = field(default=False, repr=False)
+
+    # -- where it is -------------------------------------------------------------------------
+
+    @property
+    def scheme(self) -> str:
+        """``"https"`` in TLS mode, else ``"http"``."""
+        return "https" if self.cluster.tls_material is not None else "http"
+
+    @property
+    def address(self) -> str:
+        """``host:port`` of the HTTP(S) API, as MeshConfig takes it."""
+        return f"{self.host}:{self.ports[self.scheme]}"
+
+    @property
+    def http_addr(self) -> str:
+        """``scheme://host:port`` of the HTTP(S) API."""
+        return f"{self.scheme}://{self.address}"
+
+    @property
+    def server_address(self) -> str:
+        """``host:port`` of the server RPC port: what ``/v1/status/leader`` names."""
+        return f"{self.host}:{self.ports['server']}"
+
+    @property
+    def serf_address(self) -> str:
+        """``host:port`` of the LAN gossip port (what ``retry_join`` uses)."""
+        return f"{self.host}:{self.ports['serf_lan']}"
+
+    @property
+    def data_dir(self) -> Path:
+        """The agent's data directory (raft log, snapshots, node id, local state)."""
+        return self.directory / "data"
+
+    @property
+    def log_path(self) -> Path:
+        """The agent's log file (kept across restarts and wipes)."""
+        return self.directory / "agent.log"
+
+    # -- state -------------------------------------------------------------------------------
+
+    @property
+    def running(self) -> bool:
+        """Whether the process exists (a paused process is running)."""
+        return self._proc is not None and self._proc.poll() is None
+
+    @property
+    def paused(self) -> bool:
+        """Whether the process is stopped by SIGSTOP."""
+        return self.running and self._paused
+
+    @property
+    def pid(self) -> int | None:
+        """The process id while it runs."""
+        return self._proc.pid if self.running and self._proc is not None else None
+
+    def log(self, tail: int = 40) -> str:
+        """The last ``tail`` lines of the agent's log."""
+        if not self.log_path.exists():
+            return ""
+        lines = self.log_path.read_text(errors="replace").splitlines()
+        return "\n".join(lines[-tail:])
+
+    # -- control -----------------------------------------------------------------------------
+
+    def start(self, *, wait: bool = True, timeout: float = 30.0) -> None:
+        """Start the agent (same address, ports and node id as before).
+
+        Args:
+            wait: wait until its HTTP API answers (any status: a server without quorum
+                still answers).
+            timeout: seconds to wait.
+
+        Raises:
+            RuntimeError: it is already running, or did not answer in time (with its log).
+        """
+        if self.running:
+            raise RuntimeError(f"{self.name} is already running")
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        config_path = self.directory / "config.json"
+        config_path.write_text(json.dumps(self.cluster._agent_config(self), indent=2))
+        with self.log_path.open("ab") as log:
+            proc = subprocess.Popen(
+                [str(self.cluster.binary), "agent", "-config-file", str(config_path)],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
+            )
+        with _LIVE_LOCK:
+            _LIVE.add(proc)
+        self._proc = proc
+        self._paused = False
+        if wait:
+            self.wait_answering(timeout)
+
+    def wait_answering(self, timeout: float = 30.0) -> None:
+        """Wait until the HTTP API answers at all, or raise RuntimeError with the log."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if not self.running:
+                break
+            try:
+                self.api("GET", "/v1/status/leader", timeout=1.0)
+                return
+            except OSError:
+                time.sleep(0.05)
+        state = "exited" if not self.running else "did not answer"
+        raise RuntimeError(f"consul agent {self.name} at {self.address} {state}:\n{self.log()}")
+
+    def _end(self, sig: signal.Signals) -> None:
+        proc = self._proc
+        if proc is None:
+            return
+        if proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(proc.pid, signal.SIGCONT)  # a paused agent cannot handle SIGTERM
+                proc.send_signal(sig)
+            try:
+                proc.wait(timeout=STOP_TIMEOUT)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(timeout=STOP_TIMEOUT)
+        with _LIVE_LOCK:
+            _LIVE.discard(proc)
+        self._paused = False
+
+    def stop(self, *, leave: bool = False) -> None:
+        """Stop the agent; a no-op if it is not running.
+
+        Args:
+            leave: leave the cluster gracefully (SIGINT) instead of just exiting (SIGTERM).
+                A server that leaves is removed from the raft configuration.
+        """
+        self._end(signal.SIGINT if leave else signal.SIGTERM)
+
+    def kill(self) -> None:
+        """SIGKILL the agent: no leave, no flush, sockets reset; a no-op if not running."""
+        self._end(signal.SIGKILL)
+
+    def wipe(self) -> None:
+        """Delete the data directory (raft log, snapshots, local services and checks).
+
+        Raises:
+            RuntimeError: the agent is running; stop or kill it first.
+        """
+        if self.running:
+            raise RuntimeError(f"stop {self.name} before wiping its data directory")
+        shutil.rmtree(self.data_dir, ignore_errors=True)
+
+    def restart(self, *, wipe: bool = False, kill: bool = False, wait: bool = True) -> None:
+        """Stop (or kill) the agent, optionally wipe its data, and start it again."""
+        if kill:
+            self.kill()
+        else:
+            self.stop()
+        if wipe:
+            self.wipe()
+        self.start(wait=wait)
+
+    def pause(self) -> None:
+        """SIGSTOP the agent: its sockets stay open, nothing answers until :meth:`resume`."""
+        if self._proc is not None and self.running:
+            os.kill(self._proc.pid, signal.SIGSTOP)
+            self._paused = True
+
+    def resume(self) -> None:
+        """SIGCONT a paused agent."""
+        if self._proc is not None and self.running:
+            os.kill(self._proc.pid, signal.SIGCONT)
+            self._paused = False
+
+    # -- talking to it -----------------------------------------------------------------------
+
+    def api(
+        self,
+        method: str,
+        path: str,
+        *,
+        body: Any = None,
+        token: str | None = None,
+        timeout: float = API_TIMEOUT,
+    ) -> ApiAnswer:
+        """Send one request to this agent's HTTP API (for test setup and assertions).
+
+        Args:
+            method: HTTP method.
+            path: path and query, e.g. ``/v1/kv/a?stale``.
+            body: JSON-encoded when not ``None`` (bytes and str are sent as they are).
+            token: ACL token; defaults to the cluster's management token (if any).
+            timeout: seconds for connect and read.
+
+        Returns:
+            The answer, whatever its status.
+
+        Raises:
+            OSError: the agent did not answer (refused, reset, timed out, TLS failure).
+        """
+        data: bytes | None
+        if body is None:
+            data = None
+        elif isinstance(body, bytes):
+            data = body
+        elif isinstance(body, str):
+            data = body.encode()
+        else:
+            data = json.dumps(body).encode()
+        request = urllib.request.Request(  # noqa: S310 - our own agent on loopback
+            self.http_addr + path, data=data, method=method
+        )
+        secret = token if token is not None else self.cluster.acl_master_token
+        if secret:
+            request.add_header("X-Consul-Token", secret)
+        try:
+            with urllib.request.urlopen(  # noqa: S310 - our own agent on loopback
+                request, timeout=timeout, context=self.cluster._ssl_context()
+            ) as response:
+                return _answer(response.status, response.read(), dict(response.headers))
+        except urllib.error.HTTPError as exc:
+            return _answer(exc.code, exc.read(), dict(exc.headers or {}))
+        except urllib.error.URLError as exc:
+            reason = exc.reason
+            raise reason if isinstance(reason, OSError) else OSError(str(reason)) from exc
+
+    def reported_leader(self) -> str:
+        """``/v1/status/leader`` as this agent sees it: ``host:port`` or ``""``.
+
+        Raises:
+            OSError: the agent did not answer.
+        """
+        answer = self.api("GET", "/v1/status/leader", timeout=1.0)
+        return answer.body if answer.status == 200 and isinstance(answer.body, str) else ""
+
+    def connected_servers(self) -> list[ClusterMember]:
+        """The servers this agent holds an established TCP connection to on their RPC port.
+
+        For a client agent that is the server its RPCs go to right now (read from
+        ``/proc/net/tcp``, Linux only; an empty list elsewhere).
+        """
+        by_address = {(s.host, s.ports["server"]): s for s in self.cluster.servers}
+        found: list[ClusterMember] = []
+        try:
+            lines = Path("/proc/net/tcp").read_text().splitlines()[1:]
+        except OSError:
+            return found
+        for line in lines:
+            fields = line.split()
+            if len(fields) < 4 or fields[3] != "01":  # 01 = ESTABLISHED
+                continue
+            local, remote = _proc_address(fields[1]), _proc_address(fields[2])
+            server = by_address.get(remote)
+            if local[0] == self.host and server not in (None, self, *found):
+                assert server is not None
+                found.append(server)
+        return found
+
+    def serf_members(self) -> dict[str, str]:
+        """``/v1/agent/members`` as this agent sees it: node name -> ``alive``/``failed``...
+
+        Raises:
+            OSError: the agent did not answer.
+        """
+        answer = self.api("GET", "/v1/agent/members")
+        if answer.status != 200 or not isinstance(answer.body, list):
+            return {}
+        return {m["Name"]: SERF_STATUS.get(m.get("Status", 0), "?") for m in answer.body}
+
+
+def _proc_address(text: str) -> tuple[str, int]:
+    """``0100007F:1F90`` (``/proc/net/tcp``, IPv4 in host byte order) -> ``("127.0.0.1", 8080)``."""
+    ip_hex, _, port_hex = text.partition(":")
+    ip = socket.inet_ntoa(struct.pack("=I", int(ip_hex, 16)))
+    return ip, int(port_hex, 16)
+
+
+def _answer(status: int, raw: bytes, headers: dict[str, str]) -> ApiAnswer:
+    body: Any = None
+    if raw:
+        try:
+            body = json.loads(raw)
+        except ValueError:
+            body = raw.decode(errors="replace")
+    return ApiAnswer(status=status, body=body, headers=headers)
+
+
+class ConsulCluster:
+    """Three (or ``servers``) Consul servers and ``clients`` client agents, real processes.
+
+    Args:
+        servers: number of servers (1 or 3 are the useful values; ``bootstrap_expect``).
+        clients: number of client agents (0, 1 or 2).
+        binary: the consul binary (default: :func:`find_consul_binary`).
+        acl_master_token: enable ACLs with default deny and this management token.
+        tls: serve HTTPS only, with a CA and certificates made by ``consul tls``.
+        verify_incoming: with ``tls``, require callers to present a client certificate.
+        datacenter: the datacenter name.
+        base_dir: where member directories go (default: a new temporary directory,
+            removed by :meth:`close`).
+
+    The cluster is a context manager: entering starts every member and waits until it is
+    ready (:meth:`start`); leaving (or :meth:`close`) kills every process, paused or not, and
+    removes the temporary directory, whatever happened in between.
+
+    Raises:
+        RuntimeError: no consul binary, or the cluster did not form in time (with logs).
+    """
+
+    def __init__(
+        self,
+        *,
+        servers: int = 3,
+        clients: int = 1,
+        binary: Path | None = None,
+        acl_master_token: str | None = None,
+        tls: bool = False,
+        verify_incoming: bool = False,
+        datacenter: str = "dc1",
+        base_dir: Path | None = None,
+    ) -> None:
+        if servers < 1:
+            raise ValueError("a cluster needs at least one server")
+        if clients < 0:
+            raise ValueError("clients must be >= 0")
+        if verify_incoming and not tls:
+            raise ValueError("verify_incoming needs tls=True")
+        found = binary or find_consul_binary()
+        if found is None:
+            raise RuntimeError("no consul binary (set LAKE_MESH_CONSUL_BIN or put it on PATH)")
+        self.binary = found
+        self.acl_master_token = acl_master_token
+        self.verify_incoming = verify_incoming
+        self.datacenter = datacenter
+        self._own_dir = base_dir is None
+        self.directory = base_dir or Path(tempfile.mkdtemp(prefix="lake-mesh-cluster-"))
+        self._ssl: ssl.SSLContext | None = None
+        prefix = _loopback_prefix()
+        names = [f"server-{i + 1}" for i in range(servers)]
+        names += [f"client-{i + 1}" for i in range(clients)]
+        self._members: list[ClusterMember] = []
+        for index, name in enumerate(names):
+            host = f"{prefix}.{index + 1}"
+            api_port = "https" if tls else "http"
+            self._members.append(
+                ClusterMember(
+                    name=name,
+                    role="server" if name.startswith("server") else "client",
+                    host=host,
+                    ports={
+                        api_port: _free_port(host),
+                        "serf_lan": _free_port(host),
+                        "serf_wan": _free_port(host),
+                        "server": _free_port(host),
+                    },
+                    directory=self.directory / name,
+                    node_id=str(uuid.uuid4()),
+                    cluster=self,
+                )
+            )
+        self.tls_material: TLSMaterial | None = None
+        if tls:
+            self.tls_material = create_tls_material(
+                self.binary,
+                self.directory / "tls",
+                datacenter=datacenter,
+                ip_addresses=[m.host for m in self._members],
+            )
+
+    # -- members -----------------------------------------------------------------------------
+
+    @property
+    def members(self) -> tuple[ClusterMember, ...]:
+        """Every member, servers first."""
+        return tuple(self._members)
+
+    @property
+    def servers(self) -> tuple[ClusterMember, ...]:
+        """The server members."""
+        return tuple(m for m in self._members if m.role == "server")
+
+    @property
+    def clients(self) -> tuple[ClusterMember, ...]:
+        """The client agent members."""
+        return tuple(m for m in self._members if m.role == "client")
+
+    @property
+    def client(self) -> ClusterMember:
+        """The first client agent (or the first server when there are no clients)."""
+        return (self.clients or self.servers)[0]
+
+    def member(self, name: str) -> ClusterMember:
+        """The member called ``name``; KeyError if there is none."""
+        for m in self._members:
+            if m.name == name:
+                return m
+        raise KeyError(name)
+
+    def mesh_config(
+        self, member: ClusterMember | None = None, *, token: str | None = None, **overrides: Any
+    ) -> MeshConfig:
+        """A MeshConfig for ``member`` (default :attr:`client`) with scheme, CA and cert set.
+
+        Args:
+            member: which agent to talk to.
+            token: ACL token; ``None`` means the management token (in ACL mode), ``""`` the
+                anonymous token.
+            overrides: more MeshConfig fields (they win).
+        """
+        from lake_mesh_consul._core.config import MeshConfig
+
+        target = member or self.client
+        values: dict[str, Any] = {"address": target.address, "scheme": target.scheme}
+        values["token"] = self.acl_master_token if token is None else token
+        if self.tls_material is not None:
+            values["ca_file"] = str(self.tls_material.ca_file)
+            if self.verify_incoming:
+                values["client_cert"] = str(self.tls_material.client_cert)
+                values["client_key"] = str(self.tls_material.client_key)
+        values.update(overrides)
+        return MeshConfig(**values)
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    def start(self, timeout: float = 60.0) -> None:
+        """Start every member and wait until the cluster is ready (see :meth:`wait_ready`).
+
+        Raises:
+            RuntimeError: it did not form within ``timeout`` (the message carries logs).
+        """
+        deadline = time.monotonic() + timeout
+        try:
+            for m in self._members:
+                m.start(wait=False)
+            for m in self._members:
+                m.wait_answering(max(1.0, deadline - time.monotonic()))
+            self.wait_ready(max(1.0, deadline - time.monotonic()))
+        except BaseException:
+            self.close()
+            raise
+
+    def wait_ready(self, timeout: float = 30.0) -> ClusterMember:
+        """Wait for a leader and for every client agent to see every running member.
+
+        "Sees" means the member is ``alive`` in the client's gossip view and in its catalog
+        (``/v1/catalog/nodes``), which needs a working leader and the client's sync.
+
+        Returns:
+            The leader.
+
+        Raises:
+            TimeoutError: not ready in time (with the logs of the members).
+        """
+        deadline = time.monotonic() + timeout
+        leader = self.wait_for_leader(timeout)
+        want = {m.name for m in self._members if m.running and not m.paused}
+        while True:
+            missing: set[str] = set()
+            for c in self.clients:
+                if not c.running or c.paused:
+                    continue
+                try:
+                    answer = c.api("GET", "/v1/catalog/nodes")
+                    seen = {n["Node"] for n in answer.body} if answer.status == 200 else set()
+                    alive = {n for n, state in c.serf_members().items() if state == "alive"}
+                except (OSError, TypeError, KeyError):
+                    seen = alive = set()
+                missing |= want - (seen & alive)
+            if not missing:
+                return leader
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"clients do not see {sorted(missing)}:\n{self.logs()}")
+            time.sleep(0.1)
+
+    def leader(self) -> ClusterMember | None:
+        """The server a majority of the answering servers names as leader, if it runs.
+
+        Paused or stopped servers are not asked. Returns ``None`` when no leader is known.
+        """
+        answers: list[str] = []
+        for s in self.servers:
+            if s.running and not s.paused:
+                try:
+                    answers.append(s.reported_leader())
+                except OSError:
+                    continue
+        votes = Counter(a for a in answers if a)
+        if not votes:
+            return None
+        address, count = votes.most_common(1)[0]
+        if count * 2 <= len(answers):
+            return None
+        for s in self.servers:
+            if s.server_address == address and s.running and not s.paused:
+                return s
+        return None
+
+    def wait_for_leader(
+        self, timeout: float = 15.0, *, not_: ClusterMember | None = None
+    ) -> ClusterMember:
+        """Wait until a running server is leader and says so itself.
+
+        Args:
+            timeout: seconds to wait.
+            not_: a member that must not be the answer (the old leader, when it may still be
+                named by a stale follower).
+
+        Returns:
+            The leader.
+
+        Raises:
+            TimeoutError: no leader in time (the message carries the servers' logs).
+        """
+        deadline = time.monotonic() + timeout
+        while True:
+            found = self.leader()
+            if found is not None and found is not not_:
+                with contextlib.suppress(OSError):
+                    if found.reported_leader() == found.server_address:
+                        return found
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"no raft leader within {timeout:g}s:\n{self.logs()}")
+            time.sleep(0.05)
+
+    def raft_peers(self, via: ClusterMember | None = None) -> list[dict[str, Any]]:
+        """``/v1/operator/raft/configuration?stale``: each server's Node, Address, Leader, Voter.
+
+        Raises:
+            OSError: the agent did not answer.
+            RuntimeError: it answered with an error status.
+        """
+        target = via or self.client
+        answer = target.api("GET", "/v1/operator/raft/configuration?stale")
+        if answer.status != 200 or not isinstance(answer.body, dict):
+            raise RuntimeError(f"raft configuration: HTTP {answer.status} {answer.body!r}")
+        servers: list[dict[str, Any]] = answer.body.get("Servers", [])
+        return servers
+
+    def logs(self, tail: int = 15) -> str:
+        """The last lines of every member's log, headed by its name."""
+        return "\n".join(f"--- {m.name} ({m.host})\n{m.log(tail)}" for m in self._members)
+
+    def close(self) -> None:
+        """Kill every member (paused ones too) and remove the temporary directory. Idempotent."""
+        for m in self._members:
+            with contextlib.suppress(OSError, subprocess.SubprocessError):
+                m.kill()
+        if self._own_dir:
+            shutil.rmtree(self.directory, ignore_errors=True)
+
+    def __enter__(self) -> ConsulCluster:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        parts = ", ".join(
+            f"{m.name}@{m.address}{'' if m.running else ' down'}{' paused' if m.paused else ''}"
+            for m in self._members
+        )
+        return f"ConsulCluster({parts})"
+
+    # -- agent configuration ------------------------------------------------------------------
+
+    def _ssl_context(self) -> ssl.SSLContext | None:
+        if self.tls_material is None:
+            return None
+        if self._ssl is None:
+            context = ssl.create_default_context(cafile=str(self.tls_material.ca_file))
+            context.load_cert_chain(
+                str(self.tls_material.client_cert), str(self.tls_material.client_key)
+            )
+            self._ssl = context
+        return self._ssl
+
+    def _agent_config(self, member: ClusterMember) -> dict[str, Any]:
+        servers = self.servers
+        ports: dict[str, int] = {"dns": -1, "grpc": -1, **member.ports}
+        if self.tls_material is not None:
+            ports["http"] = -1
+        config: dict[str, Any] = {
+            "datacenter": self.datacenter,
+            "node_name": member.name,
+            "node_id": member.node_id,
+            "data_dir": str(member.data_dir),
+            "bind_addr": member.host,
+            "client_addr": member.host,
+            "advertise_addr": member.host,
+            "ports": ports,
+            "retry_join": [s.serf_address for s in servers if s is not member],
+            "retry_interval": "1s",
+            "leave_on_terminate": False,
+            "skip_leave_on_interrupt": False,
+            "rejoin_after_leave": True,
+            "disable_update_check": True,
+            "disable_remote_exec": True,
+            "enable_script_checks": False,
+            "log_level": "INFO",
+            "performance": {"raft_multiplier": 1},
+            "gossip_lan": GOSSIP_LAN,
+            "check_update_interval": "0s",
+        }
+        if member.role == "server":
+            config["server"] = True
+            config["bootstrap_expect"] = len(servers)
+            config["autopilot"] = {
+                # Keep killed servers in the raft configuration: "two of three down" must
+                # mean "no quorum", not "autopilot shrank the cluster to one".
+                "cleanup_dead_servers": False,
+                "last_contact_threshold": "1s",
+                "server_stabilization_time": "1s",
+            }
+        if self.acl_master_token:
+            tokens: dict[str, str] = {"agent": self.acl_master_token}
+            if member.role == "server":
+                tokens["master"] = self.acl_master_token
+            else:
+                tokens["agent_master"] = self.acl_master_token
+            config["primary_datacenter"] = self.datacenter
+            config["acl"] = {
+                "enabled": True,
+                "default_policy": "deny",
+                "down_policy": "extend-cache",
+                "enable_token_persistence": False,
+                "tokens": tokens,
+            }
+        if self.tls_material is not None:
+            config.update(
+                ca_file=str(self.tls_material.ca_file),
+                cert_file=str(self.tls_material.server_cert),
+                key_file=str(self.tls_material.server_key),
+                verify_incoming=False,
+                verify_incoming_rpc=False,
+                verify_incoming_https=self.verify_incoming,
+                verify_outgoing=False,
+            )
+        return config
+
+
+@contextlib.contextmanager
+def tls_agent(
+    *,
+    verify_incoming: bool = False,
+    acl_master_token: str | None = None,
+    binary: Path | None = None,
+) -> Iterator[ConsulCluster]:
+    """One Consul server serving HTTPS only, with a CA and certificates from ``consul tls``.
+
+    Yields a one-server :class:`ConsulCluster`: ``cluster.client.address`` is the HTTPS
+    address, ``cluster.tls_material`` holds ``ca_file``, ``client_cert`` and ``client_key``,
+    and ``cluster.mesh_config()`` is a working MeshConfig for it.
+
+    Args:
+        verify_incoming: require a client certificate on HTTPS connections.
+        acl_master_token: also enable ACLs (default deny) with this management token.
+        binary: the consul binary.
+
+    Example::
+
+        with tls_agent(verify_incoming=True) as agent:
+            with ConsulClient(agent.mesh_config()) as client:
+                client.leader()
+    """
+    cluster = ConsulCluster(
+        servers=1,
+        clients=0,
+        binary=binary,
+        tls=True,
+        verify_incoming=verify_incoming,
+        acl_master_token=acl_master_token,
+    )
+    with cluster:
+        yield cluster

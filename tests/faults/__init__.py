@@ -1,0 +1,1 @@
+"""The fault suite: scenarios against real Consul processes (see conftest.py)."""
