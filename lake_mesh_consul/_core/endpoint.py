@@ -127,6 +127,27 @@ class ServiceEndpoint:
         """The weight that applies to the current health status."""
         return self.weights.for_status(self.health)
 
+    @property
+    def eligible(self) -> bool:
+        """Whether health allows picking it: passing or warning, with a weight above zero.
+
+        Critical and maintenance instances are never eligible; a warning instance is
+        eligible (weighted strategies give it ``weights.warning``) unless that weight is 0.
+        """
+        return self.weights.for_status(self.health) > 0
+
+    @property
+    def ineligible_reason(self) -> str | None:
+        """Why health makes it ineligible, or ``None`` when it is eligible.
+
+        One of ``"critical"``, ``"maintenance"`` or ``"warning weight 0"``.
+        """
+        if self.health is HealthStatus.CRITICAL or self.health is HealthStatus.MAINTENANCE:
+            return str(self.health)
+        if self.weights.for_status(self.health) <= 0:
+            return f"{self.health} weight 0"
+        return None
+
     def same_as(self, other: ServiceEndpoint) -> bool:
         """Whether every field (not only the identity) is equal."""
         return (

@@ -1,0 +1,815 @@
+"""LoadBalancer: binds a service's endpoints, a strategy, and endpoint health and gate state.
+
+How a pick is made (the common path takes no lock and does O(1) work):
+
+1. ``update(endpoints)`` (a discovery watch calls it) builds an immutable *snapshot*: the
+   eligible endpoints (passing or warning, weight above zero), their weights with slow
+   start applied, their shared :class:`~lake_mesh_consul._core.loadstats.EndpointStats`,
+   the panic decision, and the strategy's prepared picker (a ring, a Maglev table, a
+   schedule). It then swaps the snapshot in by reference, so a pick never waits for an
+   update and never sees half of one.
+2. ``pick()`` calls the snapshot's picker. With gates (breakers, outlier ejection) it asks
+   them about the picked endpoint only; on the first refusal it takes a *census* of every
+   eligible endpoint (O(N), at most once per ``gate_refresh`` while endpoints are refused),
+   prepares the strategy over the admitted ones and uses that until the census expires.
+3. ``request()`` picks and counts the request as outstanding; leaving the ``with`` block
+   folds its latency into the endpoint's peak EWMA and reports the outcome to the
+   recorders (the failure detector and breakers).
+
+Eligibility rules, as a table (first match wins)::
+
+    endpoint                                  eligible   reason shown by stats()
+    ----------------------------------------  ---------  --------------------------------
+    health maintenance                        never      "maintenance" (not even in panic)
+    health critical                           no         "critical"
+    weight 0 (Consul Weights or override)     no         "warning weight 0" / "weight 0"
+    a gate refuses it (breaker open, ejected) no         "refused by <GateType>"
+    otherwise                                 yes        None
+
+Panic threshold (Envoy's ``healthy_panic_threshold``, default 50%): when the eligible
+endpoints are fewer than ``panic_threshold`` of the routable ones (all but maintenance),
+the balancer stops trusting health and balances over all routable endpoints, rather than
+pile the whole load on the few that look healthy and take them down too. Unlike Envoy,
+when *no* endpoint is eligible at all the pick fails with
+:class:`~lake_mesh_consul.errors.NoEndpointsAvailable` (saying why) instead of sending
+blindly: a caller's fallback is better served by a clear error. ``panic_threshold=0``
+disables panic mode.
+
+Slow start (Envoy's formula): an endpoint that becomes eligible after the first snapshot
+(new, or back from critical) weighs
+``weight * max(min_weight, (max(age, 1) / window) ** (1 / aggression))`` until ``age``
+reaches ``window`` seconds. Hash strategies ignore it (it would move keys).
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import math
+import random
+import threading
+from collections import Counter
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from types import TracebackType
+
+from lake_mesh_consul._core.clock import SYSTEM_CLOCK, Clock
+from lake_mesh_consul._core.endpoint import ServiceEndpoint
+from lake_mesh_consul._core.health import HealthStatus
+from lake_mesh_consul._core.loadstats import EndpointStats, StatsRegistry
+from lake_mesh_consul._core.ports import EndpointGate, EndpointSource, OutcomeRecorder
+from lake_mesh_consul._core.strategies import (
+    BalancerStrategy,
+    Key,
+    PeakEwma,
+    Picker,
+    StrategyLike,
+    ZoneAware,
+    prepare_picker,
+    resolve_strategy,
+    strategy_name,
+)
+from lake_mesh_consul.errors import InvalidSetting, NoEndpointsAvailable
+
+__all__ = [
+    "DEFAULT_GATE_REFRESH",
+    "DEFAULT_PANIC_THRESHOLD",
+    "BalancerStats",
+    "EndpointState",
+    "LoadBalancer",
+    "RequestContext",
+    "slow_start_factor",
+]
+
+_log = logging.getLogger(__name__)
+
+#: Envoy's default healthy panic threshold (a share of routable endpoints).
+DEFAULT_PANIC_THRESHOLD = 0.5
+#: Envoy's default slow-start minimum weight (a share of the full weight).
+DEFAULT_SLOW_START_MIN_WEIGHT = 0.1
+#: Seconds a gate census stays valid before refused endpoints are tried again.
+DEFAULT_GATE_REFRESH = 1.0
+#: Slow-start weights are recomputed this many times per window (and at its end).
+_SLOW_START_STEPS = 50
+#: Re-picks from a fresh census before falling back to a scan (gates flapping).
+_GATE_ATTEMPTS = 3
+#: Prepared pickers over gate-filtered sets kept per snapshot.
+_GATED_CACHE_SIZE = 8
+_INF = math.inf
+#: Why the gates refuse an endpoint, as stats() and NoEndpointsAvailable say it.
+_GATED = "ejected or circuit open"
+
+
+def slow_start_factor(
+    age: float, window: float, *, aggression: float = 1.0, min_weight: float = 0.1
+) -> float:
+    """Envoy's slow-start multiplier for an endpoint eligible for ``age`` seconds.
+
+    ``max(min_weight, (max(age, 1) / window) ** (1 / aggression))`` while ``age < window``,
+    else 1.0 (and always 1.0 when ``window`` is 0).
+
+    Example:
+        >>> slow_start_factor(30, 60)
+        0.5
+        >>> slow_start_factor(0, 60)  # the floor: min_weight
+        0.1
+        >>> round(slow_start_factor(15, 60, aggression=2.0), 3)
+        0.5
+    """
+    if window <= 0 or age >= window:
+        return 1.0
+    return max(min_weight, float((max(age, 1.0) / window) ** (1.0 / aggression)))
+
+
+@dataclass(frozen=True, slots=True)
+class EndpointState:
+    """What the balancer knows about one endpoint right now (for ``explain`` and metrics).
+
+    Attributes:
+        endpoint: the endpoint.
+        eligible: whether a pick may choose it now (panic mode aside).
+        reason: why not, e.g. ``"critical"``, ``"refused by CircuitBreaker"``; else None.
+        outstanding: requests in flight.
+        latency: the peak-EWMA latency estimate decayed to now, in seconds.
+        requests: finished requests; failures: those that failed.
+        base_weight: the weight before slow start (strategy's view of Consul weights).
+        slow_start: the slow-start multiplier (1.0 when warmed up).
+        weight: ``base_weight * slow_start`` (0 when not eligible).
+    """
+
+    endpoint: ServiceEndpoint
+    eligible: bool
+    reason: str | None
+    outstanding: int
+    latency: float
+    requests: int
+    failures: int
+    base_weight: float
+    slow_start: float
+    weight: float
+
+
+@dataclass(frozen=True, slots=True)
+class BalancerStats:
+    """A read-only view of a balancer, from :meth:`LoadBalancer.stats`.
+
+    Attributes:
+        service: the service name.
+        strategy: the strategy's name.
+        registered: endpoints in the current snapshot.
+        eligible: endpoints a pick may choose (health and gates).
+        panic: whether panic mode is on (balancing over all routable endpoints).
+        reason: why a pick would fail now, or None.
+        endpoints: per-endpoint state, in discovery order.
+    """
+
+    service: str
+    strategy: str
+    registered: int
+    eligible: int
+    panic: bool
+    reason: str | None
+    endpoints: tuple[EndpointState, ...]
+
+
+class _Snapshot:
+    """One immutable view of the service; swapped in whole by reference."""
+
+    __slots__ = (
+        "eligible",
+        "endpoints",
+        "failure",
+        "gated",
+        "panic",
+        "panic_picker",
+        "picker",
+        "refresh_at",
+        "routable",
+        "stats",
+        "stats_by_key",
+        "weights",
+    )
+
+    def __init__(
+        self,
+        *,
+        endpoints: tuple[ServiceEndpoint, ...],
+        eligible: tuple[ServiceEndpoint, ...],
+        weights: tuple[float, ...],
+        stats: tuple[EndpointStats, ...],
+        stats_by_key: dict[tuple[str, str], EndpointStats],
+        routable: tuple[ServiceEndpoint, ...],
+        picker: Picker | None,
+        panic: bool,
+        failure: str,
+        refresh_at: float,
+    ) -> None:
+        self.endpoints = endpoints
+        self.eligible = eligible
+        self.weights = weights
+        self.stats = stats
+        self.stats_by_key = stats_by_key
+        self.routable = routable
+        self.picker = picker
+        self.panic = panic
+        self.failure = failure
+        self.refresh_at = refresh_at
+        #: Pickers over gate-filtered subsets, keyed by the refused endpoint keys.
+        self.gated: dict[frozenset[tuple[str, str]], Picker] = {}
+        #: Built on first need: the picker over every routable endpoint (panic).
+        self.panic_picker: Picker | None = picker if panic else None
+
+
+class _Census:
+    """What the gates said about every eligible endpoint at one moment."""
+
+    __slots__ = ("available", "expires", "failure", "panic", "picker", "snap")
+
+    def __init__(
+        self,
+        snap: _Snapshot,
+        expires: float,
+        picker: Picker | None,
+        *,
+        panic: bool = False,
+        failure: str = "",
+        available: tuple[ServiceEndpoint, ...] = (),
+    ) -> None:
+        self.snap = snap
+        self.expires = expires
+        self.picker = picker
+        self.panic = panic
+        self.failure = failure
+        self.available = available
+
+
+def _salted(key: Key, attempt: int) -> Key:
+    if key is None:
+        return None
+    if isinstance(key, bytes):
+        return key + b"\x00" + str(attempt).encode()
+    return f"{key}\x00{attempt}"
+
+
+def _none_eligible(counts: Counter[str]) -> str:
+    if len(counts) == 1:
+        return f"all {next(iter(counts))}"
+    return "none eligible (" + ", ".join(f"{n} {why}" for why, n in counts.most_common()) + ")"
+
+
+class RequestContext:
+    """One request to one endpoint: counts it as outstanding and reports how it went.
+
+    Returned by :meth:`LoadBalancer.request` with the endpoint already picked. Leave it
+    through ``with`` (or call :meth:`finish`) exactly once; finishing is idempotent.
+
+    Outcome rules, first match wins:
+
+    * :meth:`succeed` or :meth:`fail` was called: that outcome (so ``fail(status=503)``
+      marks a failure without raising, and ``succeed()`` before raising an application
+      error keeps it from counting against the endpoint);
+    * the block raised an :class:`Exception`: a failure, reported with ``error=exc``;
+    * the block raised a ``BaseException`` that is not an ``Exception``
+      (``KeyboardInterrupt``, ``asyncio.CancelledError``, ``GeneratorExit``): cancelled
+      by the caller; the request stops counting as outstanding but nothing is recorded;
+    * otherwise a success.
+
+    The exception itself always propagates. Recorders are called after the latency has
+    been folded into the endpoint's stats; a recorder that raises is logged and skipped.
+
+    Example:
+        >>> lb = LoadBalancer("web", endpoints=[ServiceEndpoint.create("w1", "10.0.0.1", 80)])
+        >>> with lb.request() as ctx:
+        ...     target = ctx.endpoint.host_port  # send the request here
+        ...     ctx.fail(status=503)             # e.g. the answer was a 503
+        >>> lb.stats().endpoints[0].failures
+        1
+
+    Thread-safety: use one context from one thread at a time (the usual ``with`` shape).
+    """
+
+    __slots__ = ("_done", "_error", "_lb", "_outcome", "_stats", "_status", "endpoint", "started")
+
+    def __init__(self, lb: LoadBalancer, endpoint: ServiceEndpoint, stats: EndpointStats) -> None:
+        self._lb = lb
+        self._stats = stats
+        self._outcome: bool | None = None
+        self._status: int | None = None
+        self._error: BaseException | None = None
+        self._done = False
+        #: The endpoint to send the request to.
+        self.endpoint = endpoint
+        stats.begin()
+        #: Monotonic time the request started.
+        self.started = lb.clock.monotonic()
+
+    @property
+    def elapsed(self) -> float:
+        """Seconds since the request started."""
+        return self._lb.clock.monotonic() - self.started
+
+    def succeed(self, status: int | None = None) -> None:
+        """Mark the request successful (overrides the exception rule)."""
+        self._outcome = True
+        self._status = status
+
+    def fail(self, status: int | None = None, error: BaseException | None = None) -> None:
+        """Mark the request failed, e.g. ``fail(status=503)`` or ``fail(error=exc)``."""
+        self._outcome = False
+        self._status = status
+        self._error = error
+
+    def finish(self, error: BaseException | None = None) -> None:
+        """End the request now (as leaving the ``with`` block with ``error`` would)."""
+        if self._done:
+            return
+        self._done = True
+        lb = self._lb
+        now = lb.clock.monotonic()
+        duration = max(now - self.started, 0.0)
+        if error is not None and not isinstance(error, Exception) and self._outcome is None:
+            self._stats.end(now, None)  # cancelled by the caller: says nothing of the endpoint
+            return
+        success = self._outcome if self._outcome is not None else error is None
+        reported = None if success else (self._error or error)
+        self._stats.end(now, duration, success=success)
+        for recorder in lb.recorders:
+            try:
+                recorder.record(
+                    self.endpoint,
+                    success=success,
+                    duration=duration,
+                    error=reported,
+                    status=self._status,
+                )
+            except Exception:
+                _log.exception("outcome recorder %r failed", recorder)
+
+    def __enter__(self) -> RequestContext:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.finish(exc)
+
+    def __repr__(self) -> str:
+        state = "done" if self._done else "in flight"
+        return f"RequestContext({self.endpoint!r}, {state})"
+
+
+class LoadBalancer:
+    """Client-side load balancing for one service: pick an endpoint, track the request.
+
+    Args:
+        service: the service name (used in errors and stats).
+        strategy: a built-in's name (see :data:`~lake_mesh_consul._core.strategies.STRATEGIES`),
+            a :class:`~lake_mesh_consul._core.strategies.BalancerStrategy` or a function
+            ``fn(candidates, key) -> endpoint``.
+        endpoints: the initial snapshot (no slow start for these).
+        gates: asked whether a picked endpoint may be used (breakers, outlier ejection).
+        recorders: told the outcome of every request (failure detector, breakers).
+        panic_threshold: Envoy's healthy panic threshold in [0, 1]; 0 disables panic mode.
+        slow_start_window: seconds over which a newly eligible endpoint ramps up; 0 is off.
+        slow_start_aggression: Envoy's aggression (1.0 is linear).
+        slow_start_min_weight: the floor of the slow-start multiplier (Envoy: 10%).
+        local_zone: prefer endpoints in this zone (wraps the strategy in ``ZoneAware``).
+        clock: time source (monotonic) for latency, slow start and peak EWMA.
+        rng: randomness for named strategies (seed it in tests).
+        gate_refresh: seconds a gate census is trusted before refused endpoints are retried.
+
+    Raises:
+        InvalidSetting: a parameter is out of range or the strategy name is unknown.
+
+    Thread-safety: every method may be called from any thread. ``pick`` and ``request``
+    take no lock on the common path and never wait for ``update`` or ``set_strategy``,
+    which serialise among themselves and swap an immutable snapshot by reference.
+    Outstanding counts and latency estimates live in a registry keyed by endpoint identity,
+    so they survive snapshots and strategy swaps.
+
+    Example:
+        >>> lb = LoadBalancer("web", "round_robin", endpoints=[
+        ...     ServiceEndpoint.create("w1", "10.0.0.1", 80),
+        ...     ServiceEndpoint.create("w2", "10.0.0.2", 80),
+        ... ])
+        >>> [lb.pick().id for _ in range(3)]
+        ['w1', 'w2', 'w1']
+    """
+
+    def __init__(
+        self,
+        service: str,
+        strategy: StrategyLike = "round_robin",
+        *,
+        endpoints: Iterable[ServiceEndpoint] = (),
+        gates: Sequence[EndpointGate] = (),
+        recorders: Sequence[OutcomeRecorder] = (),
+        panic_threshold: float = DEFAULT_PANIC_THRESHOLD,
+        slow_start_window: float = 0.0,
+        slow_start_aggression: float = 1.0,
+        slow_start_min_weight: float = DEFAULT_SLOW_START_MIN_WEIGHT,
+        local_zone: str | None = None,
+        clock: Clock = SYSTEM_CLOCK,
+        rng: random.Random | None = None,
+        gate_refresh: float = DEFAULT_GATE_REFRESH,
+    ) -> None:
+        if not 0.0 <= panic_threshold <= 1.0:
+            raise InvalidSetting("panic_threshold", f"must be in [0, 1], got {panic_threshold}")
+        if not slow_start_window >= 0.0:
+            raise InvalidSetting("slow_start_window", f"must be >= 0, got {slow_start_window}")
+        if not slow_start_aggression > 0.0:
+            raise InvalidSetting(
+                "slow_start_aggression", f"must be > 0, got {slow_start_aggression}"
+            )
+        if not 0.0 < slow_start_min_weight <= 1.0:
+            raise InvalidSetting(
+                "slow_start_min_weight", f"must be in (0, 1], got {slow_start_min_weight}"
+            )
+        if not gate_refresh > 0.0:
+            raise InvalidSetting("gate_refresh", f"must be > 0, got {gate_refresh}")
+        self.service = service
+        self.clock = clock
+        self.gates: tuple[EndpointGate, ...] = tuple(gates)
+        self.recorders: tuple[OutcomeRecorder, ...] = tuple(recorders)
+        self.panic_threshold = panic_threshold
+        self.slow_start_window = slow_start_window
+        self.slow_start_aggression = slow_start_aggression
+        self.slow_start_min_weight = slow_start_min_weight
+        self.local_zone = local_zone
+        self.gate_refresh = gate_refresh
+        self._rng = rng or random.Random()
+        self._registry = StatsRegistry(clock)
+        self._update_lock = threading.Lock()
+        self._warm_since: dict[tuple[str, str], float] = {}
+        self._was_eligible: frozenset[tuple[str, str]] = frozenset()
+        self._initialised = False
+        self._version = itertools.count()
+        self._census: _Census | None = None
+        self._strategy = self._resolve(strategy)
+        self._snap = self._build(self._dedupe(endpoints), clock.monotonic())
+
+    # --- configuration ----------------------------------------------------------------------
+
+    def _resolve(self, spec: StrategyLike) -> BalancerStrategy:
+        strategy = resolve_strategy(spec, clock=self.clock, rng=self._rng)
+        if self.local_zone is not None and not isinstance(strategy, ZoneAware):
+            strategy = ZoneAware(strategy, self.local_zone, rng=self._rng, clock=self.clock)
+        inner = strategy.inner if isinstance(strategy, ZoneAware) else strategy
+        if isinstance(inner, PeakEwma):
+            self._registry.configure(default_rtt=inner.default_rtt, decay=inner.decay)
+        return strategy
+
+    @property
+    def strategy(self) -> BalancerStrategy:
+        """The current strategy."""
+        return self._strategy
+
+    def set_strategy(self, strategy: StrategyLike) -> None:
+        """Swap the strategy (configuration reload); outstanding and latency state stay.
+
+        Picks in flight finish on the old strategy's snapshot; the next ones use the new.
+
+        Raises:
+            InvalidSetting: unknown strategy name.
+        """
+        with self._update_lock:
+            self._strategy = self._resolve(strategy)
+            current = self._snap
+            self._snap = self._build(current.endpoints, self.clock.monotonic(), rebuild=True)
+
+    # --- snapshots --------------------------------------------------------------------------
+
+    @property
+    def endpoints(self) -> tuple[ServiceEndpoint, ...]:
+        """Every endpoint of the current snapshot, in discovery order."""
+        return self._snap.endpoints
+
+    @staticmethod
+    def _dedupe(endpoints: Iterable[ServiceEndpoint]) -> tuple[ServiceEndpoint, ...]:
+        seen: dict[tuple[str, str], ServiceEndpoint] = {}
+        for endpoint in endpoints:
+            seen.setdefault(endpoint.key, endpoint)  # keep discovery's order, first wins
+        return tuple(seen.values())
+
+    def update(self, endpoints: Iterable[ServiceEndpoint]) -> None:
+        """Replace the snapshot (a discovery watch calls this with each new answer).
+
+        Builds the new snapshot (the strategy's ring, table or schedule included) and swaps
+        it in atomically; picks keep using the previous one until then. Stats of endpoints
+        that left are forgotten; endpoints that became eligible enter slow start.
+        """
+        frozen = self._dedupe(endpoints)
+        with self._update_lock:
+            self._snap = self._build(frozen, self.clock.monotonic())
+
+    def follow(self, source: EndpointSource) -> Callable[[], None]:
+        """Take ``source``'s snapshot now and every change after; return the unsubscriber."""
+        self.update(source.snapshot())
+        return source.subscribe(self.update)
+
+    def _base_weight(self, endpoint: ServiceEndpoint) -> float:
+        fn = getattr(self._strategy, "endpoint_weight", None)
+        return 1.0 if fn is None else float(fn(endpoint))
+
+    def _build(
+        self, endpoints: tuple[ServiceEndpoint, ...], now: float, *, rebuild: bool = False
+    ) -> _Snapshot:
+        """Build a snapshot (caller holds ``_update_lock``)."""
+        strategy = self._strategy
+        eligible: list[ServiceEndpoint] = []
+        base: list[float] = []
+        why_not: Counter[str] = Counter()
+        for endpoint in endpoints:
+            reason = endpoint.ineligible_reason
+            weight = self._base_weight(endpoint) if reason is None else 0.0
+            if reason is None and weight <= 0:
+                reason = "weight 0"
+            if reason is None:
+                eligible.append(endpoint)
+                base.append(weight)
+            else:
+                why_not[reason] += 1
+        keys = frozenset(e.key for e in eligible)
+        self._track_slow_start(keys, now, rebuild=rebuild)
+        present = {e.key for e in endpoints}
+        self._registry.retain(present)
+        registry = self._registry
+        stats_by_key = {e.key: registry.get(e) for e in endpoints}
+        routable = tuple(e for e in endpoints if e.health is not HealthStatus.MAINTENANCE)
+
+        factors = [1.0] * len(eligible)
+        refresh_at = _INF
+        window = self.slow_start_window
+        if window > 0 and self._warm_since:
+            step = window / _SLOW_START_STEPS
+            for i, endpoint in enumerate(eligible):
+                since = self._warm_since.get(endpoint.key)
+                if since is None:
+                    continue
+                factors[i] = self._factor(now - since)
+                refresh_at = min(refresh_at, now + step, since + window)
+        applies = bool(getattr(strategy, "slow_start", True))
+        weights = (
+            tuple(b * f for b, f in zip(base, factors, strict=True)) if applies else tuple(base)
+        )
+        if not applies:
+            refresh_at = _INF
+
+        frozen_eligible = tuple(eligible)
+        stats = tuple(stats_by_key[e.key] for e in frozen_eligible)
+        panic = bool(eligible) and len(eligible) < self.panic_threshold * len(routable)
+        failure = ""
+        picker: Picker | None = None
+        if not endpoints:
+            failure = "none registered"
+        elif not eligible:
+            failure = _none_eligible(why_not)
+        elif panic:
+            picker = self._prepare_all(routable, stats_by_key)
+        else:
+            picker = prepare_picker(strategy, frozen_eligible, weights, stats)
+        self._census = None
+        return _Snapshot(
+            endpoints=endpoints,
+            eligible=frozen_eligible,
+            weights=weights,
+            stats=stats,
+            stats_by_key=stats_by_key,
+            routable=routable,
+            picker=picker,
+            panic=panic,
+            failure=failure,
+            refresh_at=refresh_at,
+        )
+
+    def _prepare_all(
+        self,
+        routable: tuple[ServiceEndpoint, ...],
+        stats_by_key: dict[tuple[str, str], EndpointStats],
+    ) -> Picker:
+        """The panic-mode picker over every routable endpoint (health ignored)."""
+        weights = []
+        for endpoint in routable:
+            weight = self._base_weight(endpoint)
+            weights.append(weight if weight > 0 else float(max(endpoint.weights.passing, 1)))
+        return prepare_picker(
+            self._strategy,
+            routable,
+            tuple(weights),
+            tuple(stats_by_key[e.key] for e in routable),
+        )
+
+    def _factor(self, age: float) -> float:
+        return slow_start_factor(
+            age,
+            self.slow_start_window,
+            aggression=self.slow_start_aggression,
+            min_weight=self.slow_start_min_weight,
+        )
+
+    def _track_slow_start(
+        self, keys: frozenset[tuple[str, str]], now: float, *, rebuild: bool
+    ) -> None:
+        """Start the clock of endpoints that just became eligible; forget finished ones."""
+        warm = self._warm_since
+        window = self.slow_start_window
+        if self._initialised and window > 0 and not rebuild:
+            for key in keys - self._was_eligible:
+                warm[key] = now
+        for key in [k for k, since in warm.items() if k not in keys or now - since >= window]:
+            del warm[key]
+        self._was_eligible = keys
+        self._initialised = self._initialised or bool(keys)
+
+    def _refresh(self, snap: _Snapshot) -> _Snapshot:
+        """Recompute slow-start weights; never blocks (another thread may be at it)."""
+        if not self._update_lock.acquire(blocking=False):
+            return snap
+        try:
+            if self._snap is snap:
+                self._snap = self._build(snap.endpoints, self.clock.monotonic(), rebuild=True)
+            return self._snap
+        finally:
+            self._update_lock.release()
+
+    # --- picking ----------------------------------------------------------------------------
+
+    def pick(self, key: Key = None) -> ServiceEndpoint:
+        """Pick an endpoint for one request.
+
+        ``key`` (``bytes`` or ``str``) is hashed by ``ring_hash`` and ``maglev`` and ignored
+        by the others. Does not count the request; use :meth:`request` for that.
+
+        Raises:
+            NoEndpointsAvailable: with ``reason`` ``"none registered"``, ``"all critical"``,
+                ``"all maintenance"``, ``"all ejected or circuit open"`` or
+                ``"none eligible (...)"`` with counts.
+        """
+        snap = self._snap
+        if snap.refresh_at != _INF and self.clock.monotonic() >= snap.refresh_at:
+            snap = self._refresh(snap)
+        picker = snap.picker
+        if picker is None:
+            raise NoEndpointsAvailable(self.service, snap.failure)
+        if not self.gates or snap.panic:
+            return picker(key)
+        return self._pick_gated(snap, picker, key)
+
+    def _admits(self, endpoint: ServiceEndpoint) -> bool:
+        for gate in self.gates:  # noqa: SIM110 - all(<genexpr>) costs more on the hot path
+            if not gate.is_available(endpoint):
+                return False
+        return True
+
+    def _pick_gated(self, snap: _Snapshot, picker: Picker, key: Key) -> ServiceEndpoint:
+        census = self._census
+        if census is not None and census.snap is snap:
+            if self.clock.monotonic() < census.expires:
+                if census.picker is None:
+                    raise NoEndpointsAvailable(self.service, census.failure)
+                if census.panic:
+                    return census.picker(key)
+                picker = census.picker
+            else:
+                self._census = None  # stale: try everyone again
+        endpoint = picker(key)
+        if self._admits(endpoint):
+            return endpoint
+        census = self._take_census(snap)
+        self._census = census
+        if census.picker is None:
+            raise NoEndpointsAvailable(self.service, census.failure)
+        if census.panic:
+            return census.picker(key)
+        for attempt in range(_GATE_ATTEMPTS):
+            endpoint = census.picker(key if attempt == 0 else _salted(key, attempt))
+            if self._admits(endpoint):
+                return endpoint
+        for endpoint in census.available:  # gates flapping faster than censuses
+            if self._admits(endpoint):
+                return endpoint
+        raise NoEndpointsAvailable(self.service, f"all {_GATED}")
+
+    def _take_census(self, snap: _Snapshot) -> _Census:
+        """Ask the gates about every eligible endpoint: O(N), once per refusal burst."""
+        now = self.clock.monotonic()
+        expires = now + self.gate_refresh
+        admitted: list[int] = []
+        refused: list[tuple[str, str]] = []
+        for i, endpoint in enumerate(snap.eligible):
+            if self._admits(endpoint):
+                admitted.append(i)
+            else:
+                refused.append(endpoint.key)
+        if not refused:
+            return _Census(snap, expires, snap.picker, available=snap.eligible)
+        available = tuple(snap.eligible[i] for i in admitted)
+        if not available:
+            keys = {e.key for e in snap.eligible}
+            counts = Counter(
+                e.ineligible_reason or "weight 0" for e in snap.endpoints if e.key not in keys
+            )
+            counts[_GATED] = len(refused)
+            return _Census(snap, expires, None, failure=_none_eligible(counts))
+        if len(available) < self.panic_threshold * len(snap.routable):
+            if snap.panic_picker is None:
+                snap.panic_picker = self._prepare_all(snap.routable, snap.stats_by_key)
+            return _Census(snap, expires, snap.panic_picker, panic=True, available=available)
+        cache_key = frozenset(refused)
+        picker = snap.gated.get(cache_key)
+        if picker is None:
+            picker = prepare_picker(
+                self._strategy,
+                available,
+                tuple(snap.weights[i] for i in admitted),
+                tuple(snap.stats[i] for i in admitted),
+            )
+            if len(snap.gated) >= _GATED_CACHE_SIZE:
+                snap.gated.clear()
+            snap.gated[cache_key] = picker
+        return _Census(snap, expires, picker, available=available)
+
+    def request(self, key: Key = None) -> RequestContext:
+        """Pick an endpoint and start a tracked request to it.
+
+        Use it as a context manager: ``with lb.request() as ctx: send(ctx.endpoint)``.
+        See :class:`RequestContext` for how the outcome is decided and reported.
+
+        Raises:
+            NoEndpointsAvailable: as :meth:`pick`.
+        """
+        endpoint = self.pick(key)
+        stats = self._snap.stats_by_key.get(endpoint.key) or self._registry.peek(endpoint.key)
+        if stats is None:  # the endpoint left between the pick and now: track it detached
+            stats = EndpointStats(endpoint.key, now=self.clock.monotonic())
+        return RequestContext(self, endpoint, stats)
+
+    # --- introspection ----------------------------------------------------------------------
+
+    def stats(self) -> BalancerStats:
+        """A read-only view of every endpoint's state (asks the gates about each: O(N)).
+
+        Thread-safe; takes no lock; the figures are a consistent-enough moment's view.
+        """
+        snap = self._snap
+        now = self.clock.monotonic()
+        eligible_keys = {e.key: i for i, e in enumerate(snap.eligible)}
+        states: list[EndpointState] = []
+        admitted = 0
+        for endpoint in snap.endpoints:
+            st = snap.stats_by_key.get(endpoint.key) or EndpointStats(endpoint.key, now=now)
+            reason = endpoint.ineligible_reason
+            base = self._base_weight(endpoint) if reason is None else 0.0
+            if reason is None and base <= 0:
+                reason = "weight 0"
+            if reason is None:
+                for gate in self.gates:
+                    if not gate.is_available(endpoint):
+                        reason = f"refused by {type(gate).__name__}"
+                        break
+            since = self._warm_since.get(endpoint.key)
+            factor = self._factor(now - since) if since is not None else 1.0
+            if not getattr(self._strategy, "slow_start", True):
+                factor = 1.0
+            if reason is None:
+                admitted += 1
+            states.append(
+                EndpointState(
+                    endpoint=endpoint,
+                    eligible=reason is None,
+                    reason=reason,
+                    outstanding=st.outstanding,
+                    latency=st.latency(now),
+                    requests=st.requests,
+                    failures=st.failures,
+                    base_weight=base,
+                    slow_start=factor,
+                    weight=base * factor if endpoint.key in eligible_keys else 0.0,
+                )
+            )
+        panic = snap.panic or (
+            0 < admitted < self.panic_threshold * len(snap.routable) and bool(self.gates)
+        )
+        failure: str | None = snap.failure or None
+        if failure is None and admitted == 0:
+            failure = f"all {_GATED}"
+        return BalancerStats(
+            service=self.service,
+            strategy=strategy_name(self._strategy),
+            registered=len(snap.endpoints),
+            eligible=admitted,
+            panic=panic,
+            reason=failure,
+            endpoints=tuple(states),
+        )
+
+    def __repr__(self) -> str:
+        snap = self._snap
+        return (
+            f"LoadBalancer({self.service!r}, {strategy_name(self._strategy)}, "
+            f"{len(snap.eligible)}/{len(snap.endpoints)} eligible"
+            f"{', panic' if snap.panic else ''})"
+        )
