@@ -1,0 +1,920 @@
+"""ServiceDiscovery: healthy instances of services, from memory kept current by Consul.
+
+Each distinct query (service, tags, node meta, ``filter``, datacenter, ``passing``, ``near``)
+is one blocking query on ``/v1/health/service/<name>``, shared through the single-flight
+:class:`~lake_mesh_consul._consul.watch.WatchHub` by every consumer in the process. Filters
+that Consul cannot apply exactly (service meta, "passing or warning") are applied to the
+decoded answer in memory, so they share the query too.
+
+* ``endpoints(name)`` waits for the first answer once (bounded by ``timeout``, then
+  :class:`~lake_mesh_consul.errors.DiscoveryTimeout`); every later call returns the
+  current immutable snapshot from memory: zero Consul requests, no lock.
+* ``watch(name, callback)`` delivers the full snapshot on each real change.
+* **Last known good**: when Consul fails, the last snapshot keeps being served, marked
+  stale, with its age (:meth:`ServiceDiscovery.snapshot`); ``invalidate_after`` bounds how
+  long (default: forever). With ``persist_dir`` every snapshot is also written to disk, so a
+  process that starts while Consul is down still has instances to route to.
+* ``failover=("dc2", "dc3")``: when the local datacenter has no eligible instance, the
+  first datacenter in that order that has one is served.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import random
+import re
+import tempfile
+import threading
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from lake_mesh_consul._consul.client import ConsulClient, ConsulResponse
+from lake_mesh_consul._consul.watch import (
+    Consistency,
+    ParamValue,
+    SharedWatch,
+    WatchHub,
+)
+from lake_mesh_consul._core.blocking import DEFAULT_WAIT, Backoff
+from lake_mesh_consul._core.clock import SYSTEM_CLOCK, Clock
+from lake_mesh_consul._core.config import MeshConfig
+from lake_mesh_consul._core.endpoint import ServiceEndpoint, Weights
+from lake_mesh_consul._core.health import HealthStatus, aggregate
+from lake_mesh_consul._core.ports import SnapshotListener
+from lake_mesh_consul.errors import DiscoveryError, DiscoveryTimeout
+
+__all__ = [
+    "DEFAULT_TIMEOUT",
+    "EndpointDiff",
+    "ServiceDiscovery",
+    "ServiceQuery",
+    "ServiceSnapshot",
+    "ServiceSource",
+    "endpoint_from_dict",
+    "endpoint_to_dict",
+    "parse_health_entries",
+    "parse_health_entry",
+    "with_diff",
+]
+
+log = logging.getLogger("lake_mesh_consul.discovery")
+
+#: Seconds the first ``endpoints()`` call for a service waits for Consul's first answer.
+DEFAULT_TIMEOUT = 5.0
+
+#: Check ids Consul uses for maintenance mode (they are reported as ``critical``).
+_MAINTENANCE_PREFIXES = ("_service_maintenance:", "_node_maintenance")
+
+#: Version of the persisted snapshot format.
+_PERSIST_VERSION = 1
+
+Endpoints = tuple[ServiceEndpoint, ...]
+
+
+# --- parsing Consul's answer ------------------------------------------------------------------
+
+
+def _str(value: Any, what: str) -> str:
+    if not isinstance(value, str):
+        raise ValueError(f"{what} is not a string: {value!r}")
+    return value
+
+
+def _str_map(value: Any, what: str) -> dict[str, str]:
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise ValueError(f"{what} is not an object")
+    return {str(k): str(v) for k, v in value.items()}
+
+
+def _check_status(check: Any) -> HealthStatus:
+    if not isinstance(check, dict):
+        raise ValueError("a check is not an object")
+    check_id = str(check.get("CheckID") or "")
+    if check_id.startswith(_MAINTENANCE_PREFIXES):
+        return HealthStatus.MAINTENANCE
+    return HealthStatus.parse(str(check.get("Status") or ""))
+
+
+def parse_health_entry(entry: Any, *, datacenter: str | None = None) -> ServiceEndpoint:
+    """Turn one element of ``/v1/health/service/<name>``'s answer into a ServiceEndpoint.
+
+    The address is the service's, falling back to the node's (IPv6 brackets removed);
+    health is the aggregate of every check of the entry (node checks included; Consul's
+    maintenance checks count as maintenance); the zone comes from meta.
+
+    Raises:
+        ValueError: the entry is malformed (missing id, address or a valid port...).
+    """
+    if not isinstance(entry, dict):
+        raise ValueError("entry is not an object")
+    node = entry.get("Node")
+    service = entry.get("Service")
+    if not isinstance(node, dict) or not isinstance(service, dict):
+        raise ValueError("entry has no Node or Service object")
+    service_id = _str(service.get("ID"), "Service.ID")
+    name = _str(service.get("Service"), "Service.Service")
+    if not service_id:
+        raise ValueError("Service.ID is empty")
+    address = service.get("Address") or node.get("Address") or ""
+    address = _str(address, "address").strip()
+    if address.startswith("[") and address.endswith("]"):
+        address = address[1:-1]
+    if not address:
+        raise ValueError(f"instance {service_id!r} has neither a service nor a node address")
+    port = service.get("Port")
+    if not isinstance(port, int) or isinstance(port, bool) or not 0 < port <= 65535:
+        raise ValueError(f"instance {service_id!r} has no usable port: {port!r}")
+    tags = service.get("Tags") or []
+    if not isinstance(tags, list) or not all(isinstance(t, str) for t in tags):
+        raise ValueError(f"instance {service_id!r}: Tags is not a list of strings")
+    weights_raw = service.get("Weights")
+    weights = Weights()
+    if isinstance(weights_raw, dict):
+        try:
+            weights = Weights(
+                passing=int(weights_raw.get("Passing", 1)),
+                warning=int(weights_raw.get("Warning", 1)),
+            )
+        except (TypeError, ValueError):
+            log.warning("instance %r: invalid Weights %r, using 1/1", service_id, weights_raw)
+    checks = entry.get("Checks") or []
+    if not isinstance(checks, list):
+        raise ValueError(f"instance {service_id!r}: Checks is not a list")
+    health = aggregate(_check_status(c) for c in checks)
+    dc = datacenter or (node.get("Datacenter") if isinstance(node.get("Datacenter"), str) else "")
+    return ServiceEndpoint.create(
+        service_id,
+        address,
+        port,
+        service=name,
+        tags=tuple(tags),
+        meta=_str_map(service.get("Meta"), "Service.Meta"),
+        weights=weights,
+        health=health,
+        node=str(node.get("Node") or ""),
+        datacenter=dc or "",
+    )
+
+
+def parse_health_entries(
+    data: Any, *, service: str = "", datacenter: str | None = None, keep_order: bool = False
+) -> Endpoints:
+    """Parse a whole ``/v1/health/service`` answer; malformed entries are skipped and logged.
+
+    Args:
+        data: the decoded JSON (a list; ``None`` counts as empty).
+        service: the service name, for log lines.
+        datacenter: the datacenter queried (else each node's own).
+        keep_order: keep Consul's order (``near``); otherwise sort by (node, id) so that
+            equal sets compare equal.
+
+    Returns:
+        The endpoints, never raising for bad content.
+    """
+    if data is None:
+        return ()
+    if not isinstance(data, list):
+        log.warning("service %r: answer is not a list (%s), ignored", service, type(data).__name__)
+        return ()
+    out: list[ServiceEndpoint] = []
+    for position, entry in enumerate(data):
+        try:
+            out.append(parse_health_entry(entry, datacenter=datacenter))
+        except (ValueError, TypeError, AttributeError) as exc:
+            log.warning(
+                "service %r: skipping malformed entry %d of the answer: %s", service, position, exc
+            )
+    if not keep_order:
+        out.sort(key=lambda e: (e.node, e.id))
+    return tuple(out)
+
+
+def _same_endpoints(a: Endpoints, b: Endpoints) -> bool:
+    """Equality of snapshots on every field, in order (``ServiceEndpoint.__eq__`` is identity)."""
+    return len(a) == len(b) and all(x.same_as(y) for x, y in zip(a, b, strict=True))
+
+
+# --- queries and snapshots ----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ServiceQuery:
+    """What to discover: one service with its filters (hashable; the cache key).
+
+    Attributes:
+        name: the service name.
+        tags: tags every instance must have (Consul applies them).
+        service_meta: service meta pairs every instance must have (applied in memory).
+        node_meta: node meta pairs (Consul's ``node-meta``).
+        filter: a Consul ``filter`` expression.
+        dc: the datacenter (``None``: the configured/agent one).
+        passing_only: drop instances that are not passing.
+        include_warning: with ``passing_only``, keep warning instances too (marked by their
+            ``health`` so the balancer can down-weight them).
+        near: sort by round-trip time from this node (``"_agent"``: the local agent).
+    """
+
+    name: str
+    tags: tuple[str, ...] = ()
+    service_meta: tuple[tuple[str, str], ...] = ()
+    node_meta: tuple[tuple[str, str], ...] = ()
+    filter: str | None = None
+    dc: str | None = None
+    passing_only: bool = True
+    include_warning: bool = False
+    near: str | None = None
+
+    @classmethod
+    def build(
+        cls,
+        name: str,
+        *,
+        tags: Iterable[str] = (),
+        service_meta: Mapping[str, str] | None = None,
+        node_meta: Mapping[str, str] | None = None,
+        filter: str | None = None,
+        dc: str | None = None,
+        passing_only: bool = True,
+        include_warning: bool = False,
+        near: str | None = None,
+    ) -> ServiceQuery:
+        """Normalize arguments into a query (sorted tags and meta)."""
+        if not name or not isinstance(name, str) or "/" in name:
+            raise ValueError(f"invalid service name {name!r}")
+        return cls(
+            name=name,
+            tags=tuple(sorted(set(tags))),
+            service_meta=tuple(sorted((service_meta or {}).items())),
+            node_meta=tuple(sorted((node_meta or {}).items())),
+            filter=filter or None,
+            dc=dc or None,
+            passing_only=passing_only,
+            include_warning=include_warning,
+            near=near or None,
+        )
+
+    @property
+    def path(self) -> str:
+        """The health endpoint's path."""
+        return f"/v1/health/service/{self.name}"
+
+    def params(self, dc: str | None = None) -> dict[str, ParamValue]:
+        """The query parameters Consul applies (not the in-memory filters)."""
+        params: dict[str, ParamValue] = {}
+        if self.tags:
+            params["tag"] = list(self.tags)
+        if self.node_meta:
+            params["node-meta"] = [f"{k}:{v}" for k, v in self.node_meta]
+        if self.filter:
+            params["filter"] = self.filter
+        datacenter = dc or self.dc
+        if datacenter:
+            params["dc"] = datacenter
+        if self.passing_only and not self.include_warning:
+            params["passing"] = "1"
+        if self.near:
+            params["near"] = self.near
+        return params
+
+    def accepts(self, endpoint: ServiceEndpoint) -> bool:
+        """The in-memory part of the filter (health when warning is kept, service meta)."""
+        if self.passing_only and endpoint.health not in (
+            HealthStatus.PASSING,
+            HealthStatus.WARNING,
+        ):
+            return False
+        if (
+            self.passing_only
+            and not self.include_warning
+            and endpoint.health is not (HealthStatus.PASSING)
+        ):
+            return False
+        return all(endpoint.meta.get(k) == v for k, v in self.service_meta)
+
+
+@dataclass(frozen=True)
+class ServiceSnapshot:
+    """A service's current endpoints with what is known about their freshness.
+
+    Attributes:
+        service: the service name.
+        endpoints: the eligible endpoints.
+        source: ``"consul"``, ``"persisted"`` (loaded from ``persist_dir``) or
+            ``"failover"`` (from ``datacenter``, a failover datacenter).
+        datacenter: the datacenter the endpoints come from (``None``: the default one).
+        stale: whether Consul failed since the last good answer (or it came from disk).
+        age: seconds since the last good answer (``None``: never).
+        index: the ``X-Consul-Index`` of the answer.
+        known_leader: ``X-Consul-KnownLeader`` of the last answer.
+        last_contact: ``X-Consul-LastContact`` of the last answer, in seconds.
+        error: the last error while stale, as text.
+    """
+
+    service: str
+    endpoints: Endpoints
+    source: Literal["consul", "persisted", "failover"]
+    datacenter: str | None
+    stale: bool
+    age: float | None
+    index: int
+    known_leader: bool | None
+    last_contact: float | None
+    error: str | None = None
+
+
+@dataclass(frozen=True)
+class EndpointDiff:
+    """What changed between two snapshots (by identity ``(datacenter, id)``).
+
+    Attributes:
+        added: in the new snapshot only.
+        removed: in the old snapshot only.
+        changed: in both, with a field changed (health, address, tags...): the new values.
+    """
+
+    added: Endpoints
+    removed: Endpoints
+    changed: Endpoints
+
+    @classmethod
+    def between(
+        cls, old: Sequence[ServiceEndpoint], new: Sequence[ServiceEndpoint]
+    ) -> EndpointDiff:
+        """Compare ``old`` and ``new``.
+
+        Example:
+            >>> a = ServiceEndpoint.create("a", "10.0.0.1", 80)
+            >>> EndpointDiff.between([], [a]).added == (a,)
+            True
+        """
+        before = {e.key: e for e in old}
+        after = {e.key: e for e in new}
+        return cls(
+            added=tuple(e for k, e in after.items() if k not in before),
+            removed=tuple(e for k, e in before.items() if k not in after),
+            changed=tuple(e for k, e in after.items() if k in before and not e.same_as(before[k])),
+        )
+
+    def __bool__(self) -> bool:
+        return bool(self.added or self.removed or self.changed)
+
+
+def with_diff(
+    callback: Callable[[Endpoints, EndpointDiff], None],
+) -> Callable[[Sequence[ServiceEndpoint]], None]:
+    """Adapt ``callback(snapshot, diff)`` into a listener for :meth:`ServiceDiscovery.watch`.
+
+    The first call's diff has every endpoint as added. The adapter keeps the previous
+    snapshot; use one adapter per watch.
+
+    Example:
+        >>> def show(snapshot, diff):
+        ...     print(len(snapshot), [e.id for e in diff.added])
+        >>> listener = with_diff(show)
+        >>> listener((ServiceEndpoint.create("a", "10.0.0.1", 80),))
+        1 ['a']
+    """
+    previous: list[Endpoints] = [()]
+    lock = threading.Lock()
+
+    def listener(snapshot: Sequence[ServiceEndpoint]) -> None:
+        new = tuple(snapshot)
+        with lock:
+            old, previous[0] = previous[0], new
+        callback(new, EndpointDiff.between(old, new))
+
+    return listener
+
+
+# --- persistence ----------------------------------------------------------------------------------
+
+
+def endpoint_to_dict(e: ServiceEndpoint) -> dict[str, Any]:
+    """A JSON-ready dict of every field of ``e`` (the persisted and CLI form)."""
+    return {
+        "id": e.id,
+        "service": e.service,
+        "address": e.address,
+        "port": e.port,
+        "tags": list(e.tags),
+        "meta": dict(e.meta),
+        "weights": {"passing": e.weights.passing, "warning": e.weights.warning},
+        "health": e.health.value,
+        "node": e.node,
+        "datacenter": e.datacenter,
+        "zone": e.zone,
+    }
+
+
+def endpoint_from_dict(d: dict[str, Any]) -> ServiceEndpoint:
+    """The inverse of :func:`endpoint_to_dict`.
+
+    Raises:
+        KeyError, ValueError, TypeError: ``d`` is not such a dict.
+    """
+    weights = d.get("weights") or {}
+    return ServiceEndpoint.create(
+        str(d["id"]),
+        str(d["address"]),
+        int(d["port"]),
+        service=str(d.get("service", "")),
+        tags=[str(t) for t in d.get("tags", [])],
+        meta={str(k): str(v) for k, v in (d.get("meta") or {}).items()},
+        weights=Weights(int(weights.get("passing", 1)), int(weights.get("warning", 1))),
+        health=HealthStatus.parse(str(d.get("health", "passing"))),
+        node=str(d.get("node", "")),
+        datacenter=str(d.get("datacenter", "")),
+        zone=d.get("zone"),
+    )
+
+
+class _Store:
+    """Snapshots on disk, one JSON file per query, written atomically."""
+
+    def __init__(self, directory: str | os.PathLike[str]) -> None:
+        self.directory = Path(directory)
+        self.directory.mkdir(parents=True, exist_ok=True)
+
+    def _file(self, query: ServiceQuery) -> Path:
+        digest = hashlib.sha256(repr(query).encode()).hexdigest()[:16]
+        safe = re.sub(r"[^A-Za-z0-9_.-]", "_", query.name)[:60]
+        return self.directory / f"{safe}-{digest}.json"
+
+    def save(self, query: ServiceQuery, endpoints: Endpoints, saved_at: float) -> None:
+        doc = {
+            "version": _PERSIST_VERSION,
+            "query": repr(query),
+            "saved_at": saved_at,
+            "endpoints": [endpoint_to_dict(e) for e in endpoints],
+        }
+        target = self._file(query)
+        try:
+            fd, tmp = tempfile.mkstemp(dir=self.directory, prefix=".tmp-", suffix=".json")
+            with os.fdopen(fd, "w", encoding="utf-8") as fh:
+                json.dump(doc, fh)
+            os.replace(tmp, target)
+        except OSError as exc:
+            log.warning("could not persist the snapshot of %r to %s: %s", query.name, target, exc)
+
+    def load(self, query: ServiceQuery) -> tuple[Endpoints, float] | None:
+        path = self._file(query)
+        try:
+            doc = json.loads(path.read_text(encoding="utf-8"))
+            if doc.get("version") != _PERSIST_VERSION or doc.get("query") != repr(query):
+                return None
+            endpoints = tuple(endpoint_from_dict(d) for d in doc["endpoints"])
+            return endpoints, float(doc["saved_at"])
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            log.warning("ignoring unreadable persisted snapshot %s: %s", path, exc)
+            return None
+
+
+# --- one view per query ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Current:
+    """What a view serves, swapped by reference."""
+
+    endpoints: Endpoints
+    source: Literal["consul", "persisted", "failover"]
+    watch_position: int  # which watch (0: primary) the endpoints come from; -1: disk
+
+
+class _View:
+    """The live snapshot of one query: one shared watch per datacenter (primary + failover)."""
+
+    def __init__(
+        self,
+        owner: ServiceDiscovery,
+        query: ServiceQuery,
+        datacenters: Sequence[str | None],
+    ) -> None:
+        self.query = query
+        self._owner = owner
+        self._clock = owner._clock
+        self._lock = threading.RLock()  # writers only (recompute, close); readers never lock
+        self._listeners: tuple[SnapshotListener, ...] = ()
+        self._closed = False
+        self._store = owner._store
+        self._persisted_at: float | None = None
+        self.current = _Current((), "consul", 0)
+        self.ready = threading.Event()
+        if self._store is not None:
+            loaded = self._store.load(query)
+            if loaded is not None:
+                endpoints, self._persisted_at = loaded
+                self.current = _Current(endpoints, "persisted", -1)
+        self.datacenters = tuple(datacenters)
+        self.watches: list[SharedWatch[Endpoints]] = []
+        for dc in self.datacenters:
+            keep_order = query.near is not None
+            dc_name = dc
+
+            def decode(
+                response: ConsulResponse, dc_name: str | None = dc_name, keep: bool = keep_order
+            ) -> Endpoints:
+                return parse_health_entries(
+                    response.json() if response.status != 404 else None,
+                    service=query.name,
+                    datacenter=dc_name,
+                    keep_order=keep,
+                )
+
+            shared = owner._hub.watch(
+                query.path,
+                query.params(dc),
+                decode=decode,
+                name=f"service {query.name}" + (f" dc={dc}" if dc else ""),
+                **owner._watch_options,
+            )
+            self.watches.append(shared)
+        for shared in self.watches:
+            shared.subscribe(self._on_change, replay=True)
+
+    # Called on a watch thread with that watch's new value.
+    def _on_change(self, _value: Endpoints) -> None:
+        with self._lock:
+            if self._closed:
+                return
+            new = self._compose()
+            if new is None:
+                return
+            old = self.current
+            self.current = new
+            self.ready.set()
+            if old.source == new.source and _same_endpoints(old.endpoints, new.endpoints):
+                return
+            if self._store is not None and new.source != "persisted":
+                self._store.save(self.query, new.endpoints, self._clock.time())
+            for listener in self._listeners:  # close() takes the lock: none runs after it
+                try:
+                    listener(new.endpoints)
+                except Exception:
+                    log.exception("service %r: listener %r failed", self.query.name, listener)
+
+    def _compose(self) -> _Current | None:
+        """Primary's eligible endpoints, else the first failover datacenter that has some."""
+        primary = self.watches[0].state
+        if not primary.has_value:
+            return None
+        query = self.query
+        eligible = tuple(e for e in primary.value or () if query.accepts(e))
+        if eligible or len(self.watches) == 1:
+            return _Current(eligible, "consul", 0)
+        for position, shared in enumerate(self.watches[1:], start=1):
+            state = shared.state
+            if state.has_value:
+                alternative = tuple(e for e in state.value or () if query.accepts(e))
+                if alternative:
+                    return _Current(alternative, "failover", position)
+        return _Current(eligible, "consul", 0)
+
+    def wait_ready(self, timeout: float) -> bool:
+        """Wait for the first answer; with a persisted snapshot, also stop at the first error."""
+        if self.ready.is_set():
+            return True
+        primary = self.watches[0]
+        has_disk = self.current.source == "persisted"
+        primary.wait_first(timeout, or_error=has_disk)
+        if primary.state.has_value:
+            self._on_change(())  # make sure the composed snapshot is in place
+            return True
+        if has_disk:
+            self.ready.set()
+            return True
+        return False
+
+    def subscribe(self, listener: SnapshotListener, *, replay: bool) -> Callable[[], None]:
+        with self._lock:
+            self._listeners = (*self._listeners, listener)
+            if replay and self.ready.is_set():
+                try:
+                    listener(self.current.endpoints)
+                except Exception:
+                    log.exception("service %r: listener %r failed", self.query.name, listener)
+
+        def unsubscribe() -> None:
+            with self._lock:
+                items = list(self._listeners)
+                if listener in items:
+                    items.remove(listener)
+                self._listeners = tuple(items)
+
+        return unsubscribe
+
+    def snapshot(self) -> ServiceSnapshot:
+        current = self.current
+        if current.watch_position < 0:
+            now = self._clock.time()
+            age = None if self._persisted_at is None else max(0.0, now - self._persisted_at)
+            primary_state = self.watches[0].state
+            return ServiceSnapshot(
+                service=self.query.name,
+                endpoints=current.endpoints,
+                source="persisted",
+                datacenter=self.datacenters[0],
+                stale=True,
+                age=age,
+                index=0,
+                known_leader=None,
+                last_contact=None,
+                error=str(primary_state.error) if primary_state.error else None,
+            )
+        shared = self.watches[current.watch_position]
+        state = shared.state
+        return ServiceSnapshot(
+            service=self.query.name,
+            endpoints=current.endpoints,
+            source=current.source,
+            datacenter=self.datacenters[current.watch_position],
+            stale=state.stale,
+            age=shared.age(),
+            index=state.index,
+            known_leader=state.known_leader,
+            last_contact=state.last_contact,
+            error=str(state.error) if state.error else None,
+        )
+
+    def close(self) -> None:
+        with self._lock:
+            self._closed = True
+            self._listeners = ()
+        for shared in self.watches:
+            shared.close()
+
+
+# --- the public class ---------------------------------------------------------------------------
+
+
+class ServiceSource:
+    """One service's live endpoints as the load balancer's ``EndpointSource`` port.
+
+    ``snapshot()`` reads memory (never Consul, never a lock); ``subscribe(listener)`` calls
+    the listener with each new snapshot (not the current one) and returns an unsubscribe
+    function.
+
+    Thread-safety: both methods may be called from any thread.
+    """
+
+    def __init__(self, view: _View) -> None:
+        self._view = view
+
+    @property
+    def query(self) -> ServiceQuery:
+        """The query this source follows."""
+        return self._view.query
+
+    def snapshot(self) -> Endpoints:
+        """The current endpoints."""
+        return self._view.current.endpoints
+
+    def subscribe(self, listener: SnapshotListener) -> Callable[[], None]:
+        """Call ``listener`` on each change; return a function that unsubscribes."""
+        return self._view.subscribe(listener, replay=False)
+
+    def __repr__(self) -> str:
+        return f"ServiceSource({self._view.query.name!r}, {len(self.snapshot())} endpoint(s))"
+
+
+class ServiceDiscovery:
+    """Discover services through Consul, served from memory kept current by blocking queries.
+
+    Args:
+        config_or_client: a MeshConfig, a ConsulClient, or ``None`` (``MeshConfig.from_env()``).
+        clock: time source (ages, backoff); a non-default clock or rng gets a private hub.
+        rng: randomness for backoff jitter.
+        hub: the single-flight hub to use (default: the process-wide hub of the config).
+        wait: the blocking wait in seconds (up to 600).
+        consistency: ``"stale"`` (default: works through elections and quorum loss),
+            ``"default"`` or ``"consistent"``.
+        max_stale: with stale reads, re-read from the leader when ``X-Consul-LastContact``
+            exceeds this many seconds.
+        cached: use the agent cache (``?cached``).
+        invalidate_after: stop serving the last known instances once Consul has failed for
+            this long (``None``: serve them forever, marked stale).
+        persist_dir: a directory to keep snapshots in, loaded when a service is first asked
+            for, so a restart while Consul is down still has instances.
+        failover: ordered datacenters to serve from when the local one has no eligible
+            instance (one extra blocking query per datacenter per service).
+        timeout: default of ``endpoints(timeout=)``.
+        backoff, rate: the watch engine's error backoff and request rate limit.
+
+    Thread-safety: every method may be called from any thread; reads (``endpoints`` after
+    the first answer, ``ServiceSource.snapshot``) never lock and never call Consul.
+
+    Example:
+        >>> with ServiceDiscovery(MeshConfig()) as discovery:      # doctest: +SKIP
+        ...     for e in discovery.endpoints("web", tags=["v2"]):
+        ...         print(e.host_port, e.health)
+    """
+
+    def __init__(
+        self,
+        config_or_client: MeshConfig | ConsulClient | None = None,
+        *,
+        clock: Clock = SYSTEM_CLOCK,
+        rng: random.Random | None = None,
+        hub: WatchHub | None = None,
+        wait: float = DEFAULT_WAIT,
+        consistency: Consistency = "stale",
+        max_stale: float | None = None,
+        cached: bool = False,
+        invalidate_after: float | None = None,
+        persist_dir: str | os.PathLike[str] | None = None,
+        failover: Sequence[str] = (),
+        timeout: float = DEFAULT_TIMEOUT,
+        backoff: Backoff | None = None,
+        rate: float | None = None,
+    ) -> None:
+        if config_or_client is None:
+            config_or_client = MeshConfig.from_env()
+        self.config = (
+            config_or_client.config
+            if isinstance(config_or_client, ConsulClient)
+            else config_or_client
+        )
+        self._clock = clock
+        self._own_hub = False
+        if hub is None:
+            if clock is SYSTEM_CLOCK and rng is None:
+                hub = WatchHub.shared(self.config)
+            else:
+                hub = WatchHub(self.config, clock=clock, rng=rng)
+                self._own_hub = True
+        self._hub = hub
+        options: dict[str, Any] = {
+            "wait": wait,
+            "consistency": consistency,
+            "max_stale": max_stale,
+            "cached": cached,
+            "invalidate_after": invalidate_after,
+            "invalidated_value": (),
+            "equal": _same_endpoints,
+        }
+        if backoff is not None:
+            options["backoff"] = backoff
+        if rate is not None:
+            options["rate"] = rate
+        self._watch_options = options
+        self._store = _Store(persist_dir) if persist_dir is not None else None
+        self._failover = tuple(failover)
+        self._timeout = timeout
+        self._views: dict[ServiceQuery, _View] = {}
+        self._lock = threading.Lock()
+        self._closed = False
+
+    @property
+    def hub(self) -> WatchHub:
+        """The single-flight hub the watches live in (its ``requests`` counts HTTP requests)."""
+        return self._hub
+
+    def _view(self, query: ServiceQuery) -> _View:
+        view = self._views.get(query)  # lock-free fast path
+        if view is not None:
+            return view
+        with self._lock:
+            if self._closed:
+                raise DiscoveryError("ServiceDiscovery is closed")
+            view = self._views.get(query)
+            if view is None:
+                datacenters: list[str | None] = [query.dc]
+                if query.dc is None:
+                    datacenters += [dc for dc in self._failover if dc]
+                view = _View(self, query, datacenters)
+                self._views[query] = view
+            return view
+
+    def _ready_view(self, query: ServiceQuery, timeout: float | None) -> _View:
+        view = self._view(query)
+        if view.ready.is_set():
+            return view
+        limit = self._timeout if timeout is None else timeout
+        if not view.wait_ready(limit):
+            error = view.watches[0].state.error
+            raise DiscoveryTimeout(query.name, limit, str(error) if error else "")
+        return view
+
+    def endpoints(
+        self,
+        name: str,
+        *,
+        tags: Iterable[str] = (),
+        service_meta: Mapping[str, str] | None = None,
+        node_meta: Mapping[str, str] | None = None,
+        filter: str | None = None,
+        dc: str | None = None,
+        passing_only: bool = True,
+        include_warning: bool = False,
+        near: str | None = None,
+        timeout: float | None = None,
+    ) -> Endpoints:
+        """The current eligible endpoints of ``name``: an immutable snapshot.
+
+        The first call for a query starts its watch and waits for Consul's first answer
+        (up to ``timeout``, default the constructor's); later calls read memory only.
+
+        Args:
+            name: the service.
+            tags: every one must be on the instance.
+            service_meta: every pair must be in the instance's service meta.
+            node_meta: every pair must be in the node's meta.
+            filter: a Consul filter expression (``Service.Port == 8080``).
+            dc: the datacenter (default: the configured one, with failover if set).
+            passing_only: only passing instances (default); ``False`` keeps all.
+            include_warning: with ``passing_only``, keep warning instances too.
+            near: ``"_agent"`` (or a node name): order by estimated round-trip time.
+            timeout: seconds to wait for the first answer.
+
+        Raises:
+            DiscoveryTimeout: no first answer in time (and no persisted snapshot).
+            DiscoveryError: the discovery is closed.
+            ValueError: an invalid service name.
+        """
+        query = ServiceQuery.build(
+            name,
+            tags=tags,
+            service_meta=service_meta,
+            node_meta=node_meta,
+            filter=filter,
+            dc=dc,
+            passing_only=passing_only,
+            include_warning=include_warning,
+            near=near,
+        )
+        view = self._views.get(query)
+        if view is not None and view.ready.is_set():
+            return view.current.endpoints
+        return self._ready_view(query, timeout).current.endpoints
+
+    def snapshot(
+        self, name: str, *, timeout: float | None = None, **filters: Any
+    ) -> ServiceSnapshot:
+        """Like :meth:`endpoints`, with freshness: stale flag, age, index, source, leader.
+
+        Raises:
+            DiscoveryTimeout, DiscoveryError: as :meth:`endpoints`.
+        """
+        query = ServiceQuery.build(name, **filters)
+        return self._ready_view(query, timeout).snapshot()
+
+    def watch(self, name: str, callback: SnapshotListener, **filters: Any) -> Callable[[], None]:
+        """Call ``callback`` with the full snapshot now (once known) and on each real change.
+
+        The callback runs on a watch thread, in order, never twice for an equal snapshot.
+        Wrap it with :func:`with_diff` to receive ``(snapshot, EndpointDiff)``. Does not
+        wait for the first answer. ``filters`` are those of :meth:`endpoints`.
+
+        Returns:
+            A function that unsubscribes.
+        """
+        query = ServiceQuery.build(name, **filters)
+        view = self._view(query)
+        return view.subscribe(callback, replay=True)
+
+    def source(self, name: str, *, wait: bool = True, **filters: Any) -> ServiceSource:
+        """An ``EndpointSource`` for the load balancer, following one query.
+
+        With ``wait`` (default) it waits for the first answer like :meth:`endpoints`.
+
+        Raises:
+            DiscoveryTimeout: as :meth:`endpoints` (only with ``wait``).
+        """
+        timeout = filters.pop("timeout", None)
+        query = ServiceQuery.build(name, **filters)
+        view = self._ready_view(query, timeout) if wait else self._view(query)
+        return ServiceSource(view)
+
+    def close(self) -> None:
+        """Stop every watch of this discovery (within about a second). Idempotent.
+
+        No callback given to :meth:`watch` runs after this returns.
+        """
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            views = list(self._views.values())
+            self._views.clear()
+        for view in views:
+            view.close()
+        if self._own_hub:
+            self._hub.close()
+
+    def __enter__(self) -> ServiceDiscovery:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"ServiceDiscovery({self.config.base_url!r}, services={len(self._views)})"
