@@ -482,7 +482,7 @@ class FailureDetector:
         """
         with self._lock:
             current = self._members.setdefault(service, {})
-            wanted = set(endpoints)
+            wanted = dict.fromkeys(endpoints)  # ordered, deduplicated
             for ep in list(current):
                 if ep not in wanted:
                     del current[ep]
