@@ -329,22 +329,21 @@ class HealthMetrics:
     def add_check(self, check_id: str, *, initial: HealthStatus = HealthStatus.CRITICAL) -> None:
         """Start tracking ``check_id`` in status ``initial`` (Consul's default: critical).
 
-        Adding a check that is tracked already does nothing.
+        Adding a check that is tracked already does nothing. Adding or removing a check
+        re-derives the service's status without counting a transition: the service's
+        health did not change, only what it is made of.
         """
         with self._lock:
             if check_id in self._checks:
                 return
             self._checks[check_id] = CheckMetrics(check_id=check_id, status=initial)
-            transitions = self._update_service_locked("")
-        self._notify(transitions)
+            self._rederive_service_locked()
 
     def remove_check(self, check_id: str) -> None:
         """Stop tracking ``check_id`` (nothing happens if it is not tracked)."""
         with self._lock:
-            if self._checks.pop(check_id, None) is None:
-                return
-            transitions = self._update_service_locked("")
-        self._notify(transitions)
+            if self._checks.pop(check_id, None) is not None:
+                self._rederive_service_locked()
 
     def record(
         self,
@@ -485,11 +484,16 @@ class HealthMetrics:
 
     # -- internals -------------------------------------------------------------------------
 
-    def _update_service_locked(self, output: str) -> list[Transition]:
+    def _service_status_locked(self) -> HealthStatus:
         if self._maintenance:
-            status = HealthStatus.MAINTENANCE
-        else:
-            status = aggregate(m.status for m in self._checks.values())
+            return HealthStatus.MAINTENANCE
+        return aggregate(m.status for m in self._checks.values())
+
+    def _rederive_service_locked(self) -> None:
+        self._service = dataclasses.replace(self._service, status=self._service_status_locked())
+
+    def _update_service_locked(self, output: str) -> list[Transition]:
+        status = self._service_status_locked()
         old = self._service
         if status is old.status:
             return []
