@@ -1,0 +1,175 @@
+"""The public face: the fifteen names, a cheap import, modules importable alone, no cycles."""
+
+from __future__ import annotations
+
+import ast
+import json
+import pkgutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import lake_mesh_consul
+
+PUBLIC = [
+    "BalancerStrategy",
+    "BreakerState",
+    "CircuitBreaker",
+    "EndpointConfig",
+    "FailureDetector",
+    "HealthCheckManager",
+    "HealthMetrics",
+    "HealthStatus",
+    "LoadBalancer",
+    "MeshConfig",
+    "ServiceConfig",
+    "ServiceDiscovery",
+    "ServiceEndpoint",
+    "ServiceMetadata",
+    "ServiceRegistry",
+]
+HEAVY = ("requests", "consul", "tenacity", "pybreaker", "urllib3")
+PACKAGE_DIR = Path(lake_mesh_consul.__file__).parent
+
+
+def _modules() -> list[str]:
+    names = ["lake_mesh_consul"]
+    for info in pkgutil.walk_packages([str(PACKAGE_DIR)], prefix="lake_mesh_consul."):
+        names.append(info.name)
+    return sorted(names)
+
+
+def _python(code: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=False
+    )
+
+
+def test_all_is_sorted_and_exactly_the_fifteen_names():
+    assert lake_mesh_consul.__all__ == sorted(lake_mesh_consul.__all__)
+    assert sorted(lake_mesh_consul.__all__) == PUBLIC
+    assert len(set(lake_mesh_consul.__all__)) == 15
+
+
+def test_nothing_else_is_exported_by_accident():
+    result = _python(
+        "import json, lake_mesh_consul as m; "
+        "print(json.dumps([n for n in dir(m) if not n.startswith('_')]))"
+    )
+    public = set(json.loads(result.stdout))
+    # What the module needs for its lazy loading is visible, but not in __all__.
+    assert public - set(PUBLIC) <= {"annotations", "importlib", "TYPE_CHECKING", "Any"}
+    with pytest.raises(AttributeError):
+        _ = lake_mesh_consul.NotAThing  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize("name", PUBLIC)
+def test_every_public_name_resolves_and_is_documented(name):
+    obj = getattr(lake_mesh_consul, name)
+    assert (obj.__doc__ or "").strip()
+
+
+def test_import_loads_no_heavy_dependency():
+    result = _python(
+        "import sys, json, lake_mesh_consul;"
+        "print(json.dumps(sorted(m for m in sys.modules if m.split('.')[0] in "
+        f"{HEAVY!r})))"
+    )
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout) == []
+
+
+def test_import_of_errors_and_config_loads_no_heavy_dependency():
+    result = _python(
+        "import sys, json; import lake_mesh_consul.errors; "
+        "from lake_mesh_consul import MeshConfig; MeshConfig();"
+        "print(json.dumps(sorted(m for m in sys.modules if m.split('.')[0] in "
+        f"{HEAVY!r})))"
+    )
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout) == []
+
+
+@pytest.mark.parametrize("module", _modules())
+def test_every_module_imports_on_its_own_in_a_fresh_interpreter(module):
+    result = _python(f"import {module}")
+    assert result.returncode == 0, result.stderr[-2000:]
+
+
+@pytest.mark.parametrize("order", ["forward", "reverse"])
+def test_all_modules_import_in_either_order(order):
+    modules = _modules()
+    if order == "reverse":
+        modules.reverse()
+    result = _python("; ".join(f"import {m}" for m in modules))
+    assert result.returncode == 0, result.stderr[-2000:]
+
+
+def _module_level_imports(path: Path, module: str) -> set[str]:
+    """lake_mesh_consul modules imported at module level (not in functions or TYPE_CHECKING)."""
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    package = module if path.name == "__init__.py" else module.rpartition(".")[0]
+    found: set[str] = set()
+
+    def visit(nodes: list[ast.stmt]) -> None:
+        for node in nodes:
+            if isinstance(node, ast.If):
+                test = ast.unparse(node.test)
+                if "TYPE_CHECKING" not in test:
+                    visit(node.body)
+                visit(node.orelse)
+            elif isinstance(node, ast.Try):
+                visit(node.body)
+                for handler in node.handlers:
+                    visit(handler.body)
+                visit(node.orelse)
+                visit(node.finalbody)
+            elif isinstance(node, ast.Import):
+                found.update(a.name for a in node.names)
+            elif isinstance(node, ast.ImportFrom):
+                if node.level:
+                    base = package.split(".")
+                    base = base[: len(base) - node.level + 1]
+                    target = ".".join([*base, *([node.module] if node.module else [])])
+                else:
+                    target = node.module or ""
+                found.add(target)
+                found.update(f"{target}.{a.name}" for a in node.names)
+
+    visit(tree.body)
+    return {name for name in found if name.startswith("lake_mesh_consul")}
+
+
+def test_no_import_cycles():
+    paths: dict[str, Path] = {}
+    for path in PACKAGE_DIR.rglob("*.py"):
+        parts = list(path.relative_to(PACKAGE_DIR.parent).with_suffix("").parts)
+        if parts[-1] == "__init__":
+            parts.pop()
+        paths[".".join(parts)] = path
+    graph = {
+        module: {
+            dep for dep in _module_level_imports(path, module) if dep in paths and dep != module
+        }
+        for module, path in paths.items()
+    }
+    state: dict[str, int] = {}
+    stack: list[str] = []
+
+    def dfs(node: str) -> list[str] | None:
+        state[node] = 1
+        stack.append(node)
+        for dep in sorted(graph[node]):
+            if state.get(dep) == 1:
+                return [*stack[stack.index(dep) :], dep]
+            if dep not in state and (cycle := dfs(dep)):
+                return cycle
+        stack.pop()
+        state[node] = 2
+        return None
+
+    for module in sorted(graph):
+        if module not in state and (cycle := dfs(module)):
+            pytest.fail("import cycle: " + " -> ".join(cycle))
