@@ -101,18 +101,16 @@ def test_messages_carry_what_a_caller_needs():
 
 
 def test_403_is_permission_denied_naming_the_operation_not_the_token():
-    with (
-        client_with(FakeAdapter(403, b"Permission denied")) as client,
-        pytest.raises(PermissionDenied) as info,
-    ):
-        client.request("PUT", "/v1/kv/x", operation="write key 'x'", data=b"1")
-        assert "write key 'x'" in str(info.value)
-        assert TOKEN not in str(info.value)
-        assert TOKEN not in repr(info.value)
-        with pytest.raises(PermissionDenied) as info:
+    with client_with(FakeAdapter(403, b"Permission denied")) as client:
+        with pytest.raises(PermissionDenied) as denied:
+            client.request("PUT", "/v1/kv/x", operation="write key 'x'", data=b"1")
+        assert "write key 'x'" in str(denied.value)
+        assert TOKEN not in str(denied.value)
+        assert TOKEN not in repr(denied.value)
+        with pytest.raises(PermissionDenied) as mapped:
             client.call("read key 'x'", client.consul.kv.get, "x")
-        assert isinstance(info.value.__cause__, Exception)
-        assert TOKEN not in str(info.value)
+    assert isinstance(mapped.value.__cause__, Exception)
+    assert TOKEN not in str(mapped.value)
 
 
 def test_404_is_not_found_unless_allowed():
@@ -151,14 +149,15 @@ def test_python_consul2_status_errors_are_mapped():
     ],
 )
 def test_transport_failures_are_consul_unavailable_naming_the_address(exc, words):
-    with client_with(FakeAdapter(exc=exc)) as client, pytest.raises(ConsulUnavailable) as info:
-        client.request("GET", "/v1/status/leader", operation="read leader")
-        assert info.value.address == "http://127.0.0.1:8500"
-        assert words in str(info.value)
-        assert "read leader" in str(info.value)
-        assert info.value.__cause__ is exc
+    with client_with(FakeAdapter(exc=exc)) as client:
+        with pytest.raises(ConsulUnavailable) as info:
+            client.request("GET", "/v1/status/leader", operation="read leader")
         with pytest.raises(ConsulUnavailable):
             client.call("read agent self", client.consul.agent.self)
+    assert info.value.address == "http://127.0.0.1:8500"
+    assert words in str(info.value)
+    assert "read leader" in str(info.value)
+    assert info.value.__cause__ is exc
 
 
 @pytest.mark.parametrize(
