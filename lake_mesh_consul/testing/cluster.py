@@ -785,11 +785,11 @@ class ConsulCluster:
                 "server_stabilization_time": "1s",
             }
         if self.acl_master_token:
+            # Not "agent_master": a client agent resolves that token locally to agent-only
+            # rights, which would shadow the management token on that agent.
             tokens: dict[str, str] = {"agent": self.acl_master_token}
             if member.role == "server":
                 tokens["master"] = self.acl_master_token
-            else:
-                tokens["agent_master"] = self.acl_master_token
             config["primary_datacenter"] = self.datacenter
             config["acl"] = {
                 "enabled": True,
