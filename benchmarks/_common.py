@@ -92,6 +92,30 @@ class Context:
     def on_close(self, fn: Callable[[], None]) -> None:
         self._closers.append(fn)
 
+    def consul_address(self) -> str:
+        """``host:port`` of a Consul dev agent for this run, started on first use.
+
+        ``LAKE_MESH_BENCH_CONSUL_ADDR`` names an agent to use instead. Otherwise a DevAgent
+        runs the consul binary (see ``lake-mesh agent provision``) on free loopback ports and
+        is stopped by :meth:`close`.
+        """
+        address: str | None = getattr(self, "_consul_address", None)
+        if address is not None:
+            return address
+        address = os.environ.get("LAKE_MESH_BENCH_CONSUL_ADDR")
+        if not address:
+            from lake_mesh_consul.testing import DevAgent, find_consul_binary
+
+            binary = find_consul_binary()
+            if binary is None:
+                raise RuntimeError("no consul binary: run `lake-mesh agent provision`")
+            agent = DevAgent(binary)
+            agent.start()
+            self.on_close(agent.close)
+            address = agent.address
+        self._consul_address = address
+        return address
+
     def close(self) -> None:
         for fn in reversed(self._closers):
             try:
