@@ -161,6 +161,9 @@ class _HTTPClient(consul.std.HTTPClient):  # type: ignore[misc]
             cert=owner.session.cert,
         )
         self.base_uri = config.base_url
+        # python-consul2 opened a session of its own; ours replaces it.
+        own: requests.Session = self.__dict__["session"]
+        own.close()
         self.session = owner.session
         self._owner = owner
 

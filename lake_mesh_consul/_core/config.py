@@ -98,6 +98,12 @@ class Secret:
     def __reduce__(self) -> Any:  # pickling must not be a way around the mask either
         raise TypeError("Secret values cannot be pickled")
 
+    def __copy__(self) -> Secret:  # immutable: copies are the same value
+        return self
+
+    def __deepcopy__(self, memo: Any) -> Secret:
+        return self
+
 
 _TRUE = {"1", "t", "true", "y", "yes", "on"}
 _FALSE = {"0", "f", "false", "n", "no", "off"}
@@ -133,7 +139,10 @@ def parse_address(value: str, *, setting: str = "address") -> tuple[str, str, in
         if scheme not in ("http", "https"):
             raise InvalidSetting(setting, f"scheme {scheme!r} is not supported; {forms}")
         text = text.rstrip("/")
-    if "/" in text or "?" in text or "@" in text or " " in text:
+    if "@" in text:
+        # user:password@host would put a credential into the message: never echo it.
+        raise InvalidSetting(setting, f"credentials in the address are not supported; {forms}")
+    if "/" in text or "?" in text or " " in text:
         raise InvalidSetting(setting, f"{value!r} is not an address; {forms}")
     if text.startswith("["):
         host, sep, rest = text[1:].partition("]")
@@ -344,10 +353,17 @@ class MeshConfig:
                 values[name] = value
         if (token_file := get("CONSUL_HTTP_TOKEN_FILE")) is not None:
             values["token_file"] = token_file
+            # As in Consul's Go API (NewClient), a token file beats CONSUL_HTTP_TOKEN.
+            values.pop("token", None)
         # An explicit token or token file beats both environment variables.
         if "token" in overrides or "token_file" in overrides:
             values.pop("token", None)
             values.pop("token_file", None)
+        # An explicit address brings its own scheme: drop the one CONSUL_HTTP_ADDR carried
+        # (CONSUL_HTTP_SSL=true still means https, as in Consul's CLI).
+        if "address" in overrides and "scheme" not in overrides and values.get("scheme"):
+            if not (ssl is not None and _parse_bool("CONSUL_HTTP_SSL", ssl)):
+                values.pop("scheme", None)
         from lake_mesh_consul._core.config_sources import layered_from_env
 
         layered_from_env(env, values, overrides)  # LAKE_MESH_* mesh-wide defaults
