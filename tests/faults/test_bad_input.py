@@ -57,8 +57,12 @@ def test_fuzzed_addresses_are_valid_or_invalid_setting(address: str) -> None:
     try:
         config = MeshConfig(address=address)
     except InvalidSetting as exc:
-        assert exc.setting == "address"
-        assert str(exc).startswith("address: ")
+        error: InvalidSetting | None = exc
+    else:
+        error = None
+    if error is not None:
+        assert error.setting == "address"
+        assert str(error).startswith("address: ")
     else:
         assert config.scheme in ("http", "https")
         assert 1 <= config.port <= 65535
@@ -73,7 +77,11 @@ def test_fuzzed_environment_is_valid_or_names_the_variable(env: dict[str, str]) 
     try:
         config = MeshConfig.from_env(env)
     except InvalidSetting as exc:
-        assert exc.setting in ENV_VARS, exc.setting
+        error: InvalidSetting | None = exc
+    else:
+        error = None
+    if error is not None:
+        assert error.setting in ENV_VARS, error.setting
     else:
         token = env.get("CONSUL_HTTP_TOKEN", "")
         if token and config.token is not None and not env.get("CONSUL_HTTP_TOKEN_FILE"):
