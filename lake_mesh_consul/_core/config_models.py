@@ -115,10 +115,12 @@ class DetectorSettings(_Section):
 
     Attributes:
         consecutive_failures: consecutive failures that eject an endpoint.
-        failure_rate: failure percentage in (0, 100] over an interval that ejects.
-        min_requests: requests an interval needs before ``failure_rate`` applies.
+        failure_rate: failure percentage in (0, 100] over the window that ejects.
+        window_size: calls in the failure-rate window.
+        min_requests: calls the window needs before ``failure_rate`` applies.
         interval: seconds between outlier analyses.
         base_ejection_time: first ejection, multiplied by the number of ejections.
+        max_ejection_time: longest single ejection.
         max_ejection_percent: most endpoints ejected at once, in percent.
     """
 
@@ -126,10 +128,16 @@ class DetectorSettings(_Section):
 
     consecutive_failures: int | None = None
     failure_rate: float | None = None
+    window_size: int | None = None
     min_requests: int | None = None
     interval: float | None = None
     base_ejection_time: float | None = None
+    max_ejection_time: float | None = None
     max_ejection_percent: float | None = None
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check_consistency(flatten(self, prefix="detector."))
 
 
 @dataclass(frozen=True)
@@ -138,8 +146,8 @@ class RetrySettings(_Section):
 
     Attributes:
         attempts: attempts in all, the first included (1..100).
-        backoff_base: first backoff in seconds; ``backoff_cap`` is the longest.
-        backoff_cap: longest backoff in seconds.
+        backoff_base: first backoff in seconds (full-jitter exponential).
+        backoff_max: longest backoff in seconds.
         budget_ratio: retries allowed as a fraction of requests, in [0, 1].
         budget_min_per_second: retries per second always allowed.
     """
@@ -148,9 +156,9 @@ class RetrySettings(_Section):
 
     attempts: int | None = None
     backoff_base: float | None = None
-    backoff_cap: float | None = None
+    backoff_max: float | None = None
     budget_ratio: float | None = None
-    budget_min_per_second: float | None = None
+    budget_min_per_second: int | None = None
 
     def __post_init__(self) -> None:
         super().__post_init__()

@@ -76,6 +76,7 @@ STRATEGY_NAMES: tuple[str, ...] = (
     "peak_ewma",
     "ring_hash",
     "maglev",
+    "nearest_first",
 )
 
 #: The nested objects of a document.
@@ -167,9 +168,10 @@ def _f(path: str, kind: Kind, levels: frozenset[Level], default: Any, doc: str, 
 FIELDS: tuple[FieldSpec, ...] = (
     _f("strategy", "choice", _GS, "round_robin", "load-balancing strategy",
        choices=STRATEGY_NAMES),
-    _f("per_try_timeout", "duration", _GSE, 2.0, "timeout of one attempt",
+    _f("per_try_timeout", "duration", _GSE, None,
+       "timeout of one attempt (unset: whatever the deadline leaves)",
        minimum=0, exclusive_min=True, maximum=_HOUR),
-    _f("deadline", "duration", _GS, 10.0, "overall deadline of a call, retries included",
+    _f("deadline", "duration", _GS, 15.0, "overall deadline of a call, retries included",
        minimum=0, exclusive_min=True, maximum=_DAY),
     _f("panic_threshold", "float", _GS, 50.0,
        "percent of healthy endpoints below which every endpoint is used (Envoy panic mode)",
@@ -209,26 +211,30 @@ FIELDS: tuple[FieldSpec, ...] = (
     _f("detector.consecutive_failures", "int", _GS, 5,
        "consecutive failures that eject an endpoint", minimum=1, maximum=10000),
     _f("detector.failure_rate", "float", _GS, 50.0,
-       "failure percentage over an interval that ejects an endpoint",
+       "failure percentage over the window that ejects an endpoint",
        minimum=0, exclusive_min=True, maximum=100),
-    _f("detector.min_requests", "int", _GS, 10,
-       "requests an interval needs before failure_rate applies", minimum=1, maximum=1_000_000),
+    _f("detector.window_size", "int", _GS, 100, "calls in the failure-rate window",
+       minimum=1, maximum=1_000_000),
+    _f("detector.min_requests", "int", _GS, 100,
+       "calls the window needs before failure_rate applies", minimum=1, maximum=1_000_000),
     _f("detector.interval", "duration", _GS, 10.0, "outlier analysis interval",
        minimum=0, exclusive_min=True, maximum=_HOUR),
     _f("detector.base_ejection_time", "duration", _GS, 30.0,
        "first ejection time (multiplied by the number of ejections)",
        minimum=0, exclusive_min=True, maximum=_HOUR),
+    _f("detector.max_ejection_time", "duration", _GS, 300.0, "longest single ejection",
+       minimum=0, exclusive_min=True, maximum=_DAY),
     _f("detector.max_ejection_percent", "float", _GS, 10.0,
        "most endpoints ejected at once, in percent", minimum=0, maximum=100),
     _f("retry.attempts", "int", _GS, 3, "attempts in all, the first included",
        minimum=1, maximum=100),
     _f("retry.backoff_base", "duration", _GS, 0.025, "first backoff (exponential, jittered)",
        minimum=0, exclusive_min=True, maximum=_HOUR),
-    _f("retry.backoff_cap", "duration", _GS, 1.0, "longest backoff",
+    _f("retry.backoff_max", "duration", _GS, 0.25, "longest backoff",
        minimum=0, exclusive_min=True, maximum=_HOUR),
     _f("retry.budget_ratio", "float", _GS, 0.2,
        "retries allowed as a fraction of requests (retry budget)", minimum=0, maximum=1),
-    _f("retry.budget_min_per_second", "float", _GS, 10.0,
+    _f("retry.budget_min_per_second", "int", _GS, 10,
        "retries per second always allowed", minimum=0, maximum=1_000_000),
     _f("watch_wait", "duration", _G, 60.0, "blocking-query wait of every watch",
        minimum=0, exclusive_min=True, maximum=600, bootstrap=True),
@@ -549,13 +555,14 @@ def parse_document(
 
 
 def check_consistency(values: Mapping[str, Any], *, key: str | None = None) -> None:
-    """Cross-field rules inside one document (``backoff_cap >= backoff_base``...).
+    """Cross-field rules inside one document (``backoff_max >= backoff_base``...).
 
     Raises:
         ConfigValidationError: naming the later field of the pair.
     """
     pairs = (
-        ("retry.backoff_base", "retry.backoff_cap"),
+        ("retry.backoff_base", "retry.backoff_max"),
+        ("detector.base_ejection_time", "detector.max_ejection_time"),
         ("per_try_timeout", "deadline"),
     )
     for low, high in pairs:

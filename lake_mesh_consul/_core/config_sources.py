@@ -102,8 +102,10 @@ def _layered_flat(values: Mapping[str, Any]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for name, value in values.items():
         if name in SECTIONS and value is not None:
-            section = value if isinstance(value, Mapping) else flatten(value)
-            out.update({f"{name}.{k}": v for k, v in section.items() if v is not None})
+            if isinstance(value, Mapping):
+                out.update({f"{name}.{k}": v for k, v in value.items() if v is not None})
+            else:
+                out.update(flatten(value, prefix=f"{name}."))
         elif name in FIELDS_BY_PATH and value is not None:
             out[name] = value
     return out
