@@ -502,6 +502,34 @@ class ServiceRegistry:
             if isinstance(v, dict) and v.get("ServiceID") == service_id
         }
 
+    def health_checks(self, service_name: str) -> list[dict[str, Any]]:
+        """Every check of every instance of ``service_name``, from ``/v1/health/checks``.
+
+        Returns plain dicts with ``node``, ``service_id``, ``check_id``, ``name``, ``type``,
+        ``status``, ``output`` and ``notes`` (empty for an unknown service), sorted by
+        service id and check id.
+        """
+        response = self._client.request(
+            "GET",
+            f"/v1/health/checks/{_path(service_name)}",
+            operation=f"read checks of {service_name!r}",
+        )
+        out = [
+            {
+                "node": str(c.get("Node", "")),
+                "service_id": str(c.get("ServiceID", "")),
+                "check_id": str(c.get("CheckID", "")),
+                "name": str(c.get("Name", "")),
+                "type": str(c.get("Type", "")),
+                "status": HealthStatus.parse(str(c.get("Status", ""))).value,
+                "output": str(c.get("Output", "")),
+                "notes": str(c.get("Notes", "")),
+            }
+            for c in response.json() or []
+            if isinstance(c, dict)
+        ]
+        return sorted(out, key=lambda c: (c["service_id"], c["check_id"]))
+
     # -- anti-entropy ----------------------------------------------------------------------
 
     def resync(self) -> int:
