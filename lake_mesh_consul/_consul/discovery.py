@@ -46,7 +46,12 @@ from lake_mesh_consul._core.config import MeshConfig
 from lake_mesh_consul._core.endpoint import ServiceEndpoint, Weights
 from lake_mesh_consul._core.health import HealthStatus, aggregate
 from lake_mesh_consul._core.ports import SnapshotListener
-from lake_mesh_consul.errors import DiscoveryError, DiscoveryTimeout
+from lake_mesh_consul.errors import (
+    ConsulStatusError,
+    DiscoveryError,
+    DiscoveryTimeout,
+    PermissionDenied,
+)
 
 __all__ = [
     "DEFAULT_TIMEOUT",
@@ -69,6 +74,10 @@ DEFAULT_TIMEOUT = 5.0
 
 #: Check ids Consul uses for maintenance mode (they are reported as ``critical``).
 _MAINTENANCE_PREFIXES = ("_service_maintenance:", "_node_maintenance")
+
+#: Parts of Consul error answers that mean the query itself is wrong: the first call fails
+#: at once instead of waiting out its timeout.
+_HOPELESS_ANSWERS = ("boolean expression", "No path to datacenter", "Bad request")
 
 #: Version of the persisted snapshot format.
 _PERSIST_VERSION = 1
@@ -550,9 +559,14 @@ class _View:
             if new is None:
                 return
             old = self.current
+            was_ready = self.ready.is_set()
             self.current = new
             self.ready.set()
-            if old.source == new.source and _same_endpoints(old.endpoints, new.endpoints):
+            if (
+                was_ready
+                and old.source == new.source
+                and _same_endpoints(old.endpoints, new.endpoints)
+            ):
                 return
             if self._store is not None and new.source != "persisted":
                 self._store.save(self.query, new.endpoints, self._clock.time())
@@ -585,7 +599,20 @@ class _View:
             return True
         primary = self.watches[0]
         has_disk = self.current.source == "persisted"
-        primary.wait_first(timeout, or_error=has_disk)
+        deadline = self._clock.monotonic() + timeout
+        while True:
+            primary.wait_first(max(0.0, deadline - self._clock.monotonic()), or_error=True)
+            state = primary.state
+            if state.has_value or has_disk or ServiceDiscovery._hopeless(state.error):
+                break
+            if self._clock.monotonic() >= deadline or primary.watch.closed:
+                break
+            # a transient failure: wait for the next outcome (the watch keeps retrying)
+            self._clock.sleep(min(0.05, max(0.0, deadline - self._clock.monotonic())))
+        if ServiceDiscovery._hopeless(primary.state.error) and not primary.state.has_value:
+            raise DiscoveryError(
+                f"Consul rejected the query for service {self.query.name!r}: {primary.state.error}"
+            ) from primary.state.error
         if primary.state.has_value:
             self._on_change(())  # make sure the composed snapshot is in place
             return True
@@ -660,8 +687,9 @@ class ServiceSource:
     """One service's live endpoints as the load balancer's ``EndpointSource`` port.
 
     ``snapshot()`` reads memory (never Consul, never a lock); ``subscribe(listener)`` calls
-    the listener with each new snapshot (not the current one) and returns an unsubscribe
-    function.
+    the listener at once with the current snapshot (so no change between ``snapshot()``
+    and ``subscribe()`` is lost; updates are idempotent for a balancer), then with each
+    new snapshot, and returns an unsubscribe function.
 
     Thread-safety: both methods may be called from any thread.
     """
@@ -679,8 +707,8 @@ class ServiceSource:
         return self._view.current.endpoints
 
     def subscribe(self, listener: SnapshotListener) -> Callable[[], None]:
-        """Call ``listener`` on each change; return a function that unsubscribes."""
-        return self._view.subscribe(listener, replay=False)
+        """Call ``listener`` now and on each change; return a function that unsubscribes."""
+        return self._view.subscribe(listener, replay=True)
 
     def __repr__(self) -> str:
         return f"ServiceSource({self._view.query.name!r}, {len(self.snapshot())} endpoint(s))"
@@ -804,6 +832,13 @@ class ServiceDiscovery:
             raise DiscoveryTimeout(query.name, limit, str(error) if error else "")
         return view
 
+    @staticmethod
+    def _hopeless(error: BaseException | None) -> bool:
+        """Whether Consul's answer says the query itself is wrong (retrying cannot help)."""
+        if not isinstance(error, ConsulStatusError) or isinstance(error, PermissionDenied):
+            return False
+        return error.code == 400 or any(text in error.body for text in _HOPELESS_ANSWERS)
+
     def endpoints(
         self,
         name: str,
@@ -837,7 +872,9 @@ class ServiceDiscovery:
 
         Raises:
             DiscoveryTimeout: no first answer in time (and no persisted snapshot).
-            DiscoveryError: the discovery is closed.
+            DiscoveryError: Consul rejected the query (a bad ``filter``, an unknown
+                datacenter: raised at once, not after the timeout), or the discovery is
+                closed.
             ValueError: an invalid service name.
         """
         query = ServiceQuery.build(

@@ -14,6 +14,9 @@
   leader when ``X-Consul-LastContact`` exceeds it) are options, and so is the agent cache
   (``cached=True``). ``X-Consul-KnownLeader``, ``X-Consul-LastContact`` and ``X-Cache`` are
   kept on :attr:`Watch.state`;
+* after a failure the next answer is always decoded and compared, and when the agent was
+  unreachable the index restarts from 0: an agent restarted with its state wiped can
+  answer with the very index we hold, for a different result;
 * **last known good** (go-kit's ``InvalidateOnError``): when Consul fails, the last decoded
   value stays in :attr:`Watch.current`, :attr:`WatchState.stale` turns true and
   :meth:`WatchState.age` grows; with ``invalidate_after`` the value is dropped (replaced by
@@ -67,7 +70,7 @@ from lake_mesh_consul._core.blocking import (
 )
 from lake_mesh_consul._core.clock import SYSTEM_CLOCK, Clock
 from lake_mesh_consul._core.config import MeshConfig
-from lake_mesh_consul.errors import ConsulError, MeshError
+from lake_mesh_consul.errors import ConsulError, ConsulUnavailable, MeshError
 
 __all__ = [
     "DEFAULT_RATE",
@@ -533,7 +536,7 @@ class Watch(Generic[T]):
         state = self._state
         if state.failures:
             log.info("watch %s: recovered after %d failed attempt(s)", self.name, state.failures)
-        if not step.changed and state.has_value and not state.invalidated:
+        if not step.changed and state.has_value and not state.invalidated and not state.failures:
             self._index = step.index
             self._state = _fresh(state, response, now, step.index.value)
             return
@@ -565,6 +568,11 @@ class Watch(Generic[T]):
             log.warning("watch %s: %s (serving the last known value)", self.name, exc)
         else:
             log.debug("watch %s: attempt %d failed: %s", self.name, failures, exc)
+        if isinstance(exc, ConsulUnavailable) and self._index.value:
+            # The agent may come back restarted with its state wiped, and then an equal
+            # index can carry a different result: start over with a non-blocking read
+            # (and the next answer is always decoded and compared: see _on_answer).
+            self._index = BlockingIndex()
         new = dataclasses.replace(state, stale=True, error=exc, failures=failures)
         invalidate = (
             self.invalidate_after is not None
