@@ -128,7 +128,7 @@ def test_later_calls_are_served_from_memory(mesh_config, unique_name):
         elapsed = time.perf_counter() - started
         assert d.hub.requests == before  # zero Consul requests on the request path
         assert elapsed / 20_000 < 50e-6
-        deregister(client, unique_name and "a")
+        deregister(client, "a")
 
 
 def test_first_call_times_out_with_a_clear_error():
@@ -197,10 +197,13 @@ def test_watch_delivers_full_snapshots_and_not_equal_ones(mesh_config, unique_na
         assert eventually(lambda: len(snapshots) == 1)
         register(client, unique_name, "a", Check={"TTL": "60s", "Status": "passing"})
         assert eventually(lambda: len(snapshots) == 2)
-        # a change that does not alter the snapshot (service meta is not... it is: use output)
+        # changes that move the index but not the snapshot: extra passing checks
         for n in range(3):
             client.request(
-                "PUT", "/v1/agent/check/pass/service:a", operation="ttl", params={"note": f"n{n}"}
+                "PUT",
+                "/v1/agent/check/register",
+                operation="check",
+                json={"Name": f"x{n}", "ServiceID": "a", "TTL": "60s", "Status": "passing"},
             )
         time.sleep(0.3)
         assert len(snapshots) == 2
