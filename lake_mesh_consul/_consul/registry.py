@@ -44,6 +44,9 @@ from types import FrameType
 from typing import Any, TypeVar
 from urllib.parse import quote
 
+# The startup retry is a plain "retry one agent call until a deadline", which
+# _core/retry.py's endpoint-picking execute() does not model; tenacity is used here directly,
+# with our clock (stop/sleep) and RNG (jitter) injected, until a generic helper lives there.
 import tenacity
 
 from lake_mesh_consul._consul.client import ConsulClient
