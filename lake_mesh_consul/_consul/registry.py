@@ -408,7 +408,8 @@ class ServiceRegistry:
             ConsulError: the last deregistration error, after trying every service.
         """
         if service_ids is None:
-            ids = [o.metadata.id for o in list(self._owned.values())]
+            with self._lock:
+                ids = [o.metadata.id for o in self._owned.values()]
         elif isinstance(service_ids, str):
             ids = [service_ids]
         else:
