@@ -91,7 +91,8 @@ def _kill_under_reads(
                     break
             _register(client, "during", 9002)
             registered = until(lambda: _catalog_has(client, "during", "during-9002"), 15)
-            time.sleep(0.5)  # reads keep going after the election too
+            # Reads keep going after the election too, at least 3 s after the kill.
+            time.sleep(max(0.5, 3.0 - (time.monotonic() - killed_at)))
 
     report = {
         "killed": victim.name,
@@ -101,6 +102,7 @@ def _kill_under_reads(
         "leader_known_again_s": round(elected, 2),
         "first_write_ok_s": None if written is None else round(written, 2),
         "failed_writes": len(write_errors),
+        "write_errors": sorted({m.split(": ", 1)[-1][:90] for m in write_errors}),
         "registration_in_catalog_s": None if registered is None else round(registered, 2),
         "stale_reads": reads.stats.summary(),
         "single_attempt_errors": sorted(
