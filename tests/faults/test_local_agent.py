@@ -9,7 +9,8 @@ Promises:
 * killed and restarted with its data wiped: zero failed picks for a service already
   discovered; the service and its checks are registered again within 5 s of the agent
   answering; the watch resumes and ends on the true state;
-* hung (SIGSTOP), with the instances it calls registered on another agent, for ``LAKE_MESH_FAULT_PAUSE_S`` seconds (default 12; the issue's 30 s with
+* hung (SIGSTOP), with the instances it calls registered on another agent, for
+  ``LAKE_MESH_FAULT_PAUSE_S`` seconds (default 12; the issue's 30 s with
   ``LAKE_MESH_FAULT_PAUSE_S=30``): the request path is unaffected, the watch times out and
   backs off instead of spinning, no thread leaks, everything resumes on SIGCONT.
 """
@@ -201,9 +202,11 @@ def test_local_agent_killed_and_wiped_under_pick_loop(
     for key, value in report.items():
         record_property(key, value)
 
-    assert during.stale and len(during.endpoints) == 3
+    assert during.stale
+    assert len(during.endpoints) == 3
     assert loop.failures == []
-    assert reregistered is not None and reregistered <= 5.0
+    assert reregistered is not None
+    assert reregistered <= 5.0
     assert in_catalog is not None
     assert converged is not None
     assert not after.stale
