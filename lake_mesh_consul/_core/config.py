@@ -361,9 +361,9 @@ class MeshConfig:
             values.pop("token_file", None)
         # An explicit address brings its own scheme: drop the one CONSUL_HTTP_ADDR carried
         # (CONSUL_HTTP_SSL=true still means https, as in Consul's CLI).
-        if "address" in overrides and "scheme" not in overrides and values.get("scheme"):
-            if not (ssl is not None and _parse_bool("CONSUL_HTTP_SSL", ssl)):
-                values.pop("scheme", None)
+        ssl_on = ssl is not None and _parse_bool("CONSUL_HTTP_SSL", ssl)
+        if "address" in overrides and "scheme" not in overrides and not ssl_on:
+            values.pop("scheme", None)
         from lake_mesh_consul._core.config_sources import layered_from_env
 
         layered_from_env(env, values, overrides)  # LAKE_MESH_* mesh-wide defaults
