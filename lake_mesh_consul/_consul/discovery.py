@@ -608,7 +608,9 @@ class _View:
             if self._clock.monotonic() >= deadline or primary.watch.closed:
                 break
             # a transient failure: wait for the next outcome (the watch keeps retrying)
-            self._clock.sleep(min(0.05, max(0.0, deadline - self._clock.monotonic())))
+            self._clock.wait(
+                primary.watch._first, min(0.05, max(0.0, deadline - self._clock.monotonic()))
+            )
         if ServiceDiscovery._hopeless(primary.state.error) and not primary.state.has_value:
             raise DiscoveryError(
                 f"Consul rejected the query for service {self.query.name!r}: {primary.state.error}"
