@@ -1,0 +1,1122 @@
+"""Mesh: the composition root that wires every part of the mesh for one process.
+
+One object does registration, discovery, balancing, breaking, retries and live
+configuration for a service and for the services it calls.
+
+What a :class:`Mesh` owns, and what each piece is for::
+
+    Mesh
+    ├── ConsulClient           one connection pool to the local agent
+    ├── ServiceRegistry        mesh.register(...): this process's instances and their checks
+    │   └── HealthCheckManager   one per registered instance (TTL heartbeats, metrics)
+    ├── ConfigStore            KV configuration, live reload (strategy, thresholds, weights)
+    ├── ServiceDiscovery       one blocking query per called service, served from memory
+    └── per called service (created on first use, then kept):
+        ├── LoadBalancer         following discovery; strategy, panic threshold, slow start
+        ├── FailureDetector      gate + recorder: outlier ejection and per-endpoint breakers
+        ├── RetryPolicy          from the service's effective configuration
+        └── RetryBudget          Finagle's budget, shared by every call to the service
+
+The request path (:meth:`Mesh.call`, and the requests integration in
+:mod:`lake_mesh_consul.http`) is ``retry( pick(exclude=tried) -> breaker( fn(endpoint) ) )``
+(see :func:`lake_mesh_consul._core.retry.execute`): each attempt re-picks, excluding the
+endpoints already tried; an open breaker or an ejection moves the pick elsewhere without
+sending anything; only idempotent calls are retried after the request may have been sent;
+every outcome feeds the balancer's latency and load figures, the detector and the breaker.
+
+Discovery follows *every* instance of a called service (``passing_only=False``), so the
+balancer sees critical and maintenance instances, never picks them, and can apply Envoy's
+panic threshold honestly; :meth:`Mesh.explain` shows each instance with the reason it is or
+is not eligible.
+
+Live reload: a change of a service's effective configuration in KV is applied in place:
+the balancer swaps its strategy (outstanding counts and latency estimates survive), takes the
+new panic threshold and slow-start window; the detector takes the new ejection thresholds;
+new retry policy and budget apply to the next call; endpoint weights, ``drained`` and
+``disabled`` are re-applied to the current snapshot.
+
+This module imports the heavy parts (requests, python-consul2, tenacity, pybreaker);
+``import lake_mesh_consul`` does not import it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import random
+import threading
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from lake_mesh_consul._consul.client import ConsulClient
+from lake_mesh_consul._consul.discovery import ServiceDiscovery, ServiceSnapshot
+from lake_mesh_consul._consul.health import CheckFunction, HealthCheckManager
+from lake_mesh_consul._consul.kvconfig import ConfigChange, ConfigStore, StartMode
+from lake_mesh_consul._consul.registry import ServiceRegistry
+from lake_mesh_consul._core.balancer import LoadBalancer, RequestContext
+from lake_mesh_consul._core.breaker import BreakerState
+from lake_mesh_consul._core.clock import SYSTEM_CLOCK, Clock
+from lake_mesh_consul._core.config import EndpointConfig, MeshConfig, ServiceConfig
+from lake_mesh_consul._core.config_layers import EffectiveConfig
+from lake_mesh_consul._core.config_policies import (
+    apply_to_balancer,
+    balancer_settings,
+    detector_policy,
+    retry_budget,
+    retry_policy,
+)
+from lake_mesh_consul._core.detector import FailureDetector
+from lake_mesh_consul._core.endpoint import ServiceEndpoint, Weights
+from lake_mesh_consul._core.health import HealthStatus
+from lake_mesh_consul._core.loadstats import EndpointStats
+from lake_mesh_consul._core.registration import Check, ServiceMetadata
+from lake_mesh_consul._core.retry import RetryBudget, RetryPolicy, execute
+from lake_mesh_consul.errors import MeshError, NoEndpointsAvailable
+
+if TYPE_CHECKING:
+    from lake_mesh_consul.http import MeshSession
+
+__all__ = [
+    "Explanation",
+    "InstanceExplanation",
+    "Mesh",
+    "MeshStatus",
+]
+
+_log = logging.getLogger("lake_mesh_consul.mesh")
+
+_T = TypeVar("_T")
+
+#: Seconds the first use of a service waits for discovery's first answer (by default).
+DEFAULT_DISCOVERY_TIMEOUT = 10.0
+#: Most services :meth:`Mesh.status` explains when it lists the catalog.
+MAX_STATUS_SERVICES = 100
+#: Extra picks tried before scanning for an endpoint not yet tried by this call.
+_EXCLUDE_PICKS = 4
+
+
+class _Cancelled(BaseException):
+    """Ends a RequestContext without an outcome (the endpoint was picked but not used)."""
+
+
+_CANCELLED = _Cancelled()
+
+
+class _Quiet(threading.local):
+    """Per thread: True while the mesh finishes a request it records itself."""
+
+    active = False
+
+
+_QUIET = _Quiet()
+
+
+class _DetectorRecorder:
+    """The detector as the balancer's OutcomeRecorder, for direct ``balancer.request()`` use.
+
+    The mesh's own request path records through ``execute`` (with the breaker permit), so
+    it silences this recorder for its own requests instead of recording twice.
+    """
+
+    def __init__(self, detector: FailureDetector) -> None:
+        self.detector = detector
+
+    def record(
+        self,
+        endpoint: ServiceEndpoint,
+        *,
+        success: bool,
+        duration: float,
+        error: BaseException | None = None,
+        status: int | None = None,
+    ) -> None:
+        if _QUIET.active:
+            return
+        self.detector.record(
+            endpoint, success=success, duration=duration, error=error, status=status
+        )
+
+    def __repr__(self) -> str:
+        return f"_DetectorRecorder({self.detector!r})"
+
+
+class DrainedByConfig:
+    """EndpointGate refusing endpoints whose EndpointConfig says ``drained``.
+
+    Thread-safe: the set is replaced by reference on configuration changes.
+    """
+
+    def __init__(self) -> None:
+        self.drained: frozenset[str] = frozenset()
+
+    def is_available(self, endpoint: ServiceEndpoint) -> bool:
+        """False for drained endpoints (by instance id)."""
+        return endpoint.id not in self.drained
+
+
+def _finish(ctx: RequestContext, error: BaseException | None) -> None:
+    _QUIET.active = True
+    try:
+        ctx.finish(error)
+    finally:
+        _QUIET.active = False
+
+
+@dataclass(frozen=True)
+class InstanceExplanation:
+    """One instance of a service and why it is or is not eligible right now.
+
+    Attributes:
+        id: the Consul service instance id.
+        address: ``host:port``.
+        health: the aggregate of its checks (``passing``, ``warning``, ``critical``,
+            ``maintenance``).
+        eligible: whether a pick may choose it now (ignoring panic mode).
+        reasons: why not (empty when eligible), e.g. ``"critical"``,
+            ``"ejected until 12:00:05 (consecutive_failures, 1 ejection)"``,
+            ``"breaker open (probe in 3.2s)"``, ``"drained by config"``.
+        breaker: the breaker's state (``closed``, ``open``, ``half_open``...).
+        breaker_retry_after: seconds until an open breaker admits a probe.
+        ejected_until: wall-clock time (epoch seconds) the current ejection ends, or None.
+        ejection_reason: the trigger of the current ejection.
+        outstanding: requests in flight from this process.
+        latency_ms: the peak-EWMA latency estimate, in milliseconds.
+        requests: finished requests seen by the balancer; failures: of those, failed.
+        weight: the weight a pick uses now (slow start included; 0 when not eligible).
+        slow_start: the slow-start multiplier (1.0 when warmed up).
+        config: the endpoint-level settings that apply to it (weight, drained, disabled).
+    """
+
+    id: str
+    address: str
+    health: str
+    eligible: bool
+    reasons: tuple[str, ...]
+    breaker: str | None
+    breaker_retry_after: float | None
+    ejected_until: float | None
+    ejection_reason: str | None
+    outstanding: int
+    latency_ms: float
+    requests: int
+    failures: int
+    weight: float
+    slow_start: float
+    config: Mapping[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready."""
+        data = dataclasses.asdict(self)
+        data["reasons"] = list(self.reasons)
+        data["config"] = dict(self.config)
+        return data
+
+
+@dataclass(frozen=True)
+class Explanation:
+    """Why each instance of a service is or is not picked right now (from :meth:`Mesh.explain`).
+
+    Printable: ``str(explanation)`` is a small report with a table of instances.
+
+    Attributes:
+        service: the service name.
+        strategy: the balancer's strategy; strategy_source: where it came from
+            (``kv:<key>``, ``code``, ``built-in``...).
+        registered: instances discovery knows (every health status).
+        eligible: instances a pick may choose now.
+        panic: whether panic mode is on (fewer eligible than ``panic_threshold`` percent:
+            the balancer uses every routable instance).
+        panic_threshold: the threshold in percent.
+        reason: why a pick would fail now, or None.
+        stale: whether discovery serves a stale snapshot (Consul unreachable); age: seconds
+            since Consul last answered; snapshot_source: ``consul``, ``persisted`` or
+            ``failover``; discovery_error: the last error while stale.
+        retry_budget_left: retries the service's budget allows right now.
+        retry_attempts: attempts per call in all; per_try_timeout and deadline in seconds.
+        config_stale: whether KV configuration could not be read lately; config_index: the
+            KV index of the configuration in force.
+        instances: every instance, in discovery order.
+        at: wall-clock time of the explanation.
+    """
+
+    service: str
+    strategy: str
+    strategy_source: str
+    registered: int
+    eligible: int
+    panic: bool
+    panic_threshold: float
+    reason: str | None
+    stale: bool
+    age: float | None
+    snapshot_source: str
+    discovery_error: str | None
+    retry_budget_left: int
+    retry_attempts: int
+    per_try_timeout: float | None
+    deadline: float | None
+    config_stale: bool
+    config_index: int
+    instances: tuple[InstanceExplanation, ...]
+    at: float
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready (``instances`` as a list of dicts)."""
+        data = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        data["instances"] = [i.to_dict() for i in self.instances]
+        return data
+
+    def summary(self) -> str:
+        """One line: eligible count, strategy, panic, staleness, budget."""
+        parts = [
+            f"{self.service}: {self.eligible}/{self.registered} eligible",
+            f"strategy {self.strategy} ({self.strategy_source})",
+        ]
+        if self.panic:
+            parts.append(f"PANIC (below {self.panic_threshold:g}%: using every instance)")
+        if self.reason:
+            parts.append(f"a pick would fail: {self.reason}")
+        if self.stale:
+            age = "never answered" if self.age is None else f"{self.age:.1f}s old"
+            parts.append(f"STALE snapshot ({age}; {self.discovery_error or 'Consul unreachable'})")
+        else:
+            age = "-" if self.age is None else f"{self.age:.1f}s"
+            parts.append(f"snapshot fresh (age {age})")
+        parts.append(f"retry budget {self.retry_budget_left} left")
+        return "; ".join(parts)
+
+    def __str__(self) -> str:
+        lines = [self.summary()]
+        if not self.instances:
+            lines.append("  (no instance registered)")
+            return "\n".join(lines)
+        headers = ("ID", "ADDRESS", "HEALTH", "BREAKER", "ELIGIBLE", "LAT", "REQ", "WHY NOT")
+        rows = [
+            (
+                i.id,
+                i.address,
+                i.health,
+                i.breaker or "-",
+                "yes" if i.eligible else "no",
+                f"{i.latency_ms:.0f}ms",
+                str(i.requests),
+                "; ".join(i.reasons) or "-",
+            )
+            for i in self.instances
+        ]
+        widths = [max(len(h), *(len(r[c]) for r in rows)) for c, h in enumerate(headers)]
+        fmt = "  ".join(f"{{:<{w}}}" for w in widths)
+        lines.append("  " + fmt.format(*headers).rstrip())
+        lines.extend("  " + fmt.format(*row).rstrip() for row in rows)
+        return "\n".join(lines)
+
+
+@dataclass(frozen=True)
+class MeshStatus:
+    """Every service of the catalog (or those asked for), explained; and the config source.
+
+    Attributes:
+        address: the agent's base URL.
+        config_prefix: the KV prefix of the configuration; config_index: its KV index;
+            config_stale: whether KV could not be read lately.
+        services: one :class:`Explanation` per service.
+        registered: the instances this mesh registered (ids).
+        config_events: the latest configuration events (``kind key: reason``).
+    """
+
+    address: str
+    config_prefix: str
+    config_index: int
+    config_stale: bool
+    services: tuple[Explanation, ...]
+    registered: tuple[str, ...]
+    config_events: tuple[str, ...]
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready."""
+        data = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        data["services"] = [s.to_dict() for s in self.services]
+        data["registered"] = list(self.registered)
+        data["config_events"] = list(self.config_events)
+        return data
+
+    def __str__(self) -> str:
+        stale = " (STALE)" if self.config_stale else ""
+        lines = [
+            f"agent {self.address}; config from KV {self.config_prefix}/ "
+            f"(index {self.config_index}){stale}"
+        ]
+        for explanation in self.services:
+            lines.append("")
+            lines.append(str(explanation))
+        if not self.services:
+            lines.append("no services registered")
+        return "\n".join(lines)
+
+
+def _wall(clock: Clock, seconds_from_now: float) -> float:
+    return clock.time() + seconds_from_now
+
+
+def _clock_text(epoch: float) -> str:
+    return time.strftime("%H:%M:%S", time.localtime(epoch))
+
+
+class _Service:
+    """Everything the mesh keeps for one called service (created once, then reused)."""
+
+    def __init__(self, mesh: Mesh, name: str) -> None:
+        self.mesh = mesh
+        self.name = name
+        self.lock = threading.Lock()
+        self.effective = mesh.store.effective(name)
+        values = self.effective.values
+        clock = mesh.clock
+        self.detector = FailureDetector(
+            detector_policy(values), clock=clock, rng=random.Random(mesh.rng.random())
+        )
+        self.drained = DrainedByConfig()
+        settings = balancer_settings(values)
+        self.balancer = LoadBalancer(
+            name,
+            settings["strategy"],
+            gates=(self.detector, self.drained),
+            recorders=(_DetectorRecorder(self.detector),),
+            panic_threshold=settings["panic_threshold"],
+            slow_start_window=settings["slow_start_window"],
+            clock=clock,
+            rng=random.Random(mesh.rng.random()),
+        )
+        self.policy: RetryPolicy = retry_policy(values)
+        self.one_shot = dataclasses.replace(self.policy, attempts=1)
+        self.budget: RetryBudget = retry_budget(values, clock=clock)
+        self.endpoint_settings: dict[str, Mapping[str, Any]] = {}
+        self.per_try: dict[str, float] = {}
+        self.disabled: frozenset[str] = frozenset()
+        self.raw: Sequence[ServiceEndpoint] = ()
+        self._load_endpoint_settings()
+        self.filters = self._filters(values)
+        self.unsubscribe: Callable[[], None] = _noop
+        self.unsubscribe_config: Callable[[], None] = _noop
+
+    # -- discovery ----------------------------------------------------------------------------
+
+    @staticmethod
+    def _filters(values: Mapping[str, Any]) -> dict[str, Any]:
+        return {
+            "tags": tuple(values.get("tags") or ()),
+            "service_meta": dict(values.get("meta") or {}) or None,
+            "passing_only": False,
+        }
+
+    def follow(self, timeout: float) -> None:
+        """Subscribe to discovery (waiting up to ``timeout`` for the first answer)."""
+        source = self.mesh.discovery.source(self.name, timeout=timeout, **self.filters)
+        self.unsubscribe = source.subscribe(self._on_endpoints)
+
+    def _on_endpoints(self, endpoints: Sequence[ServiceEndpoint]) -> None:
+        self.raw = tuple(endpoints)
+        self._push()
+
+    def _push(self) -> None:
+        """Apply endpoint settings to the raw snapshot and hand it to balancer and detector."""
+        endpoints = self.raw
+        keep_warning = bool(self.effective.get("keep_warning", True))
+        adjusted: list[ServiceEndpoint] = []
+        for e in endpoints:
+            settings = self.endpoint_settings.get(e.id)
+            weights = e.weights
+            health = e.health
+            if settings is not None:
+                if settings.get("weight") is not None:
+                    weights = Weights(int(settings["weight"]), weights.warning)
+                if settings.get("disabled"):
+                    health = HealthStatus.MAINTENANCE  # never picked, not even in panic
+            if not keep_warning and health is HealthStatus.WARNING:
+                weights = Weights(weights.passing, 0)
+            if weights is not e.weights or health is not e.health:
+                adjusted.append(dataclasses.replace(e, weights=weights, health=health))
+            else:
+                adjusted.append(e)
+        self.detector.update_endpoints(self.name, adjusted)
+        self.balancer.update(adjusted)
+
+    def _load_endpoint_settings(self) -> None:
+        store = self.mesh.store
+        snapshot = store.snapshot
+        settings: dict[str, Mapping[str, Any]] = {}
+        per_try: dict[str, float] = {}
+        service_per_try = self.effective.get("per_try_timeout")
+        for eid in snapshot.endpoints(self.name):
+            eff = snapshot.effective(self.name, eid)
+            values = eff.values
+            own = {
+                k: values[k]
+                for k in ("weight", "drained", "disabled")
+                if eff.provenance[k].level == "endpoint"
+            }
+            settings[eid] = own
+            timeout = values.get("per_try_timeout")
+            if timeout is not None and timeout != service_per_try:
+                per_try[eid] = float(timeout)
+        self.endpoint_settings = settings
+        self.per_try = per_try
+        self.drained.drained = frozenset(e for e, s in settings.items() if s.get("drained"))
+        self.disabled = frozenset(e for e, s in settings.items() if s.get("disabled"))
+
+    # -- configuration ------------------------------------------------------------------------
+
+    def on_config(self, change: ConfigChange) -> None:
+        """Apply the service's new effective settings in place (runs on the KV watch thread)."""
+        with self.lock:
+            previous = self.effective
+            current = change.current.effective(self.name)
+            self.effective = current
+            old, new = previous.values, current.values
+            try:
+                apply_to_balancer(self.balancer, new, previous=old)
+            except MeshError as exc:  # validated already; a strategy the balancer refuses
+                _log.warning("service %s: strategy not applied: %s", self.name, exc)
+            if _section(old, "detector.", "breaker.") != _section(new, "detector.", "breaker."):
+                # New thresholds apply at once to accrual and ejection; breakers that exist
+                # keep their state (and thresholds) until their endpoint is re-created.
+                self.detector.policy = detector_policy(new)
+            if _section(old, "retry.", "per_try_timeout", "deadline") != _section(
+                new, "retry.", "per_try_timeout", "deadline"
+            ):
+                self.policy = retry_policy(new)
+                self.one_shot = dataclasses.replace(self.policy, attempts=1)
+            if _section(old, "retry.budget_") != _section(new, "retry.budget_"):
+                self.budget = retry_budget(new, clock=self.mesh.clock)
+            self._load_endpoint_settings()
+            filters = self._filters(new)
+            if filters != self.filters:
+                self.filters = filters
+                self.unsubscribe()
+                source = self.mesh.discovery.source(self.name, wait=False, **filters)
+                self.unsubscribe = source.subscribe(self._on_endpoints)
+            else:
+                self._push()
+        _log.info(
+            "service %s: configuration reloaded (strategy %s)", self.name, self.balancer.strategy
+        )
+
+    # -- picking ------------------------------------------------------------------------------
+
+    def start(self, key: str | bytes | None, exclude: frozenset[ServiceEndpoint]) -> RequestContext:
+        """Pick (not in ``exclude`` when possible) and start a tracked request."""
+        lb = self.balancer
+        if not exclude:
+            return lb.request(key)
+        for attempt in range(_EXCLUDE_PICKS + len(exclude)):
+            salted = key if key is None or attempt == 0 else _salt(key, attempt)
+            ctx = lb.request(salted)
+            if ctx.endpoint not in exclude:
+                return ctx
+            ctx.finish(_CANCELLED)
+        for state in lb.stats().endpoints:  # rare: scan for an untried eligible endpoint
+            if state.eligible and state.endpoint not in exclude:
+                stats = EndpointStats(state.endpoint.key, now=self.mesh.clock.monotonic())
+                return RequestContext(lb, state.endpoint, stats)
+        raise NoEndpointsAvailable(self.name, "every eligible endpoint was tried")
+
+    def close(self) -> None:
+        self.unsubscribe_config()
+        self.unsubscribe()
+
+
+def _noop() -> None:
+    return None
+
+
+def _salt(key: str | bytes, attempt: int) -> str | bytes:
+    if isinstance(key, bytes):
+        return key + b"\x00" + str(attempt).encode()
+    return f"{key}\x00{attempt}"
+
+
+def _section(values: Mapping[str, Any], *prefixes: str) -> dict[str, Any]:
+    return {k: v for k, v in values.items() if k.startswith(prefixes)}
+
+
+class Mesh:
+    """The mesh for one process: register yourself, call others, explain what happens.
+
+    Args:
+        config: connection settings and mesh-wide defaults (default:
+            ``MeshConfig.from_env()``).
+        services: service-level settings from code (KV settings win over them).
+        endpoints: endpoint-level settings from code, by ``(service, instance id)``.
+        watch_config: read and watch KV configuration under ``config.kv_prefix``; when
+            False only the code/environment levels apply.
+        config_start_mode: what :meth:`start` does when KV cannot be read (``"fail"``
+            raises; ``"defaults"`` starts without and picks KV up when it returns).
+        discovery_timeout: seconds the first use of a service waits for Consul's answer.
+        drain_grace: seconds between maintenance-on and deregistration when closing.
+        drain_on_close: whether :meth:`close` drains registered instances (default True).
+        clock: time source for everything the mesh builds.
+        rng: randomness (seed it for reproducible balancing and jitter).
+        overrides: MeshConfig fields applied over ``config`` (or the environment), e.g.
+            ``address="127.0.0.1:8500"``.
+
+    Lifecycle: the constructor does no I/O. :meth:`start` (or entering ``with``) reads the
+    KV configuration and starts its watch; the first :meth:`balancer` / :meth:`call` of a
+    service starts that service's discovery. :meth:`close` (leaving ``with``) stops the
+    health heartbeats, drains and deregisters registered instances, then stops every watch
+    thread; it returns within ``drain_grace`` plus about a second.
+
+    Thread-safety: every method may be called from any thread. The request path takes no
+    lock of the mesh (only the balancer's, detector's and budget's short ones).
+
+    Example::
+
+        with Mesh.from_env() as mesh:
+            mesh.register(ServiceMetadata("orders", 8080, checks=(
+                HttpCheck(url="http://127.0.0.1:8080/health", interval="5s"),)))
+            items = mesh.session().get("http://inventory/items").json()
+            conn = mesh.call("db", lambda ep: connect(ep.address, ep.port), idempotent=True)
+            print(mesh.explain("inventory"))
+    """
+
+    def __init__(
+        self,
+        config: MeshConfig | None = None,
+        *,
+        services: Mapping[str, ServiceConfig] | None = None,
+        endpoints: Mapping[tuple[str, str], EndpointConfig] | None = None,
+        watch_config: bool = True,
+        config_start_mode: StartMode = "fail",
+        discovery_timeout: float = DEFAULT_DISCOVERY_TIMEOUT,
+        drain_grace: float | None = None,
+        drain_on_close: bool = True,
+        clock: Clock = SYSTEM_CLOCK,
+        rng: random.Random | None = None,
+        **overrides: Any,
+    ) -> None:
+        if config is None:
+            config = MeshConfig.from_env(**overrides)
+        elif overrides:
+            config = config.replace(**overrides)
+        self.config = config
+        self.clock = clock
+        self.rng = rng or random.Random()
+        self.discovery_timeout = discovery_timeout
+        self.client = ConsulClient(config)
+        registry_kwargs: dict[str, Any] = {"drain_on_close": drain_on_close}
+        if drain_grace is not None:
+            registry_kwargs["drain_grace"] = drain_grace
+        self.registry = ServiceRegistry(
+            self.client, clock=clock, rng=random.Random(self.rng.random()), **registry_kwargs
+        )
+        #: Discovery (own hub only with an injected clock or rng, see ServiceDiscovery).
+        self.discovery = ServiceDiscovery(
+            self.client,
+            clock=clock,
+            rng=None if rng is None else random.Random(self.rng.random()),
+            timeout=discovery_timeout,
+        )
+        self.store = ConfigStore(
+            config,
+            client=self.client,
+            services=services,
+            endpoints=endpoints,
+            start_mode=config_start_mode,
+            clock=clock,
+        )
+        self._watch_config = watch_config
+        self._services: dict[str, _Service] = {}
+        self._health: dict[str, HealthCheckManager] = {}
+        self._lock = threading.RLock()
+        self._started = False
+        self._closed = False
+
+    @classmethod
+    def from_env(cls, **kwargs: Any) -> Mesh:
+        """A mesh configured from Consul's environment variables (``CONSUL_HTTP_ADDR``...).
+
+        Keyword arguments are those of :class:`Mesh`; MeshConfig fields among them override
+        the environment.
+        """
+        return cls(None, **kwargs)
+
+    # -- lifecycle ----------------------------------------------------------------------------
+
+    def start(self) -> Mesh:
+        """Read the KV configuration and watch it (idempotent; ``with`` calls it).
+
+        Raises:
+            ConsulError: KV could not be read and ``config_start_mode`` is ``"fail"``.
+            MeshError: the mesh is closed.
+        """
+        with self._lock:
+            if self._closed:
+                raise MeshError("the Mesh is closed")
+            if self._started:
+                return self
+            if self._watch_config:
+                self.store.start()
+            self._started = True
+        return self
+
+    def close(self) -> None:
+        """Stop heartbeats, drain and deregister our instances, stop every thread.
+
+        Idempotent. Errors while draining are logged, not raised.
+        """
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            services = list(self._services.values())
+            health = list(self._health.values())
+            self._services.clear()
+            self._health.clear()
+        for manager in health:
+            manager.close()
+        self.registry.close()
+        for service in services:
+            service.close()
+        self.discovery.close()
+        self.store.close()
+        self.client.close()
+
+    def __enter__(self) -> Mesh:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @property
+    def closed(self) -> bool:
+        """Whether :meth:`close` was called."""
+        return self._closed
+
+    # -- registration -------------------------------------------------------------------------
+
+    def register(
+        self,
+        metadata: ServiceMetadata,
+        *checks: Check,
+        functions: Iterable[CheckFunction] = (),
+        **health_options: Any,
+    ) -> HealthCheckManager:
+        """Register an instance of this process with its checks and start its heartbeat.
+
+        ``checks`` are added to ``metadata.checks``. ``functions`` drive the instance's TTL
+        check (it must have exactly one TTL check then; use the returned manager's
+        ``add_function(fn, check_id=...)`` for several). ``health_options`` go to
+        :class:`~lake_mesh_consul._consul.health.HealthCheckManager` (``failure_threshold``,
+        ``interval``...). The instance is drained and deregistered when the mesh closes.
+
+        Returns:
+            The instance's HealthCheckManager (``report()``, ``snapshot()``).
+
+        Raises:
+            InvalidSetting: an invalid check or option (before any network call).
+            ConsulUnavailable, PermissionDenied, ConsulStatusError: registration failed.
+        """
+        self._check_open()
+        if checks:
+            metadata = metadata.replace(checks=(*metadata.checks, *checks))
+        manager = HealthCheckManager(
+            self.registry,
+            metadata,
+            clock=self.clock,
+            rng=random.Random(self.rng.random()),
+            **health_options,
+        )
+        for fn in functions:
+            manager.add_function(fn)
+        manager.start()
+        with self._lock:
+            old = self._health.pop(metadata.id, None)
+            self._health[metadata.id] = manager
+        if old is not None:
+            old.close()
+        return manager
+
+    def deregister(self, service_id: str, *, drain: bool = False) -> None:
+        """Stop the heartbeat of an instance we registered and remove it from Consul.
+
+        With ``drain``: maintenance on, ``drain_grace`` seconds, then deregistration.
+
+        Raises:
+            ConsulError: the agent call failed.
+        """
+        with self._lock:
+            manager = self._health.pop(service_id, None)
+        if manager is not None:
+            manager.close()
+        if drain:
+            self.registry.drain(service_id)
+        else:
+            self.registry.deregister(service_id)
+
+    def health(self, service_id: str) -> HealthCheckManager:
+        """The HealthCheckManager of an instance registered through :meth:`register`.
+
+        Raises:
+            KeyError: no such instance.
+        """
+        return self._health[service_id]
+
+    # -- the services we call -----------------------------------------------------------------
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise MeshError("the Mesh is closed")
+
+    def _service(self, name: str) -> _Service:
+        service = self._services.get(name)  # lock-free fast path
+        if service is not None:
+            return service
+        self._check_open()
+        if not self._started:
+            self.start()
+        with self._lock:
+            service = self._services.get(name)
+            if service is not None:
+                return service
+            self._check_open()
+            service = _Service(self, name)
+            service.follow(self.discovery_timeout)
+            service.unsubscribe_config = self.store.subscribe(service.on_config, service=name)
+            self._services[name] = service
+            return service
+
+    def balancer(self, service: str) -> LoadBalancer:
+        """The load balancer of ``service``, following discovery and the service's config.
+
+        Created on first use (waiting up to ``discovery_timeout`` for Consul's first answer),
+        then shared. Its gates are the service's FailureDetector (ejections, breakers) and
+        the endpoints drained by configuration; the detector records every outcome of
+        ``balancer.request()``.
+
+        Raises:
+            DiscoveryTimeout: no answer from Consul in time.
+            ValueError: an invalid service name.
+        """
+        return self._service(service).balancer
+
+    def detector(self, service: str) -> FailureDetector:
+        """The FailureDetector (ejection and per-endpoint breakers) of ``service``."""
+        return self._service(service).detector
+
+    def retry_policy(self, service: str) -> RetryPolicy:
+        """The RetryPolicy in force for ``service`` (from its effective configuration)."""
+        return self._service(service).policy
+
+    def retry_budget(self, service: str) -> RetryBudget:
+        """The RetryBudget shared by every call to ``service``."""
+        return self._service(service).budget
+
+    def effective(self, service: str, endpoint: str | None = None) -> EffectiveConfig:
+        """The effective settings of ``service`` (and ``endpoint``) with provenance."""
+        return self.store.effective(service, endpoint)
+
+    def set_strategy(self, service: str, strategy: str) -> None:
+        """Swap the strategy of ``service`` now (until the next configuration change).
+
+        Raises:
+            InvalidSetting: unknown strategy.
+        """
+        self._service(service).balancer.set_strategy(strategy)
+
+    def call(
+        self,
+        service: str,
+        fn: Callable[[ServiceEndpoint], _T],
+        *,
+        key: str | bytes | None = None,
+        idempotent: bool | None = None,
+        method: str | None = None,
+        pass_timeout: bool = False,
+        status_of: Callable[[_T], int | None] | None = None,
+        retry_after_of: Callable[[_T], float | None] | None = None,
+    ) -> _T:
+        r"""Call ``fn(endpoint)`` on an endpoint of ``service``, with breaker and retries.
+
+        Each attempt picks an endpoint (a different one from those already tried), passes
+        its breaker, runs ``fn`` with no lock held, and records latency and outcome. A
+        failure is retried per the service's RetryPolicy and RetryBudget: transport
+        failures, timeouts, gateway errors and 429s; only when the call is idempotent
+        (``idempotent=True``, or ``method`` is an idempotent HTTP method), except failures
+        to connect, which are always safe to retry.
+
+        Args:
+            service: the service to call.
+            fn: does the work against one endpoint (any client: a socket, gRPC, a driver).
+                With ``pass_timeout`` it is called ``fn(endpoint, timeout)`` with the
+                seconds this attempt may take (or None).
+            key: a hash key for ``ring_hash`` and ``maglev`` (ignored by other strategies).
+            idempotent: whether the call is safe to repeat.
+            method: an HTTP method, to decide idempotency when ``idempotent`` is None.
+            status_of: the HTTP status of a result (5xx/429 results count as failures).
+            retry_after_of: the Retry-After of a result in seconds.
+
+        Returns:
+            What ``fn`` returned (the last result when attempts ran out on a status).
+
+        Raises:
+            NoEndpointsAvailable: nothing to pick (says why).
+            RetryExhausted: every allowed attempt failed (``.attempts`` has each).
+            DeadlineExceeded: the service's deadline ran out.
+            Exception: an error of ``fn`` that is not retriable, unchanged.
+            DiscoveryTimeout: first use of the service, and Consul did not answer.
+
+        Example::
+
+            def ping(endpoint):
+                with socket.create_connection((endpoint.address, endpoint.port), 2) as s:
+                    s.sendall(b"PING\\n")
+                    return s.recv(64)
+
+            reply = mesh.call("redis", ping, idempotent=True)
+        """
+        call: Callable[[ServiceEndpoint, float | None], _T]
+        if pass_timeout:
+            call = fn  # type: ignore[assignment]
+        else:
+
+            def call(endpoint: ServiceEndpoint, _timeout: float | None) -> _T:
+                return fn(endpoint)
+
+        return self._run(
+            self._service(service),
+            call,
+            key=key,
+            method=method,
+            idempotent=idempotent,
+            status_of=status_of,
+            retry_after_of=retry_after_of,
+        )
+
+    def _run(
+        self,
+        svc: _Service,
+        fn: Callable[[ServiceEndpoint, float | None], _T],
+        *,
+        key: str | bytes | None,
+        method: str | None,
+        idempotent: bool | None,
+        status_of: Callable[[_T], int | None] | None,
+        retry_after_of: Callable[[_T], float | None] | None,
+        once: bool = False,
+    ) -> _T:
+        """The request path shared by :meth:`call` and the requests integration."""
+        contexts: dict[ServiceEndpoint, RequestContext] = {}
+        detector = svc.detector
+        per_try = svc.per_try
+
+        def pick(*, exclude: frozenset[ServiceEndpoint]) -> ServiceEndpoint:
+            ctx = svc.start(key, exclude)
+            old = contexts.get(ctx.endpoint)
+            if old is not None:
+                old.finish(_CANCELLED)  # picked before but never called (breaker refused)
+            contexts[ctx.endpoint] = ctx
+            return ctx.endpoint
+
+        def call(endpoint: ServiceEndpoint, timeout: float | None) -> _T:
+            ctx = contexts[endpoint]
+            if per_try:
+                override = per_try.get(endpoint.id)
+                if override is not None:
+                    timeout = override if timeout is None else min(timeout, override)
+            try:
+                result = fn(endpoint, timeout)
+            except BaseException as exc:
+                _finish(ctx, exc)
+                raise
+            status = status_of(result) if status_of is not None else None
+            if status is not None and detector.is_failure(detector.classify(status=status)):
+                ctx.fail(status=status)
+            else:
+                ctx.succeed(status)
+            _finish(ctx, None)
+            return result
+
+        try:
+            return execute(
+                pick,
+                call,
+                policy=svc.one_shot if once else svc.policy,
+                budget=svc.budget,
+                detector=detector,
+                clock=self.clock,
+                rng=self.rng,
+                method=method,
+                idempotent=idempotent,
+                status_of=status_of,
+                retry_after_of=retry_after_of,
+            )
+        finally:
+            for ctx in contexts.values():
+                ctx.finish(_CANCELLED)  # no-op for the finished ones
+
+    def session(self, **kwargs: Any) -> MeshSession:
+        """A :class:`lake_mesh_consul.http.MeshSession` routing through this mesh.
+
+        ``kwargs`` go to MeshSession (e.g. ``preserve_host=False``). The session does not
+        close the mesh.
+        """
+        from lake_mesh_consul.http import MeshSession
+
+        return MeshSession(self, **kwargs)
+
+    # -- explaining ---------------------------------------------------------------------------
+
+    def explain(self, service: str) -> Explanation:
+        """Every instance of ``service`` and why it is or is not eligible right now.
+
+        Starts following the service if the mesh did not yet (waiting for Consul's first
+        answer, like :meth:`balancer`). Reads only memory afterwards.
+
+        Raises:
+            DiscoveryTimeout: first use, and Consul did not answer in time.
+        """
+        svc = self._service(service)
+        lb = svc.balancer
+        stats = lb.stats()
+        clock = self.clock
+        snapshot: ServiceSnapshot | None
+        try:
+            snapshot = self.discovery.snapshot(service, **svc.filters)
+        except MeshError:
+            snapshot = None
+        instances: list[InstanceExplanation] = []
+        raw = {e.id: e for e in svc.raw}
+        for state in stats.endpoints:
+            endpoint = state.endpoint
+            original = raw.get(endpoint.id, endpoint)
+            dstate = svc.detector.state(endpoint)
+            reasons: list[str] = []
+            health = original.health
+            if endpoint.id in svc.disabled:
+                reasons.append("disabled by config")
+            if health is HealthStatus.CRITICAL:
+                reasons.append("critical (a health check is failing)")
+            elif health is HealthStatus.MAINTENANCE:
+                reasons.append("maintenance")
+            elif endpoint.weight <= 0:
+                if health is HealthStatus.WARNING and original.weights.warning > 0:
+                    reasons.append("warning (keep_warning is off)")
+                else:
+                    reasons.append(f"{health.value} weight 0")
+            if endpoint.id in svc.drained.drained:
+                reasons.append("drained by config")
+            ejected_until = None
+            if dstate.ejected_until is not None and dstate.ejected_for > 0:
+                ejected_until = _wall(clock, dstate.ejected_for)
+                reasons.append(
+                    f"ejected until {_clock_text(ejected_until)} "
+                    f"({dstate.ejected_for:.1f}s left; {dstate.ejection_reason}, "
+                    f"ejection #{dstate.ejections})"
+                )
+            breaker = dstate.breaker
+            breaker_state = breaker.state.value if breaker is not None else None
+            retry_after = breaker.retry_after if breaker is not None else None
+            if breaker is not None:
+                if breaker.state is BreakerState.OPEN:
+                    if retry_after:
+                        reasons.append(f"breaker open (probe in {retry_after:.1f}s)")
+                    elif not state.eligible:
+                        reasons.append("breaker open")
+                elif breaker.state is BreakerState.FORCED_OPEN:
+                    reasons.append("breaker forced open")
+                elif breaker.state is BreakerState.HALF_OPEN and not state.eligible:
+                    reasons.append(f"breaker half-open ({breaker.probes_in_flight} probe(s) out)")
+            if not state.eligible and not reasons:
+                reasons.append(state.reason or "not eligible")
+            if state.eligible:
+                reasons = []
+            instances.append(
+                InstanceExplanation(
+                    id=endpoint.id,
+                    address=endpoint.host_port,
+                    health=health.value,
+                    eligible=state.eligible,
+                    reasons=tuple(reasons),
+                    breaker=breaker_state,
+                    breaker_retry_after=retry_after,
+                    ejected_until=ejected_until,
+                    ejection_reason=dstate.ejection_reason if ejected_until else None,
+                    outstanding=state.outstanding,
+                    latency_ms=state.latency * 1000.0,
+                    requests=state.requests,
+                    failures=state.failures,
+                    weight=state.weight,
+                    slow_start=state.slow_start,
+                    config=dict(svc.endpoint_settings.get(endpoint.id, {})),
+                )
+            )
+        policy = svc.policy
+        return Explanation(
+            service=service,
+            strategy=stats.strategy,
+            strategy_source=svc.effective.provenance["strategy"].source,
+            registered=stats.registered,
+            eligible=stats.eligible,
+            panic=stats.panic,
+            panic_threshold=lb.panic_threshold * 100.0,
+            reason=stats.reason,
+            stale=snapshot.stale if snapshot is not None else True,
+            age=snapshot.age if snapshot is not None else None,
+            snapshot_source=snapshot.source if snapshot is not None else "unknown",
+            discovery_error=snapshot.error if snapshot is not None else "no snapshot",
+            retry_budget_left=svc.budget.balance(),
+            retry_attempts=policy.attempts,
+            per_try_timeout=policy.per_try_timeout,
+            deadline=policy.deadline,
+            config_stale=self.store.stale if self._watch_config else False,
+            config_index=self.store.snapshot.index,
+            instances=tuple(instances),
+            at=clock.time(),
+        )
+
+    def services(self) -> list[str]:
+        """The services in Consul's catalog (``consul`` itself left out), sorted.
+
+        Raises:
+            ConsulError: the catalog could not be read.
+        """
+        response = self.client.request(
+            "GET", "/v1/catalog/services", operation="list the catalog's services"
+        )
+        names = response.json() or {}
+        return sorted(str(n) for n in names if n != "consul")
+
+    def status(self, services: Sequence[str] | None = None) -> MeshStatus:
+        """Explain every service of the catalog (or ``services``), with the config source.
+
+        Breaker states and ejections are this process's own view (a client-side mesh keeps
+        them per process).
+
+        Raises:
+            ConsulError: the catalog could not be read.
+        """
+        self._check_open()
+        if not self._started:
+            self.start()
+        names = list(services) if services is not None else self.services()
+        explained = tuple(self.explain(n) for n in names[:MAX_STATUS_SERVICES])
+        events = tuple(
+            f"{e.kind} {e.key or ''}: {e.reason}".strip() for e in self.store.events[-10:]
+        )
+        return MeshStatus(
+            address=self.client.address,
+            config_prefix=self.store.layout.prefix,
+            config_index=self.store.snapshot.index,
+            config_stale=self.store.stale if self._watch_config else False,
+            services=explained,
+            registered=tuple(m.id for m in self.registry.registered),
+            config_events=events,
+        )
+
+    def __repr__(self) -> str:
+        state = "closed" if self._closed else ("started" if self._started else "new")
+        return (
+            f"Mesh({self.client.address!r}, {state}, services={sorted(self._services)}, "
+            f"registered={sorted(self._health)})"
+        )
