@@ -45,6 +45,7 @@ from lake_mesh_consul._core.breaker import (
     Permit,
     SlidingWindow,
     WindowPolicy,
+    monotonic_of,
 )
 from lake_mesh_consul._core.clock import SYSTEM_CLOCK, Clock
 from lake_mesh_consul._core.endpoint import ServiceEndpoint
@@ -443,7 +444,7 @@ class FailureDetector:
     ) -> None:
         self.policy = policy = policy or DetectorPolicy()
         self._clock = clock
-        self._now = clock.monotonic
+        self._now = monotonic_of(clock)
         self._rng = rng or random.Random()
         self._lock = threading.Lock()
         self._listeners: list[EjectionListener] = list(listeners)
@@ -609,13 +610,14 @@ class FailureDetector:
                 st.interval_successes += 1
                 st.consecutive = 0
                 st.consecutive_gateway = 0
+            slow = duration > self._slow_after
             window = st.window
             if window is not None:
-                window.record(failure, duration > self._slow_after, now)
+                window.record(failure, slow, now)
             if st.ejected_until is not None:
                 self._return_if_due(st, now, events)
             if st.ejected_until is None:
-                reason = self._trigger(st, now)
+                reason = self._trigger(st, failure, slow, now)
                 if reason is not None:
                     self._eject(st, reason, now, events)
         if events:
@@ -623,7 +625,9 @@ class FailureDetector:
 
     # --- decisions (lock held) -----------------------------------------------------------
 
-    def _trigger(self, st: _Stats, now: float) -> str | None:
+    def _trigger(self, st: _Stats, failure: bool, slow: bool, now: float) -> str | None:
+        if st.window is not None and not failure:
+            return st.window.exceeded_after(failure, slow, now)
         p = self.policy
         if p.consecutive_failures is not None and st.consecutive >= p.consecutive_failures:
             return "consecutive_failures"
@@ -633,7 +637,7 @@ class FailureDetector:
         ):
             return "consecutive_gateway_failures"
         if st.window is not None:
-            return st.window.exceeded(now)
+            return st.window.exceeded_after(failure, slow, now)
         return None
 
     def _return_if_due(self, st: _Stats, now: float, events: list[EjectionEvent]) -> None:

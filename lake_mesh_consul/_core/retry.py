@@ -38,7 +38,7 @@ from typing import Protocol, TypeVar
 
 import tenacity
 
-from lake_mesh_consul._core.breaker import CircuitBreaker, Permit
+from lake_mesh_consul._core.breaker import CircuitBreaker, Permit, monotonic_of
 from lake_mesh_consul._core.clock import SYSTEM_CLOCK, Clock
 from lake_mesh_consul._core.detector import (
     ClassificationPolicy,
@@ -185,7 +185,7 @@ class RetryBudget:
         self.ttl = ttl
         self.min_retries_per_sec = min_retries_per_sec
         self.percent_can_retry = percent_can_retry
-        self._now = clock.monotonic
+        self._now = monotonic_of(clock)
         self._lock = threading.Lock()
         self._n = math.ceil(ttl)
         self._deposit_weight = round(percent_can_retry * self._SCALE)
@@ -381,7 +381,7 @@ def execute(
     calls.
     """
     p = policy or _DEFAULT_POLICY
-    now = clock.monotonic
+    now = monotonic_of(clock)
     start = now()
     deadline_at = start + p.deadline if p.deadline is not None else math.inf
     if classification is None:
@@ -413,7 +413,6 @@ def execute(
             if not p.reuse_endpoints:
                 raise RetryExhausted(attempts, "no untried endpoint left") from exc
             endpoint = pick(exclude=_EMPTY)
-        tried.add(endpoint)
         breaker = breaker_for(endpoint) if breaker_for is not None else None
         permit: Permit | None = None
         t0 = now()
@@ -469,6 +468,7 @@ def execute(
                 if kind not in p.retry_on:
                     return result
                 last_result, has_result = result, True
+        tried.add(endpoint)  # only failures get here: the success path skips the set
         attempts.append(Attempt(number, endpoint.id, error, now() - t0))
         if error is not None:
             has_result = False

@@ -1,0 +1,131 @@
+"""Failing safely: the success-path cost of breaker + detector + retry, and throughput.
+
+1. Overhead per call on the success path of ``execute`` (pick -> breaker -> call -> record
+   in breaker and detector, with a retry budget) over a bare call. Target: <= 5 us on
+   CPython 3.11. For scale: ``pybreaker.CircuitBreaker.call`` and a tenacity-wrapped call.
+2. Throughput of 8 threads each doing 10 ms of I/O (a sleep) through ONE breaker: ours
+   (``CircuitBreaker.call`` and the whole ``execute`` path) against the unwrapped call and
+   ``pybreaker.CircuitBreaker.call``, which holds its lock across the call (pybreaker #3/#55).
+   Target: >= 95% of unwrapped.
+
+Usage::
+
+    python benchmarks/run.py --only breaker [--quick]
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Iterator
+
+import pybreaker
+import tenacity
+from _common import Context, Row, compare, per_call
+
+from lake_mesh_consul._core.breaker import BreakerPolicy, CircuitBreaker
+from lake_mesh_consul._core.detector import DetectorPolicy, FailureDetector
+from lake_mesh_consul._core.endpoint import ServiceEndpoint
+from lake_mesh_consul._core.retry import RetryBudget, RetryPolicy, execute
+
+THREADS = 8
+IO_SECONDS = 0.010
+
+_EP = ServiceEndpoint.create("web-0", "127.0.0.1", 8080, service="web")
+
+
+def _pick(*, exclude: frozenset[ServiceEndpoint]) -> ServiceEndpoint:
+    return _EP
+
+
+def _bare(endpoint: ServiceEndpoint, timeout: float | None) -> int:
+    return 1
+
+
+def _work() -> int:
+    return 1
+
+
+def _overhead(n: int, repeat: int) -> Iterator[Row]:
+    detector = FailureDetector(DetectorPolicy(breaker=BreakerPolicy()))
+    budget = RetryBudget()
+    policy = RetryPolicy()
+
+    def ours() -> int:
+        return execute(_pick, _bare, policy=policy, budget=budget, detector=detector, method="GET")
+
+    breaker = CircuitBreaker("bench")
+    pb = pybreaker.CircuitBreaker()
+    retrying = tenacity.retry(stop=tenacity.stop_after_attempt(3), wait=tenacity.wait_none())(_work)
+
+    bare = per_call(lambda: _bare(_EP, None), n=n, repeat=repeat)
+    rows = {
+        "execute (pick+breaker+detector+budget+retry)": per_call(ours, n=n, repeat=repeat),
+        "CircuitBreaker.call (ours, breaker only)": per_call(
+            lambda: breaker.call(_work), n=n, repeat=repeat
+        ),
+        "pybreaker.CircuitBreaker.call": per_call(lambda: pb.call(_work), n=n, repeat=repeat),
+        "tenacity @retry-wrapped call": per_call(retrying, n=n, repeat=repeat),
+    }
+    yield Row("breaker: bare call", bare * 1e6, "us")
+    for name, seconds in rows.items():
+        overhead = (seconds - bare) * 1e6
+        yield Row(f"breaker: overhead {name}", overhead, "us", extra={"target_us": 5.0})
+
+
+def _throughput(wrap: Callable[[Callable[[], None]], object], seconds: float) -> float:
+    """Calls/s completed by THREADS threads each doing IO_SECONDS of sleep through ``wrap``."""
+    stop = threading.Event()
+    counts = [0] * THREADS
+    start_line = threading.Barrier(THREADS + 1)
+
+    def io() -> None:
+        time.sleep(IO_SECONDS)
+
+    def worker(i: int) -> None:
+        start_line.wait()
+        while not stop.is_set():
+            wrap(io)
+            counts[i] += 1
+
+    threads = [threading.Thread(target=worker, args=(i,), daemon=True) for i in range(THREADS)]
+    for t in threads:
+        t.start()
+    start_line.wait()
+    started = time.perf_counter()
+    time.sleep(seconds)
+    stop.set()
+    for t in threads:
+        t.join(5)
+    return sum(counts) / (time.perf_counter() - started)
+
+
+def _throughputs(seconds: float) -> Iterator[Row]:
+    breaker = CircuitBreaker("bench-io")
+    pb = pybreaker.CircuitBreaker()
+    detector = FailureDetector(DetectorPolicy(breaker=BreakerPolicy()))
+    budget = RetryBudget()
+
+    def through_execute(fn: Callable[[], None]) -> object:
+        return execute(_pick, lambda ep, t: fn(), budget=budget, detector=detector, method="GET")
+
+    unwrapped = _throughput(lambda fn: fn(), seconds)
+    ours = _throughput(breaker.call, seconds)
+    ours_execute = _throughput(through_execute, seconds)
+    theirs = _throughput(pb.call, seconds)
+    unit = "calls/s"
+    label = f"{THREADS} threads x {IO_SECONDS * 1000:g} ms I/O"
+    yield Row(f"breaker: throughput unwrapped ({label})", unwrapped, unit)
+    yield compare("breaker: throughput CircuitBreaker.call vs unwrapped", ours, unwrapped, unit)
+    yield compare("breaker: throughput execute() vs unwrapped", ours_execute, unwrapped, unit)
+    yield compare("breaker: throughput pybreaker.call vs unwrapped", theirs, unwrapped, unit)
+
+
+def run(ctx: Context) -> Iterator[Row]:
+    """Yield the overhead and throughput rows (quick: about 8 s in all)."""
+    if ctx.quick:
+        yield from _overhead(n=20_000, repeat=3)
+        yield from _throughputs(seconds=1.0)
+    else:
+        yield from _overhead(n=100_000, repeat=5)
+        yield from _throughputs(seconds=3.0)
