@@ -532,12 +532,16 @@ class ConsulCluster:
             )
         self.tls_material: TLSMaterial | None = None
         if tls:
-            self.tls_material = create_tls_material(
-                self.binary,
-                self.directory / "tls",
-                datacenter=datacenter,
-                ip_addresses=[m.host for m in self._members],
-            )
+            try:
+                self.tls_material = create_tls_material(
+                    self.binary,
+                    self.directory / "tls",
+                    datacenter=datacenter,
+                    ip_addresses=[m.host for m in self._members],
+                )
+            except BaseException:
+                self.close()
+                raise
 
     # -- members -----------------------------------------------------------------------------
 
