@@ -9,6 +9,7 @@ The tree::
     ├── ConsulError                        talking to Consul failed
     │   ├── ConsulUnavailable              agent unreachable / timed out: retry later
     │   │   └── ConsulTLSError             TLS handshake failed: fix CA / certificates
+    │   ├── ConsulProtocolError            the answer is not Consul's: check the address
     │   ├── PermissionDenied               ACL said no: grant the token a policy
     │   └── ConsulStatusError              any other non-2xx answer (code, body)
     │       ├── ConsulNotFound             404: the object is not there
@@ -41,6 +42,7 @@ __all__ = [
     "ConfigurationError",
     "ConsulError",
     "ConsulNotFound",
+    "ConsulProtocolError",
     "ConsulStatusError",
     "ConsulTLSError",
     "ConsulUnavailable",
@@ -120,21 +122,46 @@ class ConsulUnavailable(ConsulError):
         address: the agent address that was tried (never includes credentials).
     """
 
+    #: What to check, appended to the message.
+    hint = "is the agent running? check CONSUL_HTTP_ADDR or `lake-mesh doctor`"
+
     def __init__(self, address: str, detail: str = "") -> None:
         self.address = address
         self.detail = detail
         msg = f"Consul agent at {address} is unavailable"
         if detail:
             msg += f": {detail}"
-        msg += " (is the agent running? check CONSUL_HTTP_ADDR or `lake-mesh doctor`)"
+        msg += f" ({self.hint})"
         super().__init__(msg)
 
 
 class ConsulTLSError(ConsulUnavailable):
     """The TLS handshake with the agent failed (wrong CA, missing client certificate...)."""
 
+    hint = "fix the TLS settings above, then check with `lake-mesh doctor`"
+
     def __init__(self, address: str, detail: str) -> None:
         super().__init__(address, detail)
+
+
+class ConsulProtocolError(ConsulError):
+    """Something answered at the agent's address, but not as Consul does.
+
+    Usually CONSUL_HTTP_ADDR points at another HTTP service (or a proxy's error page).
+
+    Attributes:
+        address: the agent address.
+        operation: what was attempted.
+    """
+
+    def __init__(self, address: str, operation: str, detail: str) -> None:
+        self.address = address
+        self.operation = operation
+        self.detail = detail
+        super().__init__(
+            f"{operation}: the answer from {address} is not Consul's ({detail}); "
+            "check that CONSUL_HTTP_ADDR points at a Consul agent"
+        )
 
 
 class PermissionDenied(ConsulError):

@@ -41,6 +41,7 @@ from lake_mesh_consul._core.config import MeshConfig
 from lake_mesh_consul.errors import (
     ConsulError,
     ConsulNotFound,
+    ConsulProtocolError,
     ConsulStatusError,
     ConsulTLSError,
     ConsulUnavailable,
@@ -74,15 +75,28 @@ class ConsulResponse:
     known_leader: bool | None
     last_contact: float | None
     cache: str | None = None
+    address: str = ""
+    operation: str = ""
 
     def json(self) -> Any:
-        """The body decoded as JSON (``None`` for an empty body)."""
+        """The body decoded as JSON (``None`` for an empty body).
+
+        Raises:
+            ConsulProtocolError: the body is not JSON (the address is not a Consul agent).
+        """
         if not self.body:
             return None
-        return _json.loads(self.body)
+        try:
+            return _json.loads(self.body)
+        except ValueError as exc:
+            raise ConsulProtocolError(
+                self.address, self.operation or "read answer", _describe_body(self.body)
+            ) from exc
 
     @classmethod
-    def from_requests(cls, response: requests.Response) -> ConsulResponse:
+    def from_requests(
+        cls, response: requests.Response, *, address: str = "", operation: str = ""
+    ) -> ConsulResponse:
         """Build from a requests response, parsing Consul's headers defensively."""
         headers = response.headers
         try:
@@ -103,6 +117,8 @@ class ConsulResponse:
             known_leader=known_leader,
             last_contact=last_contact,
             cache=headers.get("X-Cache"),
+            address=address,
+            operation=operation,
         )
 
 
@@ -296,6 +312,9 @@ class ConsulClient:
             raise _status_from_consul_exception(exc, operation) from exc
         except requests.RequestException as exc:
             raise self._map_transport_error(exc, operation) from exc
+        except (ValueError, KeyError, TypeError, AttributeError) as exc:
+            # python-consul2 decodes bodies itself; a non-Consul answer breaks its parsing.
+            raise ConsulProtocolError(self.address, operation, type(exc).__name__) from exc
 
     def request(
         self,
@@ -347,7 +366,7 @@ class ConsulClient:
             )
         except requests.RequestException as exc:
             raise self._map_transport_error(exc, operation) from exc
-        response = ConsulResponse.from_requests(raw)
+        response = ConsulResponse.from_requests(raw, address=self.address, operation=operation)
         if response.status < 400 or (response.status == 404 and allow_404):
             return response
         body = _clean(raw.text)
@@ -428,8 +447,24 @@ def _status_from_consul_exception(exc: Exception, operation: str) -> ConsulStatu
     return ConsulStatusError(code, _clean(body or text), operation)
 
 
+def _describe_body(body: bytes) -> str:
+    head = body[:60].decode("utf-8", errors="replace").strip().replace("\n", " ")
+    return f"body is not JSON: {head!r}"
+
+
 def _tls_hint(exc: Exception) -> str:
     text = str(exc)
+    low = text.lower()
+    if "hostname" in low and ("mismatch" in low or "doesn't match" in low or "match" in low):
+        return (
+            "TLS certificate does not match the agent's name; set CONSUL_TLS_SERVER_NAME "
+            "to a name in the certificate (e.g. server.dc1.consul)"
+        )
+    if "bad certificate" in low or "unknown ca" in low or "certificate required" in low:
+        return (
+            "TLS handshake refused: the agent requires a client certificate it trusts; set "
+            "CONSUL_CLIENT_CERT and CONSUL_CLIENT_KEY"
+        )
     if "CERTIFICATE_VERIFY_FAILED" in text or "certificate verify failed" in text:
         return (
             "TLS certificate verification failed; set CONSUL_CACERT to the CA that signed "

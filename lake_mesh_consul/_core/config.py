@@ -175,7 +175,10 @@ def parse_address(value: str, *, setting: str = "address") -> tuple[str, str, in
 def _require_path(setting: str, value: str | None, *, directory: bool = False) -> str | None:
     if value is None or value == "":
         return None
-    path = Path(value).expanduser()
+    try:
+        path = Path(value).expanduser()
+    except RuntimeError:  # "~user" where that user does not exist
+        raise InvalidSetting(setting, f"cannot expand the home directory in {value!r}") from None
     if directory and not path.is_dir():
         raise InvalidSetting(setting, f"directory {value!r} does not exist")
     if not directory and not path.is_file():

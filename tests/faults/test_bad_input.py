@@ -16,7 +16,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from lake_mesh_consul import MeshConfig
@@ -72,8 +72,6 @@ def test_fuzzed_addresses_are_valid_or_invalid_setting(address: str) -> None:
 @FUZZ
 @given(env=st.dictionaries(st.sampled_from(ENV_VARS), st.text(max_size=30), max_size=6))
 def test_fuzzed_environment_is_valid_or_names_the_variable(env: dict[str, str]) -> None:
-    # "~user" paths are test_path_of_unknown_users_home below (a known bug, xfail).
-    assume(not any(v.startswith("~") and not v.startswith("~/") for v in env.values()))
     try:
         config = MeshConfig.from_env(env)
     except InvalidSetting as exc:
@@ -117,14 +115,6 @@ def test_invalid_settings_name_the_setting(kwargs: dict[str, object], setting: s
     assert caught.value.reason
 
 
-@pytest.mark.xfail(
-    reason=(
-        "MeshConfig path settings call Path.expanduser(), which raises RuntimeError for "
-        "'~user' when that user does not exist (found by fuzzing CONSUL_HTTP_TOKEN_FILE='~0')"
-    ),
-    raises=RuntimeError,
-    strict=True,
-)
 @pytest.mark.parametrize("setting", ["ca_file", "client_cert", "token_file", "ca_path"])
 def test_path_of_unknown_users_home(setting: str) -> None:
     with pytest.raises(InvalidSetting):
@@ -246,14 +236,6 @@ def test_ipv6_loopback_without_agent(record_property: RecordProperty) -> None:
     assert isinstance(error, ConsulUnavailable)
 
 
-@pytest.mark.xfail(
-    reason=(
-        "ConsulClient lets json.JSONDecodeError escape when the address is some other HTTP "
-        "service answering 200 with a non-JSON body (leader(), agent_self(), call())"
-    ),
-    raises=ValueError,
-    strict=True,
-)
 def test_address_of_another_http_service(
     web_server_port: int, record_property: RecordProperty
 ) -> None:

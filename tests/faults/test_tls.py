@@ -71,7 +71,8 @@ def test_server_name_override(https_agent: ConsulCluster, record_property: Recor
     error = _tls_error(https_agent.mesh_config(tls_server_name="not-the-agent.example"))
     print(f"\n[wrong server name] {error} <- {error.__cause__!r:.200}")
     record_property("message", str(error))
-    assert "CONSUL_CACERT" in str(error)
+    assert "CONSUL_TLS_SERVER_NAME" in str(error)
+    assert "does not match" in str(error)
 
 
 @pytest.mark.filterwarnings("ignore::urllib3.exceptions.InsecureRequestWarning")
