@@ -11,8 +11,9 @@ Rows:
   10/s) is not what is measured.
 * ``discovery.idle.requests_per_wait_window``: Consul requests per watched service per wait
   window with nothing changing (target <= 1; at the default 60 s wait that is the number
-  per minute); ``requests_per_service_minute`` is the same at the short wait measured. ``discovery.request_path.consul_requests``: requests caused by 100k
-  ``endpoints()`` calls (target 0).
+  per minute); ``requests_per_service_minute`` is the same at the short wait measured.
+  ``discovery.request_path.consul_requests``: requests caused by 100k ``endpoints()``
+  calls (target 0).
 * ``discovery.scale.<n>.parse_and_swap``: decoding a ``/v1/health/service`` answer of n
   instances into endpoints, comparing with the current snapshot and swapping it, per
   answer; ``.bytes_per_endpoint``: memory held per endpoint (tracemalloc).
