@@ -72,18 +72,35 @@ class _Handler(BaseHTTPRequestHandler):
 
     def do_GET(self) -> None:
         instance = self.server.instance
+        length = int(self.headers.get("Content-Length") or 0)
+        body = self.rfile.read(length) if length else b""
+        instance.hits += 1
         if self.path == "/health":
             self._send(200, b"ok")
             return
         if instance.delay > 0:
             time.sleep(instance.delay)
         if instance.failing:
-            self._send(503, b'{"error": "demo failure"}')
+            self._send(503, b'{"error": "demo failure"}', retry_after=instance.retry_after)
             return
-        self._send(200, json.dumps({"instance": instance.name}).encode())
+        answer = {
+            "instance": instance.name,
+            "method": self.command,
+            "path": self.path,
+            "host": self.headers.get("Host"),
+            "headers": dict(self.headers.items()),
+            "body": body.decode(errors="replace"),
+        }
+        self._send(200, json.dumps(answer).encode())
 
-    def _send(self, status: int, body: bytes) -> None:
+    do_POST = do_GET  # noqa: N815 - http.server dispatches on do_<METHOD>
+    do_PUT = do_GET  # noqa: N815
+    do_DELETE = do_GET  # noqa: N815
+
+    def _send(self, status: int, body: bytes, *, retry_after: str | None = None) -> None:
         self.send_response(status)
+        if retry_after is not None:
+            self.send_header("Retry-After", retry_after)
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(body)))
         self.end_headers()
@@ -99,7 +116,12 @@ class DemoInstance:
     Attributes:
         name: the instance id in Consul.
         failing: answer 503 to everything but ``/health``.
+        retry_after: the ``Retry-After`` header of those 503s (None: none).
         delay: seconds added to every answer but ``/health``.
+        hits: requests received, ``/health`` included.
+
+    Every other path answers 200 with JSON echoing the instance, method, path, ``Host``,
+    headers and body (tests use it).
 
     Thread-safety: the switches are plain attributes read by the handler threads.
     """
@@ -107,7 +129,9 @@ class DemoInstance:
     def __init__(self, name: str, host: str = "127.0.0.1") -> None:
         self.name = name
         self.failing = False
+        self.retry_after: str | None = None
         self.delay = 0.0
+        self.hits = 0
         self._server = _Server((host, 0), _Handler)
         self._server.instance = self
         self.host = host
