@@ -4,8 +4,11 @@ Register a service with health checks, discover healthy instances of others from
 cache kept current by Consul blocking queries, balance requests over them, and fail safely
 with per-endpoint circuit breakers, outlier ejection and budgeted retries.
 
-The public names are exported here; errors live in :mod:`lake_mesh_consul.errors`, test
-helpers (a pytest plugin with a real Consul agent) in :mod:`lake_mesh_consul.testing`.
+The public names are exported here. Public modules beside them: :mod:`lake_mesh_consul.errors`
+(the error tree), :mod:`lake_mesh_consul.checks` (health check definitions),
+:mod:`lake_mesh_consul.mesh` (``Mesh``, the composition root), :mod:`lake_mesh_consul.http`
+(a ``requests`` session that routes through the mesh) and :mod:`lake_mesh_consul.testing`
+(a pytest plugin with a real Consul agent, FakeClock, ConsulCluster).
 
 Importing this package is cheap: each name is loaded from its private module on first use,
 so requests, python-consul2, tenacity and pybreaker are not imported until needed.
@@ -79,8 +82,5 @@ def __getattr__(name: str) -> Any:
 
 
 def __dir__() -> list[str]:
-    return sorted([*globals(), *__all__])
-
-
-# Keep __version__ visible to tools without listing it as an API name.
-_ = __version__
+    # Only the API and the version; the lazy-loading machinery stays out of sight.
+    return sorted([*__all__, "__version__"])
