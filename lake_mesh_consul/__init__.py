@@ -19,7 +19,7 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
-from lake_mesh_consul._version import __version__
+from lake_mesh_consul._version import __version__ as __version__
 
 if TYPE_CHECKING:
     from lake_mesh_consul._consul.discovery import ServiceDiscovery
