@@ -263,14 +263,16 @@ def _integer_weights(weights: Sequence[float]) -> list[int]:
 def smooth_schedule(weights: Sequence[float]) -> list[int]:
     """One period of a smooth weighted round robin over ``weights``, as endpoint indices.
 
-    Stride scheduling: the ``k``-th turn of endpoint ``i`` falls at ``(k + 0.5) / w_i`` and
-    turns are served in time order (ties by index). Each endpoint appears exactly ``w_i``
-    times per period (after scaling to integers) and its turns are spread evenly, as in
-    nginx's smooth weighted round robin and Envoy's EDF scheduler, rather than bunched.
+    Stride scheduling: the ``k``-th turn of endpoint ``i`` of ``n`` falls at
+    ``(k + phase_i) / w_i`` with ``phase_i = (i + 0.5) / n``, and turns are served in time
+    order (ties by index). Each endpoint appears exactly ``w_i`` times per period (after
+    scaling to integers) and its turns are spread evenly, as in nginx's smooth weighted
+    round robin and Envoy's EDF scheduler, rather than bunched; the staggered phases keep
+    equally weighted endpoints from colliding at the same instant.
 
     Example:
         >>> smooth_schedule([5, 1, 1])
-        [0, 0, 0, 1, 2, 0, 0]
+        [0, 0, 0, 1, 0, 2, 0]
 
     Raises:
         ValueError: a weight is not positive.
@@ -280,9 +282,11 @@ def smooth_schedule(weights: Sequence[float]) -> list[int]:
     ints = _integer_weights(weights)
     points: list[float] = []
     owners: list[int] = []
+    n = len(ints)
     for i, w in enumerate(ints):
         inv = 1.0 / w
-        points.extend([(k + 0.5) * inv for k in range(w)])
+        phase = (i + 0.5) / n
+        points.extend([(k + phase) * inv for k in range(w)])
         owners.extend([i] * w)
     order = sorted(range(len(points)), key=points.__getitem__)
     return [owners[j] for j in order]
@@ -680,9 +684,10 @@ class PeakEwma(LeastRequest):
 class RingHash(PreparedStrategy):
     """Consistent hashing on a ring (Karger et al.; Envoy ``RING_HASH``).
 
-    Each endpoint owns ring points proportional to its weight; Envoy's sizing gives the
-    lightest endpoint ``ceil(min_ring_size * its_share)`` points (at least one), capped by
-    ``max_ring_size``. A key goes to the owner of the first point at or after its hash
+    Each endpoint owns ring points proportional to its weight. As in Envoy the lightest
+    endpoint gets at least ``min_ring_size * its_share`` points, but that count is rounded
+    up to a power of two, so the others keep their points (and their keys) when an endpoint
+    comes or goes; the total is capped by ``max_ring_size``. A key goes to the owner of the first point at or after its hash
     (sorted array + :func:`bisect.bisect_left`: O(log size) in C). Adding or removing one of
     N endpoints moves about 1/N of the keys. Without a key a random point is used.
 
@@ -724,21 +729,16 @@ class RingHash(PreparedStrategy):
     ) -> Picker:
         """Build the sorted ring (O(points log points) at prepare time)."""
         total = math.fsum(weights)
-        shares = [w / total for w in weights]
-        smallest = min(shares)
-        scale = min(math.ceil(self.min_ring_size * smallest), self.max_ring_size) / smallest
-        scale = min(scale, self.max_ring_size)
+        lightest = min(weights)
+        relative = [w / lightest for w in weights]
+        per_unit = 1 << max(0, math.ceil(math.log2(self.min_ring_size * lightest / total)))
+        while per_unit > 1 and per_unit * math.fsum(relative) > self.max_ring_size:
+            per_unit >>= 1
         ring: list[tuple[int, int]] = []
-        target = 0.0
-        placed = 0
-        for index, (endpoint, share) in enumerate(zip(endpoints, shares, strict=True)):
+        for index, (endpoint, rel) in enumerate(zip(endpoints, relative, strict=True)):
             token = endpoint_token(endpoint.datacenter, endpoint.id) + b"_"
-            target += scale * share
-            count = 0
-            while placed < target or count == 0:
-                ring.append((hash64(token + str(count).encode()), index))
-                count += 1
-                placed += 1
+            count = max(1, round(per_unit * rel))
+            ring.extend((hash64(token + str(j).encode()), index) for j in range(count))
         ring.sort()
         points = tuple(h for h, _ in ring)
         owners = tuple(endpoints[i] for _, i in ring)
