@@ -687,9 +687,10 @@ class RingHash(PreparedStrategy):
     Each endpoint owns ring points proportional to its weight. As in Envoy the lightest
     endpoint gets at least ``min_ring_size * its_share`` points, but that count is rounded
     up to a power of two, so the others keep their points (and their keys) when an endpoint
-    comes or goes; the total is capped by ``max_ring_size``. A key goes to the owner of the first point at or after its hash
-    (sorted array + :func:`bisect.bisect_left`: O(log size) in C). Adding or removing one of
-    N endpoints moves about 1/N of the keys. Without a key a random point is used.
+    comes or goes; the total is capped by ``max_ring_size``. A key goes to the owner of the
+    first point at or after its hash (sorted array + :func:`bisect.bisect_left`: O(log size)
+    in C). Adding or removing one of N endpoints moves about 1/N of the keys. Without a key
+    a random point is used.
 
     Points come from the endpoint identity ``(datacenter, id)`` and keys are hashed with
     BLAKE2b, so every process maps a key to the same endpoint. Slow start does not apply
