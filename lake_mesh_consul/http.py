@@ -284,7 +284,9 @@ class MeshAdapter(requests.adapters.BaseAdapter):
         """
         url = request.url or ""
         parts = _split(url)
-        service = self.service_for(url) if parts is not None else None
+        service = None
+        if parts is not None:
+            service = self._routes.get(parts[1]) or self.service_for(url)
         if parts is None or service is None:
             raise requests.exceptions.InvalidURL(f"not a mesh URL: {url!r}", request=request)
         scheme, netloc, rest = parts

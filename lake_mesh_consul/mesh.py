@@ -906,20 +906,22 @@ class Mesh:
         once: bool = False,
     ) -> _T:
         """The request path shared by :meth:`call` and the requests integration."""
-        contexts: dict[ServiceEndpoint, RequestContext] = {}
+        # Every context started for this call (a short list: one per attempt); the last
+        # one for an endpoint is the live one. Identity comparisons keep hashing off the
+        # hot path.
+        contexts: list[RequestContext] = []
         detector = svc.detector
         per_try = svc.per_try
 
         def pick(*, exclude: frozenset[ServiceEndpoint]) -> ServiceEndpoint:
             ctx = svc.start(key, exclude)
-            old = contexts.get(ctx.endpoint)
-            if old is not None:
-                old.finish(_CANCELLED)  # picked before but never called (breaker refused)
-            contexts[ctx.endpoint] = ctx
+            contexts.append(ctx)
             return ctx.endpoint
 
         def call(endpoint: ServiceEndpoint, timeout: float | None) -> _T:
-            ctx = contexts[endpoint]
+            ctx = contexts[-1]
+            if ctx.endpoint is not endpoint:  # not the latest pick: find it
+                ctx = next(c for c in reversed(contexts) if c.endpoint is endpoint)
             if per_try:
                 override = per_try.get(endpoint.id)
                 if override is not None:
@@ -952,8 +954,8 @@ class Mesh:
                 retry_after_of=retry_after_of,
             )
         finally:
-            for ctx in contexts.values():
-                ctx.finish(_CANCELLED)  # no-op for the finished ones
+            for ctx in contexts:
+                ctx.finish(_CANCELLED)  # no-op for the finished ones (breaker refusals)
 
     def session(self, **kwargs: Any) -> MeshSession:
         """A :class:`lake_mesh_consul.http.MeshSession` routing through this mesh.
