@@ -17,7 +17,7 @@ import threading
 import time
 
 from lake_mesh_consul import ServiceEndpoint, ServiceMetadata
-from lake_mesh_consul._core.registration import TcpCheck
+from lake_mesh_consul.checks import TcpCheck
 from lake_mesh_consul.mesh import Mesh
 
 

@@ -19,7 +19,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import requests
 
 from lake_mesh_consul import ServiceMetadata
-from lake_mesh_consul._core.registration import HttpCheck
+from lake_mesh_consul.checks import HttpCheck
 from lake_mesh_consul.http import endpoint_of
 from lake_mesh_consul.mesh import Mesh
 

@@ -19,7 +19,7 @@ import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 from lake_mesh_consul import HealthStatus, ServiceMetadata
-from lake_mesh_consul._core.registration import HttpCheck, TtlCheck
+from lake_mesh_consul.checks import HttpCheck, TtlCheck
 from lake_mesh_consul.mesh import Mesh
 
 
