@@ -13,7 +13,8 @@ endpoints used for them:
 The lifecycle it adds over a bare registration call:
 
 * **startup retry**: :meth:`ServiceRegistry.register` against an agent that is not up yet
-  retries with jittered exponential backoff (tenacity) up to ``startup_timeout``, then raises
+  retries with jittered exponential backoff (tenacity, through
+  :func:`~lake_mesh_consul._core.retry.retry_until`) up to ``startup_timeout``, then raises
   :class:`~lake_mesh_consul.errors.ConsulUnavailable` naming the address; ``fail_fast=True``
   raises at once.
 * **re-registration**: a daemon thread asks the agent every ``anti_entropy_interval`` whether
@@ -44,11 +45,6 @@ from types import FrameType
 from typing import Any, TypeVar
 from urllib.parse import quote
 
-# The startup retry is a plain "retry one agent call until a deadline", which
-# _core/retry.py's endpoint-picking execute() does not model; tenacity is used here directly,
-# with our clock (stop/sleep) and RNG (jitter) injected, until a generic helper lives there.
-import tenacity
-
 from lake_mesh_consul._consul.client import ConsulClient
 from lake_mesh_consul._core.clock import SYSTEM_CLOCK, Clock
 from lake_mesh_consul._core.config import MeshConfig
@@ -64,6 +60,7 @@ from lake_mesh_consul._core.registration import (
     TcpCheck,
     TtlCheck,
 )
+from lake_mesh_consul._core.retry import retry_until
 from lake_mesh_consul.errors import (
     ConsulError,
     ConsulNotFound,
@@ -701,58 +698,37 @@ class ServiceRegistry:
                 for check_id in owned.metadata.check_ids:
                     self._check_owner.pop(check_id, None)
 
-    def _backoff(self, retry_state: tenacity.RetryCallState, deadline: float) -> float:
-        """Equal-jitter exponential backoff, never past the deadline."""
-        exponent = int(retry_state.attempt_number) - 1
-        step = min(STARTUP_BACKOFF_CAP, STARTUP_BACKOFF_BASE * 2.0**exponent)
-        delay = step / 2 + self._rng.uniform(0, step / 2)
-        return max(0.0, min(delay, deadline - self._clock.monotonic()))
-
     def _with_startup_retry(self, operation: str, fn: Callable[[], T]) -> T:
         if self.fail_fast or self.startup_timeout <= 0:
             return fn()
-        clock = self._clock
-        started = clock.monotonic()
-        deadline = started + self.startup_timeout
-
-        def stop(_: tenacity.RetryCallState) -> bool:
-            return self._closing.is_set() or clock.monotonic() >= deadline
-
-        def sleep(seconds: float) -> None:
-            clock.wait(self._closing, seconds)
+        started = self._clock.monotonic()
+        attempts = 1
 
         def retriable(exc: BaseException) -> bool:
             # A TLS failure is a configuration problem: retrying will not fix it.
             return isinstance(exc, ConsulUnavailable) and not isinstance(exc, ConsulTLSError)
 
-        def before_sleep(state: tenacity.RetryCallState) -> None:
-            outcome = state.outcome
-            error = outcome.exception() if outcome is not None else None
-            log.info(
-                "%s: agent not answering (%s); attempt %d", operation, error, state.attempt_number
-            )
-
-        retrying = tenacity.Retrying(
-            retry=tenacity.retry_if_exception(retriable),
-            stop=stop,
-            wait=lambda state: self._backoff(state, deadline),
-            sleep=sleep,
-            before_sleep=before_sleep,
-            reraise=True,
-        )
-        attempts = 0
-
-        def attempt() -> T:
+        def on_retry(number: int, error: BaseException, _delay: float) -> None:
             nonlocal attempts
-            attempts += 1
-            return fn()
+            attempts = number + 1
+            log.info("%s: agent not answering (%s); attempt %d", operation, error, number)
 
         try:
-            return retrying(attempt)
+            return retry_until(
+                fn,
+                timeout=self.startup_timeout,
+                retriable=retriable,
+                clock=self._clock,
+                rng=self._rng,
+                base=STARTUP_BACKOFF_BASE,
+                cap=STARTUP_BACKOFF_CAP,
+                cancel=self._closing,
+                on_retry=on_retry,
+            )
         except ConsulUnavailable as exc:
             if isinstance(exc, ConsulTLSError) or attempts <= 1:
                 raise
-            elapsed = clock.monotonic() - started
+            elapsed = self._clock.monotonic() - started
             detail = f"gave up after {attempts} attempts in {elapsed:.1f}s ({operation})"
             raise ConsulUnavailable(exc.address, detail) from exc
 

@@ -64,6 +64,7 @@ __all__ = [
     "RetryPolicy",
     "execute",
     "parse_retry_after",
+    "retry_until",
 ]
 
 _T = TypeVar("_T")
@@ -547,3 +548,76 @@ def _last_error(attempts: list[Attempt]) -> BaseException | None:
 
 _DEFAULT_POLICY = RetryPolicy()
 _DEFAULT_CLASSES = ClassificationPolicy()
+
+
+def retry_until(
+    fn: Callable[[], _T],
+    *,
+    timeout: float,
+    retriable: Callable[[BaseException], bool],
+    clock: Clock = SYSTEM_CLOCK,
+    rng: random.Random | None = None,
+    base: float = 0.1,
+    cap: float = 2.0,
+    cancel: threading.Event | None = None,
+    on_retry: Callable[[int, BaseException, float], None] | None = None,
+) -> _T:
+    """Call ``fn`` until it succeeds, retrying ``retriable`` errors for ``timeout`` seconds.
+
+    For one operation against one target (the agent at start-up), where :func:`execute`'s
+    endpoint picking does not apply. Waits use equal-jitter exponential backoff
+    (``base * 2**n`` capped at ``cap``, half of it random) and never run past the deadline;
+    they go through ``clock.wait(cancel, ...)``, so setting ``cancel`` stops the retries at
+    once and a FakeClock makes them instantaneous.
+
+    Args:
+        fn: the operation.
+        timeout: seconds from now after which the last error is raised.
+        retriable: whether an error is worth another attempt; others are raised at once.
+        clock: time and waiting.
+        rng: randomness for the jitter.
+        base: the first backoff step, in seconds.
+        cap: the largest backoff step.
+        cancel: set it to give up (the last error is raised).
+        on_retry: called with ``(attempt_number, error, delay)`` before each wait.
+
+    Returns:
+        What ``fn`` returned.
+
+    Raises:
+        BaseException: the last error, when it is not retriable, the deadline passed or
+            ``cancel`` was set.
+
+    Thread-safe: keeps no state between calls (a fresh tenacity ``Retrying`` per call).
+    """
+    jitter = rng or random.Random()
+    stop_event = cancel or threading.Event()
+    deadline = clock.monotonic() + timeout
+
+    def stop(_: tenacity.RetryCallState) -> bool:
+        return stop_event.is_set() or clock.monotonic() >= deadline
+
+    def wait(state: tenacity.RetryCallState) -> float:
+        step = min(cap, base * 2.0 ** (int(state.attempt_number) - 1))
+        delay = step / 2 + jitter.uniform(0, step / 2)
+        return max(0.0, min(delay, deadline - clock.monotonic()))
+
+    def before_sleep(state: tenacity.RetryCallState) -> None:
+        outcome = state.outcome
+        error = outcome.exception() if outcome is not None else None
+        if on_retry is not None and error is not None:
+            delay = state.next_action.sleep if state.next_action is not None else 0.0
+            on_retry(int(state.attempt_number), error, float(delay))
+
+    def sleep(seconds: float) -> None:
+        clock.wait(stop_event, seconds)
+
+    retrying = tenacity.Retrying(
+        retry=tenacity.retry_if_exception(retriable),
+        stop=stop,
+        wait=wait,
+        sleep=sleep,
+        before_sleep=before_sleep,
+        reraise=True,
+    )
+    return retrying(fn)

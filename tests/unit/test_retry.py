@@ -16,6 +16,7 @@ from lake_mesh_consul._core.retry import (
     RetryPolicy,
     execute,
     parse_retry_after,
+    retry_until,
 )
 from lake_mesh_consul.errors import (
     DeadlineExceeded,
@@ -382,3 +383,87 @@ def test_base_exceptions_release_the_permit() -> None:
     with pytest.raises(KeyboardInterrupt):
         execute(Picker(), interrupted, clock=clock, breaker_for=lambda ep: breaker)
     assert breaker.snapshot().consecutive_failures == 0
+
+
+# --- retry_until: one operation against one target, until a deadline ------------------------
+
+
+def _flaky(failures: int, error: type[Exception] = ConnectionError) -> Callable[[], str]:
+    calls = {"n": 0}
+
+    def fn() -> str:
+        calls["n"] += 1
+        if calls["n"] <= failures:
+            raise error(f"failure {calls['n']}")
+        return f"ok after {calls['n']}"
+
+    return fn
+
+
+def _is_connection_error(exc: BaseException) -> bool:
+    return isinstance(exc, ConnectionError)
+
+
+def test_retry_until_retries_until_success_with_capped_equal_jitter() -> None:
+    clock = FakeClock(autojump=True)
+    start = clock.monotonic()
+    seen: list[tuple[int, float]] = []
+    result = retry_until(
+        _flaky(6),
+        timeout=60.0,
+        retriable=_is_connection_error,
+        clock=clock,
+        rng=random.Random(1),
+        base=0.1,
+        cap=1.0,
+        on_retry=lambda n, _e, delay: seen.append((n, delay)),
+    )
+    assert result == "ok after 7"
+    assert [n for n, _ in seen] == [1, 2, 3, 4, 5, 6]
+    for n, delay in seen:
+        step = min(1.0, 0.1 * 2 ** (n - 1))
+        assert step / 2 <= delay <= step  # equal jitter: half fixed, half random
+    # Each wait is exactly the delay announced (virtual time, no real sleep).
+    assert clock.monotonic() - start == pytest.approx(sum(d for _, d in seen))
+
+
+def test_retry_until_gives_up_at_the_deadline_with_the_last_error() -> None:
+    clock = FakeClock(autojump=True)
+    start = clock.monotonic()
+    with pytest.raises(ConnectionError, match="failure"):
+        retry_until(
+            _flaky(10_000), timeout=5.0, retriable=_is_connection_error, clock=clock, cap=0.5
+        )
+    assert 5.0 <= clock.monotonic() - start <= 5.0 + 1e-9  # never waits past the deadline
+
+
+def test_retry_until_raises_a_non_retriable_error_at_once() -> None:
+    clock = FakeClock(autojump=True)
+    start = clock.monotonic()
+    with pytest.raises(ValueError, match="failure 1"):
+        retry_until(_flaky(3, ValueError), timeout=60, retriable=_is_connection_error, clock=clock)
+    assert clock.monotonic() == start
+
+
+def test_retry_until_stops_when_cancelled() -> None:
+    import threading
+
+    clock = FakeClock(autojump=True)
+    cancel = threading.Event()
+    attempts: list[int] = []
+
+    def on_retry(number: int, _error: BaseException, _delay: float) -> None:
+        attempts.append(number)
+        if number == 2:
+            cancel.set()
+
+    with pytest.raises(ConnectionError):
+        retry_until(
+            _flaky(100),
+            timeout=600,
+            retriable=_is_connection_error,
+            clock=clock,
+            cancel=cancel,
+            on_retry=on_retry,
+        )
+    assert attempts == [1, 2]
