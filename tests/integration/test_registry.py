@@ -185,7 +185,8 @@ def test_reregistered_within_5s_after_agent_wipe(
             assert registry.reregistrations >= 1
             wait_for(lambda: registry.agent_checks(meta.id)["app"]["Status"] == "passing", 3)
             # The heartbeat caught up after its backoff: pushes succeed again.
-            wait_for(lambda: health.snapshot().checks["app"].ttl_updates_sent >= 2, 3)
+            # (generous: on a loaded machine the heartbeat may still be in its error backoff)
+            wait_for(lambda: health.snapshot().checks["app"].ttl_updates_sent >= 2, 10)
 
 
 def test_agent_not_up_fail_fast_raises_at_once() -> None:
