@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
+import os
 import platform
 import sys
 import time
@@ -27,6 +28,20 @@ sys.path.insert(0, str(HERE.parent))
 sys.path.insert(0, str(HERE))
 
 from _common import Context, Row, consul_version  # noqa: E402
+
+
+def _cpu() -> str:
+    """The processor model and core count, e.g. 'AMD EPYC 7B13 x2'."""
+    model = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as info:
+            for line in info:
+                if line.startswith("model name"):
+                    model = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    return f"{model} x{os.cpu_count()}"
 
 
 def _modules(only: str | None) -> list[str]:
@@ -45,7 +60,7 @@ def main(argv: list[str] | None = None) -> int:
         "name": "environment",
         "python": platform.python_version(),
         "implementation": platform.python_implementation(),
-        "machine": f"{platform.machine()} {platform.processor() or ''}".strip(),
+        "machine": _cpu(),
         "platform": platform.platform(),
         "consul": consul_version(),
         "quick": args.quick,
@@ -55,7 +70,8 @@ def main(argv: list[str] | None = None) -> int:
     else:
         print(
             f"# Python {header['python']} ({header['implementation']}), "
-            f"Consul {header['consul']}, {header['platform']}, quick={args.quick}"
+            f"Consul {header['consul']}, {header['machine']}, {header['platform']}, "
+            f"quick={args.quick}"
         )
         print(f"{'name':<58} {'value':>12} {'unit':<8} {'baseline':>12} {'ratio':>8}")
     failed = 0
