@@ -3,7 +3,8 @@
 Each ``benchmarks/bench_*.py`` module defines ``run(ctx) -> Iterable[Row]`` (see
 :mod:`benchmarks._common`). This script imports each in turn and prints a table, or with
 ``--json`` one JSON object per line (``name``, ``value``, ``unit``, and ``baseline`` /
-``ratio`` for comparisons). ``--quick`` asks each module for a run of under a minute in all.
+``ratio`` for comparisons). ``--quick`` asks each module for a run of under a minute in all. With ``--json`` the first
+line describes the run (``name`` "environment", ``value`` null: Python, Consul, machine).
 ``--only SUBSTR`` runs the modules whose name contains SUBSTR.
 
 Usage::
@@ -58,6 +59,8 @@ def main(argv: list[str] | None = None) -> int:
     ctx = Context(quick=args.quick)
     header = {
         "name": "environment",
+        "value": None,
+        "unit": "",
         "python": platform.python_version(),
         "implementation": platform.python_implementation(),
         "machine": _cpu(),
