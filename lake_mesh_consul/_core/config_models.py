@@ -148,6 +148,9 @@ class RetrySettings(_Section):
         attempts: attempts in all, the first included (1..100).
         backoff_base: first backoff in seconds (full-jitter exponential).
         backoff_max: longest backoff in seconds.
+        retry_on: failure kinds retried, from ``connect_failure``, ``reset``, ``timeout``,
+            ``gateway_error``, ``throttled``, ``server_error``, ``error`` (default: the
+            first five; add ``server_error`` to retry plain 500s).
         budget_ratio: retries allowed as a fraction of requests, in [0, 1].
         budget_min_per_second: retries per second always allowed.
     """
@@ -157,6 +160,7 @@ class RetrySettings(_Section):
     attempts: int | None = None
     backoff_base: float | None = None
     backoff_max: float | None = None
+    retry_on: tuple[str, ...] | None = None
     budget_ratio: float | None = None
     budget_min_per_second: int | None = None
 

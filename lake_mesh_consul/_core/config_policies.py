@@ -72,6 +72,7 @@ def detector_policy(values: Mapping[str, Any]) -> Any:
 
 def retry_policy(values: Mapping[str, Any]) -> Any:
     """A :class:`~lake_mesh_consul._core.retry.RetryPolicy` from ``retry.*``, timeouts."""
+    from lake_mesh_consul._core.detector import OutcomeKind
     from lake_mesh_consul._core.retry import RetryPolicy
 
     base = float(values["retry.backoff_base"])
@@ -82,6 +83,7 @@ def retry_policy(values: Mapping[str, Any]) -> Any:
         deadline=float(values["deadline"]),
         backoff_base=base,
         backoff_max=max(base, float(values["retry.backoff_max"])),
+        retry_on=frozenset(OutcomeKind(kind) for kind in values["retry.retry_on"]),
     )
 
 

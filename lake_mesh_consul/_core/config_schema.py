@@ -42,6 +42,7 @@ __all__ = [
     "GLOBAL",
     "LEVELS",
     "MAX_DOCUMENT_BYTES",
+    "RETRY_KINDS",
     "SECTIONS",
     "SERVICE",
     "STRATEGY_NAMES",
@@ -66,6 +67,26 @@ SERVICE: Level = "service"  #: per service (ServiceConfig, ``<prefix>/services/<
 ENDPOINT: Level = "endpoint"  #: per endpoint (EndpointConfig, ``.../endpoints/<id>``)
 #: Marks a global setting that KV cannot set (needed to reach KV in the first place).
 BOOTSTRAP = "bootstrap"
+
+#: Failure kinds a retry policy may retry (``_core/detector.py``'s ``OutcomeKind`` values).
+RETRY_KINDS: tuple[str, ...] = (
+    "connect_failure",
+    "reset",
+    "timeout",
+    "gateway_error",
+    "throttled",
+    "server_error",
+    "error",
+)
+#: What is retried by default (``_core/retry.py``'s ``DEFAULT_RETRY_ON``): transport
+#: failures, gateway errors and 429; a plain 500 is usually a bug that will happen again.
+DEFAULT_RETRY_KINDS: tuple[str, ...] = (
+    "connect_failure",
+    "reset",
+    "timeout",
+    "gateway_error",
+    "throttled",
+)
 
 #: Load-balancing strategies known to the balancer (``_core/strategies.py``).
 STRATEGY_NAMES: tuple[str, ...] = (
@@ -232,6 +253,9 @@ FIELDS: tuple[FieldSpec, ...] = (
        minimum=0, exclusive_min=True, maximum=_HOUR),
     _f("retry.backoff_max", "duration", _GS, 0.25, "longest backoff",
        minimum=0, exclusive_min=True, maximum=_HOUR),
+    _f("retry.retry_on", "str_list", _GS, DEFAULT_RETRY_KINDS,
+       "failure kinds retried (idempotent calls; connect_failure for any call)",
+       choices=RETRY_KINDS),
     _f("retry.budget_ratio", "float", _GS, 0.2,
        "retries allowed as a fraction of requests (retry budget)", minimum=0, maximum=1),
     _f("retry.budget_min_per_second", "int", _GS, 10,
@@ -299,6 +323,14 @@ def _string_list(spec: FieldSpec, value: Any, key: str | None) -> tuple[str, ...
             raise _fail(f"expected non-empty strings, got {_describe(item)}", spec, key)
         if spec.path == "failover_datacenters" and not _NAME_RE.match(item):
             raise _fail(f"{item!r} is not a datacenter name", spec, key)
+        if spec.choices and item not in spec.choices:
+            close = difflib.get_close_matches(item, spec.choices, n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise _fail(
+                f"unknown value {item!r}{hint}; expected some of {', '.join(spec.choices)}",
+                spec,
+                key,
+            )
         if item in out:
             raise _fail(f"{item!r} is listed twice", spec, key)
         out.append(item)

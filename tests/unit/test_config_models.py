@@ -383,3 +383,28 @@ def test_toml_file(tmp_path: Path) -> None:
     loaded = load_file(path)
     assert loaded.global_values["strategy"] == "least_request"
     assert loaded.services["web"].retry.attempts == 2
+
+
+def test_retry_on_is_configurable_and_defaults_to_the_retry_module() -> None:
+    from lake_mesh_consul._core.config_models import RetrySettings
+    from lake_mesh_consul._core.config_schema import DEFAULT_RETRY_KINDS, parse_document
+    from lake_mesh_consul._core.detector import OutcomeKind
+    from lake_mesh_consul._core.retry import DEFAULT_RETRY_ON
+
+    # One default, in two places that must not drift apart.
+    assert {k.value for k in DEFAULT_RETRY_ON} == set(DEFAULT_RETRY_KINDS)
+    assert ServiceConfig().retry_policy().retry_on == DEFAULT_RETRY_ON
+    parsed = parse_document({"retry": {"retry_on": ["server_error", "timeout"]}}, "service")
+    assert parsed == {"retry.retry_on": ("server_error", "timeout")}
+    policy = ServiceConfig(retry=RetrySettings(retry_on=("server_error",))).retry_policy()
+    assert policy.retry_on == frozenset({OutcomeKind.SERVER_ERROR})
+
+
+def test_retry_on_rejects_unknown_kinds_with_a_suggestion() -> None:
+    from lake_mesh_consul._core.config_schema import parse_document
+
+    with pytest.raises(ConfigValidationError) as caught:
+        parse_document({"retry": {"retry_on": ["server_eror"]}}, "service", key="mesh/s/x")
+    assert caught.value.field == "retry.retry_on"
+    assert caught.value.key == "mesh/s/x"
+    assert "did you mean 'server_error'" in str(caught.value)
