@@ -3,8 +3,9 @@
 Each ``benchmarks/bench_*.py`` module defines ``run(ctx) -> Iterable[Row]`` (see
 :mod:`benchmarks._common`). This script imports each in turn and prints a table, or with
 ``--json`` one JSON object per line (``name``, ``value``, ``unit``, and ``baseline`` /
-``ratio`` for comparisons). ``--quick`` asks each module for a run of under a minute in all. With ``--json`` the first
-line describes the run (``name`` "environment", ``value`` null: Python, Consul, machine).
+``ratio`` for comparisons). ``--quick`` asks each module for a run of under a minute in all.
+With ``--json`` the first line describes the run (``name`` "environment", ``value`` null:
+Python, Consul, machine).
 ``--only SUBSTR`` runs the modules whose name contains SUBSTR.
 
 Usage::
