@@ -46,6 +46,7 @@ from lake_mesh_consul._core.config import MeshConfig
 from lake_mesh_consul._core.endpoint import ServiceEndpoint, Weights
 from lake_mesh_consul._core.health import HealthStatus, aggregate
 from lake_mesh_consul._core.ports import SnapshotListener
+from lake_mesh_consul._core.registration import check_service_name, is_host
 from lake_mesh_consul.errors import (
     ConsulStatusError,
     DiscoveryError,
@@ -114,12 +115,14 @@ def _check_status(check: Any) -> HealthStatus:
 def parse_health_entry(entry: Any, *, datacenter: str | None = None) -> ServiceEndpoint:
     """Turn one element of ``/v1/health/service/<name>``'s answer into a ServiceEndpoint.
 
-    The address is the service's, falling back to the node's (IPv6 brackets removed);
-    health is the aggregate of every check of the entry (node checks included; Consul's
-    maintenance checks count as maintenance); the zone comes from meta.
+    The address is the service's, falling back to the node's (IPv6 brackets removed), and
+    must be an IPv4 or IPv6 address or a host name (Consul stores any text: ``not a host!``
+    cannot be requested); health is the aggregate of every check of the entry (node checks
+    included; Consul's maintenance checks count as maintenance); the zone comes from meta.
 
     Raises:
-        ValueError: the entry is malformed (missing id, address or a valid port...).
+        ValueError: the entry is malformed (missing id, an address that is no host, no
+            valid port...).
     """
     if not isinstance(entry, dict):
         raise ValueError("entry is not an object")
@@ -133,10 +136,16 @@ def parse_health_entry(entry: Any, *, datacenter: str | None = None) -> ServiceE
         raise ValueError("Service.ID is empty")
     address = service.get("Address") or node.get("Address") or ""
     address = _str(address, "address").strip()
-    if address.startswith("[") and address.endswith("]"):
-        address = address[1:-1]
     if not address:
         raise ValueError(f"instance {service_id!r} has neither a service nor a node address")
+    if not is_host(address):  # brackets only around IPv6
+        # Consul stores any text; a request to it would fail before being sent (InvalidURL).
+        raise ValueError(
+            f"instance {service_id!r} has an address that is neither an IP nor a host name: "
+            f"{address!r}"
+        )
+    if address.startswith("[") and address.endswith("]"):
+        address = address[1:-1]
     port = service.get("Port")
     if not isinstance(port, int) or isinstance(port, bool) or not 0 < port <= 65535:
         raise ValueError(f"instance {service_id!r} has no usable port: {port!r}")
@@ -254,9 +263,13 @@ class ServiceQuery:
         include_warning: bool = False,
         near: str | None = None,
     ) -> ServiceQuery:
-        """Normalize arguments into a query (sorted tags and meta)."""
-        if not name or not isinstance(name, str) or "/" in name:
-            raise ValueError(f"invalid service name {name!r}")
+        """Normalize arguments into a query (sorted tags and meta).
+
+        Raises:
+            InvalidSetting: ``name`` is not a valid service name (the rule of
+                :func:`~lake_mesh_consul._core.registration.check_service_name`).
+        """
+        check_service_name(name, "name")
         return cls(
             name=name,
             tags=tuple(sorted(set(tags))),
@@ -479,7 +492,14 @@ class _Store:
             if doc.get("version") != _PERSIST_VERSION or doc.get("query") != repr(query):
                 return None
             endpoints = tuple(endpoint_from_dict(d) for d in doc["endpoints"])
-            return endpoints, float(doc["saved_at"])
+            usable = tuple(e for e in endpoints if is_host(e.address))
+            if len(usable) < len(endpoints):
+                log.warning(
+                    "persisted snapshot %s: skipping instance(s) %s (address is no host)",
+                    path,
+                    ", ".join(repr(e.id) for e in endpoints if e not in usable),
+                )
+            return usable, float(doc["saved_at"])
         except FileNotFoundError:
             return None
         except (OSError, ValueError, KeyError, TypeError) as exc:
@@ -877,7 +897,7 @@ class ServiceDiscovery:
             DiscoveryError: Consul rejected the query (a bad ``filter``, an unknown
                 datacenter: raised at once, not after the timeout), or the discovery is
                 closed.
-            ValueError: an invalid service name.
+            InvalidSetting: an invalid service name (a ValueError too).
         """
         query = ServiceQuery.build(
             name,
@@ -901,7 +921,7 @@ class ServiceDiscovery:
         """Like :meth:`endpoints`, with freshness: stale flag, age, index, source, leader.
 
         Raises:
-            DiscoveryTimeout, DiscoveryError: as :meth:`endpoints`.
+            DiscoveryTimeout, DiscoveryError, InvalidSetting: as :meth:`endpoints`.
         """
         query = ServiceQuery.build(name, **filters)
         return self._ready_view(query, timeout).snapshot()
@@ -915,6 +935,9 @@ class ServiceDiscovery:
 
         Returns:
             A function that unsubscribes.
+
+        Raises:
+            InvalidSetting: an invalid service name.
         """
         query = ServiceQuery.build(name, **filters)
         view = self._view(query)
@@ -927,6 +950,7 @@ class ServiceDiscovery:
 
         Raises:
             DiscoveryTimeout: as :meth:`endpoints` (only with ``wait``).
+            InvalidSetting: an invalid service name.
         """
         timeout = filters.pop("timeout", None)
         query = ServiceQuery.build(name, **filters)

@@ -25,6 +25,9 @@ Rules enforced here (the reason, where it is not obvious):
 * ``success_before_passing`` / ``failures_before_critical`` are non-negative and only allowed
   on checks the agent runs itself (Consul ignores them for TTL and alias checks; a TTL check
   is damped locally by the HealthCheckManager instead);
+* a service name follows one rule (:func:`check_service_name`), which discovery and the
+  mesh apply too; an address is an IPv4 or IPv6 address or a host name (:func:`is_host`),
+  which discovery applies to the catalog's addresses;
 * check ids are unique within a service; a check without an id gets Consul's own default,
   ``service:<service id>:<n>`` (1-based), so that its id is known before registration.
 """
@@ -32,6 +35,7 @@ Rules enforced here (the reason, where it is not obvious):
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import math
 import re
 import socket
@@ -39,6 +43,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any, ClassVar
+from urllib.parse import urlsplit
 
 from lake_mesh_consul._core.durations import parse_duration
 from lake_mesh_consul._core.endpoint import Weights
@@ -55,7 +60,10 @@ __all__ = [
     "ServiceMetadata",
     "TcpCheck",
     "TtlCheck",
+    "check_host",
+    "check_service_name",
     "default_service_id",
+    "is_host",
 ]
 
 #: Consul's minimum for deregister_critical_service_after, in seconds.
@@ -74,12 +82,89 @@ _NAME_RE = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9_.\-]*[A-Za-z0-9])?$")
 #: Service ids and check ids also appear in URL paths: no ``/``, ``?``, ``#``, spaces.
 _ID_RE = re.compile(r"^[^/?#%\s]+$")
 _META_KEY_RE = re.compile(r"^[A-Za-z0-9_\-]+$")
+#: One host name label: letters, digits, ``-`` (RFC 1123) and ``_`` (Docker and Consul node
+#: names use it, and resolvers accept it); 1..63 characters, no ``-`` at either end.
+_LABEL_RE = re.compile(r"^[A-Za-z0-9_]([A-Za-z0-9_\-]{0,61}[A-Za-z0-9_])?$")
+#: Longest host name (RFC 1123), without a trailing dot.
+MAX_HOST_LENGTH = 253
+#: The service name rule, as the end of an error message.
+_NAME_RULE = (
+    "a Consul service name has letters, digits, '-', '_' and '.', starts and ends with a "
+    f"letter or digit, and is at most {MAX_NAME_LENGTH} characters"
+)
 _HTTP_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS"})
 _EMPTY: Mapping[str, Any] = MappingProxyType({})
 
 
 def _fail(field_name: str, reason: str) -> InvalidSetting:
     return InvalidSetting(field_name, reason)
+
+
+def check_service_name(name: Any, setting: str = "name") -> str:
+    """Return ``name`` when it is a valid Consul service name; the one rule for every caller.
+
+    Registration, discovery and the mesh all use it. Letters, digits, ``-``, ``_`` and
+    ``.``; starting and ending with a letter or digit; at most :data:`MAX_NAME_LENGTH`
+    characters (so the name is safe in a URL path and in DNS).
+
+    Raises:
+        InvalidSetting: naming ``setting`` (the argument at fault) and the rule.
+
+    Example:
+        >>> check_service_name("web-v2")
+        'web-v2'
+    """
+    if not isinstance(name, str) or not name:
+        raise _fail(setting, f"a service name is required; {_NAME_RULE}")
+    if len(name) > MAX_NAME_LENGTH or not _NAME_RE.match(name):
+        raise _fail(setting, f"{name!r} is not a valid service name: {_NAME_RULE}")
+    return name
+
+
+def is_host(text: str) -> bool:
+    """Whether ``text`` is an IPv4 address, an IPv6 address or a host name (RFC 1123).
+
+    IPv6 may be written in brackets (``[::1]``) and carry a zone (``fe80::1%eth0``). Host
+    name labels may also hold ``_`` (Docker's and Consul's node names do); a trailing dot is
+    allowed. A dotted all-numeric text must be a valid IPv4 address (``999.1.1.1`` is not).
+    """
+    if not isinstance(text, str) or not text or not text.isascii():
+        return False
+    if text.startswith("[") and text.endswith("]"):
+        return _is_ipv6(text[1:-1])
+    if ":" in text:
+        return _is_ipv6(text)
+    try:
+        ipaddress.IPv4Address(text)
+        return True
+    except ValueError:
+        pass
+    name = text[:-1] if text.endswith(".") else text
+    if not name or len(name) > MAX_HOST_LENGTH:
+        return False
+    labels = name.split(".")
+    if all(label.isdigit() for label in labels):
+        return False  # looks like an IPv4 address but is not one
+    return all(_LABEL_RE.match(label) for label in labels)
+
+
+def _is_ipv6(text: str) -> bool:
+    try:
+        ipaddress.IPv6Address(text)
+    except ValueError:
+        return False
+    return True
+
+
+def check_host(value: Any, setting: str) -> str:
+    """Return ``value`` when :func:`is_host` accepts it.
+
+    Raises:
+        InvalidSetting: naming ``setting``, when ``value`` is neither an IP nor a host name.
+    """
+    if not isinstance(value, str) or not is_host(value):
+        raise _fail(setting, f"expected an IPv4 or IPv6 address or a host name, got {value!r}")
+    return value
 
 
 def _duration(field_name: str, value: Any, *, optional: bool) -> float | None:
@@ -109,6 +194,11 @@ def _host_port(field_name: str, value: Any) -> None:
     host, sep, port = value.rpartition(":")
     if not sep or not host or not port.isdigit() or not 1 <= int(port) <= 65535:
         raise _fail(field_name, f"expected host:port with a port in 1..65535, got {value!r}")
+    if not is_host(host) or (":" in host and not host.startswith("[")):
+        raise _fail(
+            field_name,
+            f"expected host:port with an IP or host name ([...] around IPv6), got {value!r}",
+        )
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -248,6 +338,18 @@ class HttpCheck(Check):
     def _validate_kind(self) -> None:
         if not isinstance(self.url, str) or not re.match(r"^https?://[^\s/]+", self.url):
             raise _fail("url", f"expected an http:// or https:// URL, got {self.url!r}")
+        try:
+            parts = urlsplit(self.url)
+        except ValueError as exc:  # e.g. an unclosed IPv6 bracket
+            raise _fail("url", f"{self.url!r} is not a valid URL: {exc}") from None
+        try:
+            port = parts.port  # ValueError for a port outside 0..65535
+        except ValueError:
+            port = 0
+        if port == 0:
+            raise _fail("url", f"expected a port in 1..65535 in {self.url!r}")
+        if not parts.hostname or not is_host(parts.hostname):
+            raise _fail("url", f"the host of {self.url!r} is neither an IP nor a host name")
         method = self.method.upper() if isinstance(self.method, str) else ""
         if method not in _HTTP_METHODS:
             raise _fail("method", f"expected one of {sorted(_HTTP_METHODS)}, got {self.method!r}")
@@ -416,7 +518,8 @@ class ServiceMetadata:
         name: the service name (letters, digits, ``-``, ``_``, ``.``).
         port: the TCP port, 1..65535.
         id: the instance id, unique on this agent.
-        address: the address to advertise (``None``: the agent's node address).
+        address: the address to advertise: an IPv4 or IPv6 address or a host name
+            (``None``: the agent's node address).
         tags: tags, in order.
         meta: string key/value metadata (Consul's limits: 64 pairs, keys up to 128
             characters of letters, digits, ``-`` and ``_``, values up to 512; the
@@ -446,14 +549,7 @@ class ServiceMetadata:
 
     def __post_init__(self) -> None:
         set_ = object.__setattr__
-        if not isinstance(self.name, str) or not self.name:
-            raise _fail("name", "is empty")
-        if len(self.name) > MAX_NAME_LENGTH or not _NAME_RE.match(self.name):
-            raise _fail(
-                "name",
-                f"{self.name!r} is not a valid service name (letters, digits, '-', '_', '.'; "
-                "starting and ending with a letter or digit)",
-            )
+        check_service_name(self.name, "name")
         if isinstance(self.port, bool) or not isinstance(self.port, int):
             raise _fail("port", f"must be a whole number in 1..65535, got {self.port!r}")
         if not 1 <= self.port <= 65535:
@@ -461,8 +557,7 @@ class ServiceMetadata:
         if self.address is not None:
             if not isinstance(self.address, str) or not self.address.strip():
                 raise _fail("address", "is empty (leave it out to use the agent's address)")
-            if "://" in self.address or any(c.isspace() for c in self.address):
-                raise _fail("address", f"expected a host name or IP, got {self.address!r}")
+            check_host(self.address, "address")
         if not self.id:
             set_(self, "id", default_service_id(self.name, self.address, self.port))
         elif (

@@ -1,11 +1,17 @@
-"""Output helpers shared by every ``lake-mesh`` command: tables, JSON, errors, exit codes."""
+"""Helpers shared by every ``lake-mesh`` command: argument types, tables, JSON, errors, exit codes.
+
+The argument types (:func:`positive_seconds`, :func:`positive_int`, :func:`non_negative_int`,
+:func:`port_number`, :func:`number_in`) are the one place numeric flags are checked: a bad
+value is a usage error (exit 2) with one line naming the flag, the same in every command.
+"""
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, TextIO
 
 from lake_mesh_consul.errors import ConfigurationError, MeshError
@@ -14,9 +20,15 @@ __all__ = [
     "EXIT_FAILURE",
     "EXIT_OK",
     "EXIT_USAGE",
+    "MAX_SECONDS",
     "Output",
     "add_connection_args",
     "config_from_args",
+    "non_negative_int",
+    "number_in",
+    "port_number",
+    "positive_int",
+    "positive_seconds",
 ]
 
 #: Success.
@@ -25,6 +37,101 @@ EXIT_OK = 0
 EXIT_FAILURE = 1
 #: Bad usage (what argparse reports).
 EXIT_USAGE = 2
+#: Longest duration a flag accepts (a week): beyond it, waits overflow the platform's time.
+MAX_SECONDS = 7 * 24 * 3600.0
+
+
+# --- argument types: raise ArgumentTypeError, which argparse turns into exit 2 -----------------
+
+
+def positive_seconds(text: str) -> float:
+    """A duration flag: seconds (``2.5``) or a Consul duration (``250ms``, ``1m30s``).
+
+    Finite, greater than zero and at most :data:`MAX_SECONDS`; returns seconds.
+
+    Raises:
+        argparse.ArgumentTypeError: anything else (``abc``, ``0``, ``-1``, ``inf``, ``nan``).
+    """
+    from lake_mesh_consul._core.durations import parse_duration
+
+    try:
+        seconds = parse_duration(text)
+    except ValueError:
+        seconds = math.nan
+    if not math.isfinite(seconds) or seconds <= 0:
+        raise argparse.ArgumentTypeError(
+            f"expected a positive number of seconds or a duration such as '10s' or '250ms', "
+            f"got {text!r}"
+        )
+    if seconds > MAX_SECONDS:
+        raise argparse.ArgumentTypeError(
+            f"at most {MAX_SECONDS:g} seconds (one week), got {text!r}"
+        )
+    return seconds
+
+
+def _whole(text: str) -> int | None:
+    try:
+        return int(text.strip(), 10)
+    except ValueError:
+        return None
+
+
+def positive_int(text: str) -> int:
+    """A count flag that must be at least 1.
+
+    Raises:
+        argparse.ArgumentTypeError: not a whole number, or below 1.
+    """
+    value = _whole(text)
+    if value is None or value < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}")
+    return value
+
+
+def non_negative_int(text: str) -> int:
+    """A count or index flag that may be 0.
+
+    Raises:
+        argparse.ArgumentTypeError: not a whole number, or negative.
+    """
+    value = _whole(text)
+    if value is None or value < 0:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 0, got {text!r}")
+    return value
+
+
+def port_number(text: str) -> int:
+    """A TCP port flag: a whole number in 1..65535.
+
+    Raises:
+        argparse.ArgumentTypeError: anything else.
+    """
+    value = _whole(text)
+    if value is None or not 1 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"expected a port in 1..65535, got {text!r}")
+    return value
+
+
+def number_in(low: float, high: float) -> Callable[[str], float]:
+    """A type for a finite number flag within ``low..high`` (both included).
+
+    Example: ``parser.add_argument("--rate", type=number_in(1, 1000))``.
+    """
+
+    def number(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            value = math.nan
+        if not math.isfinite(value) or not low <= value <= high:
+            raise argparse.ArgumentTypeError(
+                f"expected a number within {low:g}..{high:g}, got {text!r}"
+            )
+        return value
+
+    number.__name__ = f"number in {low:g}..{high:g}"
+    return number
 
 
 def add_connection_args(parser: argparse.ArgumentParser, *, json_flag: bool = True) -> None:

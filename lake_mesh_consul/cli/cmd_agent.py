@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from lake_mesh_consul.cli._output import EXIT_FAILURE, EXIT_OK, Output
+from lake_mesh_consul.cli._output import EXIT_FAILURE, EXIT_OK, Output, port_number
 
 __all__ = ["register"]
 
@@ -32,7 +32,7 @@ def register(subparsers: Any) -> None:
         help="container (Docker), binary, or auto: container where Docker runs (default)",
     )
     up.add_argument("--host", default="127.0.0.1", help="loopback address to bind")
-    up.add_argument("--port", type=int, default=8500, help="HTTP port (default 8500)")
+    up.add_argument("--port", type=port_number, default=8500, help="HTTP port (default 8500)")
     up.add_argument(
         "--image", help="image to try first (default $CONSUL_IMAGE or the official image)"
     )
@@ -76,9 +76,6 @@ def run_up(args: argparse.Namespace, out: Output) -> int:
     """Start (or find) the agent and print the address to export."""
     from lake_mesh_consul.testing import _provision
 
-    if not 1 <= args.port <= 65535:
-        out.info(f"Error: --port {args.port} is outside 1..65535")
-        return 2
     state = _provision.agent_up(
         mode=args.mode,
         host=args.host,

@@ -30,6 +30,7 @@ from lake_mesh_consul.cli._output import (
     Output,
     add_connection_args,
     config_from_args,
+    non_negative_int,
 )
 
 __all__ = ["register"]
@@ -57,7 +58,9 @@ def register(subparsers: Any) -> None:
     put = sub.add_parser("set", help="validate a JSON document and write it (check-and-set)")
     put.add_argument("key", metavar="KEY")
     put.add_argument("file", metavar="FILE", help="the JSON document, or - for stdin")
-    put.add_argument("--cas", type=int, metavar="INDEX", help="expected ModifyIndex (0: new)")
+    put.add_argument(
+        "--cas", type=non_negative_int, metavar="INDEX", help="expected ModifyIndex (0: new)"
+    )
     put.add_argument("--dry-run", action="store_true", help="show the effect, write nothing")
     _common(put)
     put.set_defaults(func=run_set)
@@ -73,13 +76,20 @@ def register(subparsers: Any) -> None:
 
     watch = sub.add_parser("watch", help="print each change as it is applied")
     watch.add_argument("--service", help="only changes of this service's settings")
-    watch.add_argument("--count", type=int, help="exit after this many changes")
+    watch.add_argument(
+        "--count",
+        type=non_negative_int,
+        metavar="N",
+        help="exit after this many changes (0: print the configuration and exit)",
+    )
     _common(watch)
     watch.set_defaults(func=run_watch)
 
     delete = sub.add_parser("delete", help="delete a key (settings fall back a level)")
     delete.add_argument("key", metavar="KEY")
-    delete.add_argument("--cas", type=int, metavar="INDEX", help="expected ModifyIndex")
+    delete.add_argument(
+        "--cas", type=non_negative_int, metavar="INDEX", help="expected ModifyIndex"
+    )
     delete.add_argument("--dry-run", action="store_true", help="show the effect, delete nothing")
     _common(delete)
     delete.set_defaults(func=run_delete)

@@ -16,7 +16,13 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from lake_mesh_consul.cli._output import EXIT_FAILURE, EXIT_OK, EXIT_USAGE, Output
+from lake_mesh_consul.cli._output import (
+    EXIT_FAILURE,
+    EXIT_OK,
+    Output,
+    number_in,
+    positive_seconds,
+)
 
 __all__ = ["register"]
 
@@ -30,7 +36,7 @@ def register(subparsers: Any) -> None:
     )
     parser.add_argument(
         "--duration",
-        type=float,
+        type=positive_seconds,
         default=DEFAULT_DURATION,
         metavar="S",
         help=f"seconds of traffic over the five phases (default {DEFAULT_DURATION:g}, min 10)",
@@ -44,10 +50,10 @@ def register(subparsers: Any) -> None:
     )
     parser.add_argument(
         "--rate",
-        type=float,
+        type=number_in(1, 1000),
         default=DEFAULT_RATE,
         metavar="RPS",
-        help=f"requests per second (default {DEFAULT_RATE:g})",
+        help=f"requests per second, 1..1000 (default {DEFAULT_RATE:g})",
     )
     parser.add_argument(
         "--http-addr",
@@ -64,9 +70,6 @@ def run_demo(args: argparse.Namespace, out: Output) -> int:
     """Run the demo; exit 1 if the caller saw any failure."""
     from lake_mesh_consul import _demo
 
-    if not args.duration > 0 or not 1 <= args.rate <= 1000:
-        out.info("Error: --duration must be positive and --rate within 1..1000")
-        return EXIT_USAGE
     stream = out.stderr if out.json_mode else out.stdout
     summary = _demo.run_demo(
         duration=args.duration,

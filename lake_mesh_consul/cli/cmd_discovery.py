@@ -16,7 +16,14 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from lake_mesh_consul.cli._output import EXIT_OK, Output, add_connection_args, config_from_args
+from lake_mesh_consul.cli._output import (
+    EXIT_OK,
+    Output,
+    add_connection_args,
+    config_from_args,
+    positive_int,
+    positive_seconds,
+)
 
 __all__ = ["register"]
 
@@ -34,10 +41,10 @@ def _add_filters(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--timeout",
-        type=float,
+        type=positive_seconds,
         default=10.0,
         metavar="SECONDS",
-        help="how long to wait for Consul's first answer (default 10)",
+        help="how long to wait for Consul's first answer: seconds or 250ms, 1m (default 10)",
     )
     add_connection_args(parser)
 
@@ -54,7 +61,10 @@ def register(subparsers: Any) -> None:
     )
     _add_filters(watch)
     watch.add_argument(
-        "--count", type=int, metavar="N", help="stop after N lines (the first one included)"
+        "--count",
+        type=positive_int,
+        metavar="N",
+        help="stop after N lines (the first one included)",
     )
     watch.set_defaults(func=run_watch)
 
@@ -117,9 +127,6 @@ def run_watch(args: argparse.Namespace, out: Output) -> int:
     """Print one line per change until Ctrl-C or ``--count`` lines."""
     from lake_mesh_consul._consul.discovery import EndpointDiff, with_diff
 
-    if args.count is not None and args.count < 1:
-        out.info("--count must be at least 1")
-        return 2
     changes: queue.Queue[tuple[tuple[Any, ...], EndpointDiff]] = queue.Queue()
     printed = 0
     with _discovery(args) as discovery:

@@ -33,6 +33,7 @@ from lake_mesh_consul.cli._output import (
     Output,
     add_connection_args,
     config_from_args,
+    positive_seconds,
 )
 
 __all__ = ["progress", "register"]
@@ -95,7 +96,11 @@ def register(subparsers: Any) -> None:
     )
     call.add_argument("--strategy", metavar="NAME", help="balancing strategy for this call")
     call.add_argument(
-        "--timeout", type=float, default=10.0, metavar="SECONDS", help="request timeout"
+        "--timeout",
+        type=positive_seconds,
+        default=10.0,
+        metavar="SECONDS",
+        help="request timeout: seconds or 250ms, 1m (default 10)",
     )
     _add_common(call)
     call.set_defaults(func=run_call)
@@ -120,10 +125,10 @@ def register(subparsers: Any) -> None:
 def _add_common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--discovery-timeout",
-        type=float,
+        type=positive_seconds,
         default=10.0,
         metavar="SECONDS",
-        help="how long to wait for Consul's first answer (default 10)",
+        help="how long to wait for Consul's first answer: seconds or 250ms, 1m (default 10)",
     )
     add_connection_args(parser)
 

@@ -242,7 +242,16 @@ BAD_VALUES: list[tuple[str, int]] = [
     ("demo --rate 0", 2),
     ("demo --rate 5000", 2),
     ("endpoints svc --timeout abc", 2),
-    ("endpoints svc --timeout -1", 1),
+    ("endpoints svc --timeout -1", 2),
+    ("endpoints svc --timeout inf", 2),
+    ("endpoints svc --timeout 0s", 2),
+    ("watch svc --count -1", 2),
+    ("call svc / --timeout nan", 2),
+    ("explain svc --discovery-timeout inf", 2),
+    ("config watch --count -2", 2),
+    ("config set lake-mesh/services/svc @unknown --cas -1", 2),
+    ("demo --duration 1e400", 2),
+    ("demo --rate nan", 2),
     ("call svc / --timeout abc", 2),
     ("status --discovery-timeout abc", 2),
     ("watch svc --count 0", 2),
@@ -323,8 +332,8 @@ def test_bad_value_is_one_clear_line(
     _assert_clean(run, expected)
 
 
-# Bad values that are not refused cleanly today: each a bug, reported (strict xfail).
-BUGS: list[tuple[str, str]] = [
+# Bad values that were not refused cleanly (each was a bug, fixed; kept as regression tests).
+FORMER_BUGS: list[tuple[str, str]] = [
     (
         "endpoints bad/name --timeout 2",
         "cli/cmd_discovery.py: an invalid service name reaches ServiceDiscovery, whose "
@@ -357,27 +366,63 @@ BUGS: list[tuple[str, str]] = [
         "_core/registration.py: ServiceMetadata.address accepts strings that are neither a "
         "host name nor an IP ('a=b', '::::'); the CLI registers them (exit 0)",
     ),
+    (
+        "register svc --port 80 --address ::::",
+        "_core/registration.py: as above, '::::' (registered as svc-localhost-80)",
+    ),
 ]
+#: What a former bug registered when it came back (so the run cleans up after itself).
+_REGISTERED_BY = {"a=b": "svc-a-b-80", "::::": "svc-localhost-80"}
+
+
+@pytest.mark.parametrize("spec", [s for s, _ in FORMER_BUGS])
+def test_bad_value_former_bugs(spec: str, cli_env: dict[str, str], files: dict[str, str]) -> None:
+    run = _run(_argv(spec, files), cli_env)
+    print(f"\n[lake-mesh {spec}] exit {run.code}: {run.stderr.strip()[:200]!r}")
+    if run.code == 0 and spec.startswith("register"):
+        _run(["deregister", _REGISTERED_BY[spec.rsplit(maxsplit=1)[-1]]], cli_env)
+    _assert_clean(run, (1, 2))
 
 
 @pytest.mark.parametrize(
     "spec",
-    [pytest.param(s, marks=pytest.mark.xfail(strict=True, reason=r)) for s, r in BUGS],
+    [
+        "endpoints bad/name --timeout 2",
+        "explain bad/name --discovery-timeout 2",
+        "register bad/name --port 80",
+    ],
 )
-def test_bad_value_known_bugs(spec: str, cli_env: dict[str, str], files: dict[str, str]) -> None:
-    run = _run(_argv(spec, files), cli_env)
-    print(f"\n[lake-mesh {spec}] exit {run.code}: {run.stderr.strip()[:200]!r}")
-    if run.code == 0 and spec.startswith("register"):
-        _run(["deregister", "svc-a-b-80"], cli_env)  # what the bad value registered
-    _assert_clean(run, (1, 2))
+def test_invalid_service_name_names_the_rule(spec: str, cli_env: dict[str, str]) -> None:
+    """One rule for every command: exit 1, and the line says what a service name may hold."""
+    run = _run(spec.split(), cli_env)
+    _assert_clean(run, 1)
+    line = run.message_lines()[0]
+    assert "'bad/name' is not a valid service name" in line, line
+    assert "letters, digits, '-', '_' and '.'" in line, line
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="cli/cmd_mesh.py: `call --timeout nan` is not refused; with an instance to call, "
-    "requests raises 'internal error (ValueError): Invalid value NaN (not a number)'",
+@pytest.mark.parametrize(
+    ("spec", "flag"),
+    [
+        ("endpoints svc --timeout inf", "--timeout"),
+        ("watch svc --count 0", "--count"),
+        ("status --discovery-timeout nan", "--discovery-timeout"),
+        ("config watch --count -1", "--count"),
+        ("demo --rate 5000", "--rate"),
+        ("agent up --port 0", "--port"),
+    ],
 )
+def test_bad_number_is_a_usage_error_naming_the_flag(
+    spec: str, flag: str, cli_env: dict[str, str]
+) -> None:
+    """Every numeric flag is checked by one set of argparse types: exit 2, the flag named."""
+    run = _run(spec.split(), cli_env)
+    _assert_clean(run, 2)
+    assert f"argument {flag}: expected " in run.message_lines()[0], run.stderr
+
+
 def test_call_nan_timeout(cli_env: dict[str, str]) -> None:
+    """Was a bug: `call --timeout nan` reached requests ('internal error (ValueError)')."""
     name = f"nan-{uuid.uuid4().hex[:8]}"
     registered = _run(["register", name, "--port", "9", "--address", "127.0.0.1"], cli_env)
     assert registered.code == 0, registered.stderr
@@ -391,12 +436,8 @@ def test_call_nan_timeout(cli_env: dict[str, str]) -> None:
         _run(["deregister", f"{name}-127.0.0.1-9"], cli_env)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="cli/cmd_config.py: `config watch --count -1` is accepted and then blocks until "
-    "a change arrives, instead of refusing a negative count (exit 2)",
-)
 def test_config_watch_negative_count(cli_env: dict[str, str]) -> None:
+    """Was a bug: `config watch --count -1` was accepted, then blocked until a change."""
     try:
         run = _run(["config", "watch", "--count", "-1"], cli_env, timeout=4.0)
     except subprocess.TimeoutExpired:
@@ -404,14 +445,10 @@ def test_config_watch_negative_count(cli_env: dict[str, str]) -> None:
     _assert_clean(run, 2)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="cli/cmd_demo.py: `demo --duration inf` passes the check (inf > 0) and would "
-    "run the demo forever (run_demo does max(10, duration))",
-)
 def test_demo_infinite_duration_is_refused(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
+    """Was a bug: `demo --duration inf` passed the check (inf > 0) and ran forever."""
     from lake_mesh_consul import _demo
 
     def must_not_run(**kwargs: object) -> None:

@@ -19,6 +19,7 @@ from lake_mesh_consul._consul.discovery import (
 )
 from lake_mesh_consul._core.endpoint import ServiceEndpoint, Weights
 from lake_mesh_consul._core.health import HealthStatus
+from lake_mesh_consul.errors import InvalidSetting
 
 
 def entry(
@@ -141,6 +142,14 @@ def _malformed() -> list[Any]:
         lambda d: d.__setitem__("Checks", ["oops"]),
         lambda d: (d["Service"].__setitem__("Address", ""), d["Node"].__setitem__("Address", "")),
         lambda d: d["Service"].__setitem__("Address", 12),
+        lambda d: d["Service"].__setitem__("Address", "not a host!"),
+        lambda d: d["Service"].__setitem__("Address", "a=b"),
+        lambda d: d["Service"].__setitem__("Address", "::::"),
+        lambda d: d["Service"].__setitem__("Address", "[not-ipv6]"),
+        lambda d: (
+            d["Service"].__setitem__("Address", ""),
+            d["Node"].__setitem__("Address", "x y"),
+        ),
     ):
         raw = entry()
         mutate(raw)
@@ -276,3 +285,30 @@ def test_endpoint_dict_round_trip() -> None:
     e = parse_health_entry(entry(address="::1", meta={"az": "z1"}))
     back = endpoint_from_dict(endpoint_to_dict(e))
     assert back.same_as(e)
+
+
+@pytest.mark.parametrize("address", ["web-1.internal", "my_app_1", "fe80::1%eth0", "[::1]"])
+def test_host_names_and_ips_are_kept(address: str) -> None:
+    assert parse_health_entry(entry(address=address)).address == address.strip("[]")
+
+
+def test_an_address_that_is_no_host_is_skipped_with_a_line_naming_the_instance(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    data = [entry("web-1", node="n1"), entry("web-bad", address="not a host!", node="n2")]
+    with caplog.at_level(logging.WARNING, logger="lake_mesh_consul.discovery"):
+        out = parse_health_entries(data, service="web")
+    assert [e.id for e in out] == ["web-1"]
+    (line,) = [r.getMessage() for r in caplog.records]
+    assert "'web-bad'" in line
+    assert "'not a host!'" in line
+    assert "neither an IP nor a host name" in line
+
+
+@pytest.mark.parametrize("name", ["bad/name", "", "a b", "-x", "x" * 256])
+def test_query_rejects_an_invalid_service_name(name: str) -> None:
+    with pytest.raises(InvalidSetting) as info:
+        ServiceQuery.build(name)
+    assert info.value.setting == "name"
+    assert isinstance(info.value, ValueError)
+    assert "not a valid service name" in str(info.value) or "is required" in str(info.value)

@@ -22,7 +22,10 @@ from lake_mesh_consul._core.registration import (
     ServiceMetadata,
     TcpCheck,
     TtlCheck,
+    check_host,
+    check_service_name,
     default_service_id,
+    is_host,
 )
 from lake_mesh_consul.errors import ConfigurationError, InvalidSetting
 
@@ -76,6 +79,11 @@ def test_durations_accept_consul_strings() -> None:
         ({"id": "a b"}, "id"),
         ({"address": ""}, "address"),
         ({"address": "http://x"}, "address"),
+        ({"address": "a=b"}, "address"),
+        ({"address": "::::"}, "address"),
+        ({"address": "not a host!"}, "address"),
+        ({"address": "999.1.1.1"}, "address"),
+        ({"address": "[::1"}, "address"),
         ({"tags": "single"}, "tags"),
         ({"tags": ("ok", "")}, "tags[1]"),
         ({"meta": {"bad key": "v"}}, "meta"),
@@ -128,6 +136,13 @@ def test_duplicate_with_derived_id() -> None:
         (lambda: http(tls_server_name=""), "tls_server_name"),
         (lambda: TcpCheck(address="nohost", interval=1), "address"),
         (lambda: TcpCheck(address="h:0", interval=1), "address"),
+        (lambda: TcpCheck(address="a=b:80", interval=1), "address"),
+        (lambda: TcpCheck(address="::1:80", interval=1), "address"),  # IPv6 needs [...]
+        (lambda: TcpCheck(address="not a host!:80", interval=1), "address"),
+        (lambda: GrpcCheck(target="a=b:80/svc", interval=1), "target"),
+        (lambda: http(url="http://a=b/health"), "url"),
+        (lambda: http(url="http://h:99999/health"), "url"),
+        (lambda: http(url="http://[::1/health"), "url"),
         (lambda: GrpcCheck(target="h:99999", interval=1), "target"),
         (lambda: TtlCheck(ttl=0), "ttl"),
         (lambda: TtlCheck(ttl=5, interval=1), "interval"),
@@ -215,3 +230,88 @@ def test_consul_json_shape() -> None:
     assert "Interval" not in ttl
     assert alias["AliasService"] == "db-1"
     assert script["Args"] == ["/bin/true"]
+
+
+# --- the shared validators: one service name rule, one address rule --------------------------
+
+
+@pytest.mark.parametrize(
+    "address",
+    [
+        "127.0.0.1",
+        "10.0.0.5",
+        "::1",
+        "[::1]",
+        "2001:db8::7",
+        "fe80::1%eth0",
+        "localhost",
+        "web-1.example.com",
+        "host.",
+        "my_app_1",  # Docker's names; resolvers accept '_'
+        "a" * 63 + ".example",
+    ],
+)
+def test_is_host_accepts_ips_and_host_names(address: str) -> None:
+    assert is_host(address)
+    assert check_host(address, "address") == address
+    assert ServiceMetadata("web", 80, address=address).address == address
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "",
+        "a=b",
+        "::::",
+        "not a host!",
+        "http://x",
+        "x y",
+        "-lead",
+        "trail-",
+        "a..b",
+        ".",
+        "999.1.1.1",
+        "1.2.3",
+        "[::1",
+        "[10.0.0.1]",
+        "zoné.example",
+        "a" * 64,
+        ("a" * 60 + ".") * 5,
+    ],
+)
+def test_is_host_rejects_anything_else(text: str) -> None:
+    assert not is_host(text)
+    with pytest.raises(InvalidSetting) as info:
+        check_host(text, "--address")
+    assert info.value.setting == "--address"
+    assert "IPv4 or IPv6 address or a host name" in str(info.value)
+
+
+def test_is_host_rejects_non_text() -> None:
+    assert not is_host(None)  # type: ignore[arg-type]
+    with pytest.raises(InvalidSetting):
+        check_host(12, "address")
+
+
+def test_tcp_and_http_checks_accept_ipv6_in_brackets() -> None:
+    assert TcpCheck(address="[::1]:5432", interval=1).address == "[::1]:5432"
+    assert http(url="http://[::1]:8080/health").url == "http://[::1]:8080/health"
+
+
+@pytest.mark.parametrize("name", ["web", "w", "web-v2", "a_b.c", "9lives", "x" * 255])
+def test_check_service_name_accepts(name: str) -> None:
+    assert check_service_name(name) == name
+
+
+@pytest.mark.parametrize("name", ["", "bad/name", "a b", "-x", "x-", "x.", "a?b", "é", "x" * 256])
+def test_check_service_name_rejects_naming_setting_and_rule(name: str) -> None:
+    with pytest.raises(InvalidSetting) as info:
+        check_service_name(name, "service")
+    assert info.value.setting == "service"
+    assert isinstance(info.value, ValueError)  # callers catching ValueError still work
+    assert "letters, digits, '-', '_' and '.'" in info.value.reason
+
+
+def test_check_service_name_rejects_non_text() -> None:
+    with pytest.raises(InvalidSetting):
+        check_service_name(None)
