@@ -59,6 +59,7 @@ from lake_mesh_consul._core.registration import (
     ServiceMetadata,
     TcpCheck,
     TtlCheck,
+    check_service_name,
 )
 from lake_mesh_consul._core.retry import retry_until
 from lake_mesh_consul.errors import (
@@ -509,7 +510,11 @@ class ServiceRegistry:
         Returns plain dicts with ``node``, ``service_id``, ``check_id``, ``name``, ``type``,
         ``status``, ``output`` and ``notes`` (empty for an unknown service), sorted by
         service id and check id.
+
+        Raises:
+            InvalidSetting: ``service_name`` is not a valid service name.
         """
+        check_service_name(service_name, "service_name")
         response = self._client.request(
             "GET",
             f"/v1/health/checks/{_path(service_name)}",

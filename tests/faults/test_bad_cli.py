@@ -284,6 +284,7 @@ BAD_VALUES: list[tuple[str, int]] = [
     ("doctor --ca-file /no/such/ca.pem", 1),
     ("endpoints svc --http-addr 127.0.0.1:99999", 1),
     ("checks svc --http-addr 127.0.0.1:65536", 1),
+    ("checks bad/name", 1),
     ("config get --http-addr [::1", 1),
     # JSON files
     ("config set lake-mesh/services/svc @malformed", 1),
