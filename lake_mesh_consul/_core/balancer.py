@@ -12,9 +12,15 @@ How a pick is made (the common path takes no lock and does O(1) work):
    them about the picked endpoint only; on the first refusal it takes a *census* of every
    eligible endpoint (O(N), at most once per ``gate_refresh`` while endpoints are refused),
    prepares the strategy over the admitted ones and uses that until the census expires.
-3. ``request()`` picks and counts the request as outstanding; leaving the ``with`` block
+3. ``pick(exclude=tried)`` (a retry) asks the strategy's *walker* instead: its choice among
+   the endpoints that are not excluded and that the gates admit. Round robin goes on to the
+   next accepted turn, random and P2C draw among them, ``nearest_first`` fails over down
+   the list, ``ring_hash`` and ``maglev`` walk to the key's next distinct owner. Panic mode
+   and slow start apply as for a plain pick; when the excluded endpoints are all that is
+   left the pick fails with reason ``"all tried"``. An empty ``exclude`` costs nothing.
+4. ``request()`` picks and counts the request as outstanding; leaving the ``with`` block
    folds its latency into the endpoint's peak EWMA and reports the outcome to the
-   recorders (the failure detector and breakers).
+   recorders (the failure detector and breakers), unless ``record=False``.
 
 Eligibility rules, as a table (first match wins)::
 
@@ -48,12 +54,13 @@ import logging
 import math
 import random
 import threading
+import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from types import TracebackType
 
-from lake_mesh_consul._core.clock import SYSTEM_CLOCK, Clock
+from lake_mesh_consul._core.clock import SYSTEM_CLOCK, Clock, SystemClock
 from lake_mesh_consul._core.endpoint import ServiceEndpoint
 from lake_mesh_consul._core.health import HealthStatus
 from lake_mesh_consul._core.loadstats import EndpointStats, StatsRegistry
@@ -63,9 +70,11 @@ from lake_mesh_consul._core.strategies import (
     Key,
     PeakEwma,
     Picker,
+    Prepared,
     StrategyLike,
+    Walker,
     ZoneAware,
-    prepare_picker,
+    prepare_pair,
     resolve_strategy,
     strategy_name,
 )
@@ -98,6 +107,10 @@ _GATED_CACHE_SIZE = 8
 _INF = math.inf
 #: Why the gates refuse an endpoint, as stats() and NoEndpointsAvailable say it.
 _GATED = "ejected or circuit open"
+#: Why a pick with ``exclude`` failed: every endpoint it could choose was excluded.
+_ALL_TRIED = "all tried"
+#: The default ``exclude``: nothing (the empty frozenset).
+_NO_EXCLUDE: frozenset[ServiceEndpoint] = frozenset()
 
 
 def slow_start_factor(
@@ -176,17 +189,19 @@ class _Snapshot:
     """One immutable view of the service; swapped in whole by reference."""
 
     __slots__ = (
+        "direct",
         "eligible",
         "endpoints",
         "failure",
         "gated",
         "panic",
-        "panic_picker",
+        "panic_prepared",
         "picker",
         "refresh_at",
         "routable",
         "stats",
         "stats_by_key",
+        "walker",
         "weights",
     )
 
@@ -199,10 +214,11 @@ class _Snapshot:
         stats: tuple[EndpointStats, ...],
         stats_by_key: dict[tuple[str, str], EndpointStats],
         routable: tuple[ServiceEndpoint, ...],
-        picker: Picker | None,
+        prepared: Prepared | None,
         panic: bool,
         failure: str,
         refresh_at: float,
+        gated: bool,
     ) -> None:
         self.endpoints = endpoints
         self.eligible = eligible
@@ -210,26 +226,32 @@ class _Snapshot:
         self.stats = stats
         self.stats_by_key = stats_by_key
         self.routable = routable
-        self.picker = picker
+        self.picker: Picker | None = prepared[0] if prepared is not None else None
+        self.walker: Walker | None = prepared[1] if prepared is not None else None
         self.panic = panic
         self.failure = failure
         self.refresh_at = refresh_at
-        #: Pickers over gate-filtered subsets, keyed by the refused endpoint keys.
-        self.gated: dict[frozenset[tuple[str, str]], Picker] = {}
-        #: Built on first need: the picker over every routable endpoint (panic).
-        self.panic_picker: Picker | None = picker if panic else None
+        #: The picker a plain pick may call at once: no gates to ask (or panic mode, which
+        #: ignores them) and no slow-start refresh due; else None (the full path decides).
+        self.direct: Picker | None = (
+            self.picker if refresh_at == _INF and (panic or not gated) else None
+        )
+        #: Picker and walker over gate-filtered subsets, keyed by the refused endpoint keys.
+        self.gated: dict[frozenset[tuple[str, str]], Prepared] = {}
+        #: Built on first need: the picker and walker over every routable endpoint (panic).
+        self.panic_prepared: Prepared | None = prepared if panic else None
 
 
 class _Census:
     """What the gates said about every eligible endpoint at one moment."""
 
-    __slots__ = ("available", "expires", "failure", "panic", "picker", "snap")
+    __slots__ = ("available", "expires", "failure", "panic", "picker", "snap", "walker")
 
     def __init__(
         self,
         snap: _Snapshot,
         expires: float,
-        picker: Picker | None,
+        prepared: Prepared | None,
         *,
         panic: bool = False,
         failure: str = "",
@@ -237,7 +259,8 @@ class _Census:
     ) -> None:
         self.snap = snap
         self.expires = expires
-        self.picker = picker
+        self.picker: Picker | None = prepared[0] if prepared is not None else None
+        self.walker: Walker | None = prepared[1] if prepared is not None else None
         self.panic = panic
         self.failure = failure
         self.available = available
@@ -249,6 +272,11 @@ def _salted(key: Key, attempt: int) -> Key:
     if isinstance(key, bytes):
         return key + b"\x00" + str(attempt).encode()
     return f"{key}\x00{attempt}"
+
+
+def _covers(exclude: frozenset[ServiceEndpoint], candidates: tuple[ServiceEndpoint, ...]) -> bool:
+    """Whether every candidate is excluded (O(1) unless ``exclude`` is as large)."""
+    return len(exclude) >= len(candidates) and all(e in exclude for e in candidates)
 
 
 def _none_eligible(counts: Counter[str]) -> str:
@@ -276,6 +304,9 @@ class RequestContext:
 
     The exception itself always propagates. Recorders are called after the latency has
     been folded into the endpoint's stats; a recorder that raises is logged and skipped.
+    A context started with ``record=False`` tracks load and latency only: its caller
+    reports the outcome to the detector and breakers itself (as
+    :func:`~lake_mesh_consul._core.retry.execute` does, with the breaker's permit).
 
     Example:
         >>> lb = LoadBalancer("web", endpoints=[ServiceEndpoint.create("w1", "10.0.0.1", 80)])
@@ -288,25 +319,43 @@ class RequestContext:
     Thread-safety: use one context from one thread at a time (the usual ``with`` shape).
     """
 
-    __slots__ = ("_done", "_error", "_lb", "_outcome", "_stats", "_status", "endpoint", "started")
+    __slots__ = (
+        "_done",
+        "_error",
+        "_lb",
+        "_outcome",
+        "_record",
+        "_stats",
+        "_status",
+        "endpoint",
+        "started",
+    )
 
-    def __init__(self, lb: LoadBalancer, endpoint: ServiceEndpoint, stats: EndpointStats) -> None:
+    def __init__(
+        self,
+        lb: LoadBalancer,
+        endpoint: ServiceEndpoint,
+        stats: EndpointStats,
+        *,
+        record: bool = True,
+    ) -> None:
         self._lb = lb
         self._stats = stats
         self._outcome: bool | None = None
         self._status: int | None = None
         self._error: BaseException | None = None
         self._done = False
+        self._record = record
         #: The endpoint to send the request to.
         self.endpoint = endpoint
         stats.begin()
         #: Monotonic time the request started.
-        self.started = lb.clock.monotonic()
+        self.started = lb._monotonic()
 
     @property
     def elapsed(self) -> float:
         """Seconds since the request started."""
-        return self._lb.clock.monotonic() - self.started
+        return self._lb._monotonic() - self.started
 
     def succeed(self, status: int | None = None) -> None:
         """Mark the request successful (overrides the exception rule)."""
@@ -325,14 +374,16 @@ class RequestContext:
             return
         self._done = True
         lb = self._lb
-        now = lb.clock.monotonic()
+        now = lb._monotonic()
         duration = max(now - self.started, 0.0)
         if error is not None and not isinstance(error, Exception) and self._outcome is None:
             self._stats.end(now, None)  # cancelled by the caller: says nothing of the endpoint
             return
         success = self._outcome if self._outcome is not None else error is None
-        reported = None if success else (self._error or error)
         self._stats.end(now, duration, success=success)
+        if not self._record:
+            return
+        reported = None if success else (self._error or error)
         for recorder in lb.recorders:
             try:
                 recorder.record(
@@ -432,7 +483,11 @@ class LoadBalancer:
             raise InvalidSetting("gate_refresh", f"must be > 0, got {gate_refresh}")
         self.service = service
         self.clock = clock
-        self.gates: tuple[EndpointGate, ...] = tuple(gates)
+        # time.monotonic itself for the real clock: skips a Python-level wrapper per read.
+        self._monotonic: Callable[[], float] = (
+            time.monotonic if isinstance(clock, SystemClock) else clock.monotonic
+        )
+        self._gates: tuple[EndpointGate, ...] = tuple(gates)
         self.recorders: tuple[OutcomeRecorder, ...] = tuple(recorders)
         self.panic_threshold = panic_threshold
         self.slow_start_window = slow_start_window
@@ -466,6 +521,18 @@ class LoadBalancer:
     def strategy(self) -> BalancerStrategy:
         """The current strategy."""
         return self._strategy
+
+    @property
+    def gates(self) -> tuple[EndpointGate, ...]:
+        """The gates asked about picked endpoints (assigning rebuilds the snapshot)."""
+        return self._gates
+
+    @gates.setter
+    def gates(self, gates: Sequence[EndpointGate]) -> None:
+        with self._update_lock:
+            self._gates = tuple(gates)
+            current = self._snap
+            self._snap = self._build(current.endpoints, self.clock.monotonic(), rebuild=True)
 
     def set_strategy(self, strategy: StrategyLike) -> None:
         """Swap the strategy (configuration reload); outstanding and latency state stay.
@@ -562,15 +629,15 @@ class LoadBalancer:
         stats = tuple(stats_by_key[e.key] for e in frozen_eligible)
         panic = bool(eligible) and len(eligible) < self.panic_threshold * len(routable)
         failure = ""
-        picker: Picker | None = None
+        prepared: Prepared | None = None
         if not endpoints:
             failure = "none registered"
         elif not eligible:
             failure = _none_eligible(why_not)
         elif panic:
-            picker = self._prepare_all(routable, stats_by_key)
+            prepared = self._prepare_all(routable, stats_by_key)
         else:
-            picker = prepare_picker(strategy, frozen_eligible, weights, stats)
+            prepared = prepare_pair(strategy, frozen_eligible, weights, stats)
         self._census = None
         return _Snapshot(
             endpoints=endpoints,
@@ -579,23 +646,24 @@ class LoadBalancer:
             stats=stats,
             stats_by_key=stats_by_key,
             routable=routable,
-            picker=picker,
+            prepared=prepared,
             panic=panic,
             failure=failure,
             refresh_at=refresh_at,
+            gated=bool(self._gates),
         )
 
     def _prepare_all(
         self,
         routable: tuple[ServiceEndpoint, ...],
         stats_by_key: dict[tuple[str, str], EndpointStats],
-    ) -> Picker:
-        """The panic-mode picker over every routable endpoint (health ignored)."""
+    ) -> Prepared:
+        """The panic-mode picker and walker over every routable endpoint (health ignored)."""
         weights = []
         for endpoint in routable:
             weight = self._base_weight(endpoint)
             weights.append(weight if weight > 0 else float(max(endpoint.weights.passing, 1)))
-        return prepare_picker(
+        return prepare_pair(
             self._strategy,
             routable,
             tuple(weights),
@@ -637,32 +705,125 @@ class LoadBalancer:
 
     # --- picking ----------------------------------------------------------------------------
 
-    def pick(self, key: Key = None) -> ServiceEndpoint:
+    def pick(
+        self, key: Key = None, *, exclude: frozenset[ServiceEndpoint] = _NO_EXCLUDE
+    ) -> ServiceEndpoint:
         """Pick an endpoint for one request.
 
         ``key`` (``bytes`` or ``str``) is hashed by ``ring_hash`` and ``maglev`` and ignored
-        by the others. Does not count the request; use :meth:`request` for that.
+        by the others. ``exclude`` (a retry's endpoints already tried) are not picked: the
+        strategy makes its choice among the others (hashing strategies: the key's next
+        distinct owner), with gates, panic mode and slow start as for any pick. Does not
+        count the request; use :meth:`request` for that.
 
         Raises:
             NoEndpointsAvailable: with ``reason`` ``"none registered"``, ``"all critical"``,
                 ``"all maintenance"``, ``"all ejected or circuit open"`` or
-                ``"none eligible (...)"`` with counts.
+                ``"none eligible (...)"`` with counts; ``"all tried"`` when ``exclude``
+                covers every endpoint the pick could choose.
+
+        Thread-safe; no lock and no allocation when ``exclude`` is empty.
         """
+        direct = self._snap.direct
+        if direct is not None and not exclude:
+            return direct(key)
+        return self._pick(key, exclude)
+
+    def _pick(self, key: Key, exclude: frozenset[ServiceEndpoint]) -> ServiceEndpoint:
         snap = self._snap
         if snap.refresh_at != _INF and self.clock.monotonic() >= snap.refresh_at:
             snap = self._refresh(snap)
         picker = snap.picker
         if picker is None:
             raise NoEndpointsAvailable(self.service, snap.failure)
-        if not self.gates or snap.panic:
+        if exclude:
+            return self._pick_excluding(snap, key, exclude)
+        if not self._gates or snap.panic:
             return picker(key)
+        if self._census is None:  # nobody refused lately: ask the gates about this one
+            endpoint = picker(key)
+            for gate in self._gates:
+                if not gate.is_available(endpoint):
+                    break
+            else:
+                return endpoint
         return self._pick_gated(snap, picker, key)
 
     def _admits(self, endpoint: ServiceEndpoint) -> bool:
-        for gate in self.gates:  # noqa: SIM110 - all(<genexpr>) costs more on the hot path
+        for gate in self._gates:  # noqa: SIM110 - all(<genexpr>) costs more on the hot path
             if not gate.is_available(endpoint):
                 return False
         return True
+
+    def _pick_excluding(
+        self, snap: _Snapshot, key: Key, exclude: frozenset[ServiceEndpoint]
+    ) -> ServiceEndpoint:
+        """A pick that avoids ``exclude`` (a retry): the strategy's walker decides."""
+
+        def untried(endpoint: ServiceEndpoint) -> bool:
+            return endpoint not in exclude
+
+        gates = self._gates
+        if not gates or snap.panic:
+            # Panic mode balances over every routable endpoint whatever the gates say.
+            candidates = snap.routable if snap.panic else snap.eligible
+            return self._walk(snap.walker, key, untried, candidates, exclude)
+        census = self._census
+        if census is not None and (
+            census.snap is not snap or self.clock.monotonic() >= census.expires
+        ):
+            census = None  # stale: a refusal below takes a fresh one
+        if census is not None:
+            if census.walker is None:
+                raise NoEndpointsAvailable(self.service, census.failure)
+            if census.panic:
+                return self._walk(census.walker, key, untried, snap.routable, exclude)
+        refused: list[ServiceEndpoint] = []
+
+        def accept(endpoint: ServiceEndpoint) -> bool:
+            if endpoint in exclude:
+                return False
+            for gate in gates:
+                if not gate.is_available(endpoint):
+                    refused.append(endpoint)
+                    return False
+            return True
+
+        if census is not None:
+            return self._walk(census.walker, key, accept, census.available, exclude)
+        if _covers(exclude, snap.eligible):
+            raise NoEndpointsAvailable(self.service, _ALL_TRIED)
+        endpoint = snap.walker(key, accept) if snap.walker is not None else None
+        if not refused:
+            if endpoint is None:
+                raise NoEndpointsAvailable(self.service, _ALL_TRIED)
+            return endpoint
+        # A gate refused someone: decide as a plain pick does, from a census (which may
+        # turn panic mode on, or say that the gates refuse everyone).
+        census = self._take_census(snap)
+        self._census = census
+        if census.walker is None:
+            raise NoEndpointsAvailable(self.service, census.failure)
+        if census.panic:
+            return self._walk(census.walker, key, untried, snap.routable, exclude)
+        if endpoint is not None:
+            return endpoint
+        return self._walk(census.walker, key, accept, census.available, exclude)
+
+    def _walk(
+        self,
+        walker: Walker | None,
+        key: Key,
+        accept: Callable[[ServiceEndpoint], bool],
+        candidates: tuple[ServiceEndpoint, ...],
+        exclude: frozenset[ServiceEndpoint],
+    ) -> ServiceEndpoint:
+        if walker is None or _covers(exclude, candidates):
+            raise NoEndpointsAvailable(self.service, _ALL_TRIED)
+        endpoint = walker(key, accept)
+        if endpoint is None:
+            raise NoEndpointsAvailable(self.service, _ALL_TRIED)
+        return endpoint
 
     def _pick_gated(self, snap: _Snapshot, picker: Picker, key: Key) -> ServiceEndpoint:
         census = self._census
@@ -676,7 +837,10 @@ class LoadBalancer:
             else:
                 self._census = None  # stale: try everyone again
         endpoint = picker(key)
-        if self._admits(endpoint):
+        for gate in self._gates:
+            if not gate.is_available(endpoint):
+                break
+        else:
             return endpoint
         census = self._take_census(snap)
         self._census = census
@@ -705,7 +869,10 @@ class LoadBalancer:
             else:
                 refused.append(endpoint.key)
         if not refused:
-            return _Census(snap, expires, snap.picker, available=snap.eligible)
+            prepared = None
+            if snap.picker is not None and snap.walker is not None:
+                prepared = (snap.picker, snap.walker)
+            return _Census(snap, expires, prepared, available=snap.eligible)
         available = tuple(snap.eligible[i] for i in admitted)
         if not available:
             keys = {e.key for e in snap.eligible}
@@ -715,13 +882,13 @@ class LoadBalancer:
             counts[_GATED] = len(refused)
             return _Census(snap, expires, None, failure=_none_eligible(counts))
         if len(available) < self.panic_threshold * len(snap.routable):
-            if snap.panic_picker is None:
-                snap.panic_picker = self._prepare_all(snap.routable, snap.stats_by_key)
-            return _Census(snap, expires, snap.panic_picker, panic=True, available=available)
+            if snap.panic_prepared is None:
+                snap.panic_prepared = self._prepare_all(snap.routable, snap.stats_by_key)
+            return _Census(snap, expires, snap.panic_prepared, panic=True, available=available)
         cache_key = frozenset(refused)
-        picker = snap.gated.get(cache_key)
-        if picker is None:
-            picker = prepare_picker(
+        prepared = snap.gated.get(cache_key)
+        if prepared is None:
+            prepared = prepare_pair(
                 self._strategy,
                 available,
                 tuple(snap.weights[i] for i in admitted),
@@ -729,23 +896,33 @@ class LoadBalancer:
             )
             if len(snap.gated) >= _GATED_CACHE_SIZE:
                 snap.gated.clear()
-            snap.gated[cache_key] = picker
-        return _Census(snap, expires, picker, available=available)
+            snap.gated[cache_key] = prepared
+        return _Census(snap, expires, prepared, available=available)
 
-    def request(self, key: Key = None) -> RequestContext:
+    def request(
+        self,
+        key: Key = None,
+        *,
+        exclude: frozenset[ServiceEndpoint] = _NO_EXCLUDE,
+        record: bool = True,
+    ) -> RequestContext:
         """Pick an endpoint and start a tracked request to it.
 
         Use it as a context manager: ``with lb.request() as ctx: send(ctx.endpoint)``.
         See :class:`RequestContext` for how the outcome is decided and reported.
+        ``exclude`` is as for :meth:`pick`; ``record=False`` tracks load and latency but
+        leaves reporting the outcome to the recorders (detector, breakers) to the caller.
 
         Raises:
             NoEndpointsAvailable: as :meth:`pick`.
         """
-        endpoint = self.pick(key)
-        stats = self._snap.stats_by_key.get(endpoint.key) or self._registry.peek(endpoint.key)
+        direct = self._snap.direct
+        endpoint = direct(key) if direct is not None and not exclude else self._pick(key, exclude)
+        key_ = endpoint.key
+        stats = self._snap.stats_by_key.get(key_) or self._registry.peek(key_)
         if stats is None:  # the endpoint left between the pick and now: track it detached
-            stats = EndpointStats(endpoint.key, now=self.clock.monotonic())
-        return RequestContext(self, endpoint, stats)
+            stats = EndpointStats(key_, now=self.clock.monotonic())
+        return RequestContext(self, endpoint, stats, record=record)
 
     # --- introspection ----------------------------------------------------------------------
 
@@ -766,7 +943,7 @@ class LoadBalancer:
             if reason is None and base <= 0:
                 reason = "weight 0"
             if reason is None:
-                for gate in self.gates:
+                for gate in self._gates:
                     if not gate.is_available(endpoint):
                         reason = f"refused by {type(gate).__name__}"
                         break
@@ -791,7 +968,7 @@ class LoadBalancer:
                 )
             )
         panic = snap.panic or (
-            0 < admitted < self.panic_threshold * len(snap.routable) and bool(self.gates)
+            0 < admitted < self.panic_threshold * len(snap.routable) and bool(self._gates)
         )
         failure: str | None = snap.failure or None
         if failure is None and admitted == 0:

@@ -28,6 +28,9 @@ Rules (after Resilience4j's ``CircuitBreakerStateMachine`` and pybreaker):
   left only by another operator command; RESET always goes to a fresh closed.
 * Every transition bumps an epoch. An outcome whose permit was issued in an earlier epoch
   is stale and ignored: a slow call admitted before a trip cannot close the breaker later.
+* A new policy (:meth:`CircuitBreaker.set_policy`, e.g. a configuration reload) is no event:
+  the state, the consecutive-failure count and a window of the same shape are kept, and the
+  new thresholds decide from the next outcome on.
 
 pybreaker does the classic part: its ``CircuitBreaker`` holds the closed/open/half-open
 state, the consecutive-failure and half-open success counters (``fail_max``,
@@ -242,6 +245,7 @@ class SlidingWindow:
         "_ring",
         "_size",
         "_slow",
+        "quiet",
     )
 
     def __init__(self, policy: WindowPolicy) -> None:
@@ -253,8 +257,33 @@ class SlidingWindow:
         )
         self.reset()
 
+    @property
+    def policy(self) -> WindowPolicy:
+        """The window's policy."""
+        return self._policy
+
+    def set_policy(self, policy: WindowPolicy) -> None:
+        """Adopt new thresholds; the outcomes stay when the shape (kind and size) is the same.
+
+        A window of another kind or size starts empty: outcomes counted over a different
+        span would not mean the same rate.
+        """
+        same_shape = policy.kind == self._policy.kind and policy.size == self._size
+        self._policy = policy
+        self._count_based = policy.kind == "count"
+        self._min = (
+            min(policy.minimum_calls, policy.size) if self._count_based else (policy.minimum_calls)
+        )
+        if not same_shape:
+            self._size = policy.size
+            self.reset()
+
     def reset(self) -> None:
         """Forget every outcome."""
+        #: Whether the outcome recorded last cannot have raised a rate past what an earlier
+        #: evaluation saw (a fast success that did not bring the calls up to the minimum):
+        #: then no threshold needs checking. See :meth:`exceeded_after`.
+        self.quiet = False
         self._calls = self._failures = self._slow = 0
         self._pos = 0
         self._head = -1
@@ -289,8 +318,12 @@ class SlidingWindow:
                 old = ring[pos]
                 self._failures -= old & 1
                 self._slow -= old >> 1
+                # Full: the calls did not grow, so with a fast success the rates can only
+                # stay or fall from the last evaluation (made when the window held as many).
+                self.quiet = not (failure or slow) and self._calls >= self._min
             else:
                 self._calls += 1
+                self.quiet = not (failure or slow) and self._calls > self._min
             ring[pos] = failure | (slow << 1)
             self._pos = (pos + 1) % self._size
         else:
@@ -302,6 +335,7 @@ class SlidingWindow:
                 self._b_fail[i] += 1
             if slow:
                 self._b_slow[i] += 1
+            self.quiet = not (failure or slow) and self._calls > self._min
         self._failures += failure
         self._slow += slow
 
@@ -321,10 +355,11 @@ class SlidingWindow:
     def exceeded_after(self, failure: bool, slow: bool, now: float) -> str | None:
         """:meth:`exceeded`, skipped when the outcome just recorded cannot have changed it.
 
-        A fast, non-failed call lowers both rates, so once the window holds more than the
-        minimum number of calls it cannot trip anything: the success path skips the check.
+        A fast, non-failed call does not raise either rate, so once the rates have been
+        evaluated (the window held the minimum number of calls at an earlier outcome) it
+        cannot trip anything: the success path skips the check (:attr:`quiet`).
         """
-        if failure or slow or self._calls <= self._min:
+        if failure or slow or not self.quiet:
             return self.exceeded(now)
         return None
 
@@ -566,7 +601,7 @@ class CircuitBreaker:
         listeners: tuple[BreakerListener, ...] | list[BreakerListener] = (),
     ) -> None:
         self.name = name
-        self.policy = policy = policy or BreakerPolicy()
+        self._policy = policy = policy or BreakerPolicy()
         self._clock = clock
         self._now = monotonic_of(clock)
         self._lock = threading.RLock()
@@ -574,6 +609,9 @@ class CircuitBreaker:
         self._state = BreakerState.CLOSED
         self._epoch = 0
         self._probes = 0
+        #: Whether pybreaker's consecutive-failure counter may be above zero (a success
+        #: then resets it); saves reading pybreaker's storage on every success.
+        self._counting = False
         self._window = SlidingWindow(policy.window) if policy.window else None
         self._slow_after = policy.window.slow_call_duration if policy.window else float("inf")
         self._storage = _ClockStorage(clock)
@@ -587,6 +625,47 @@ class CircuitBreaker:
             name=name,
             throw_new_error_on_trip=True,
         )
+
+    # --- policy --------------------------------------------------------------------------
+
+    @property
+    def policy(self) -> BreakerPolicy:
+        """The policy in force (assigning it is :meth:`set_policy`)."""
+        return self._policy
+
+    @policy.setter
+    def policy(self, policy: BreakerPolicy) -> None:
+        self.set_policy(policy)
+
+    def set_policy(self, policy: BreakerPolicy) -> None:
+        """Adopt ``policy`` now, keeping the state and what has been counted.
+
+        For a live configuration reload: the breaker of an endpoint keeps its identity,
+        listeners and state, and the new thresholds decide from the next outcome on:
+
+        * closed: the consecutive-failure count stays (a count already at or past a lowered
+          ``consecutive_failures`` trips on the next failure); the window keeps its outcomes
+          when its kind and size are unchanged, else starts empty (``None`` removes it);
+        * open: the new ``reset_timeout`` is measured from when the breaker opened;
+        * half-open: probes in flight finish; ``half_open_max_calls`` and
+          ``half_open_successes`` apply to the next acquire and the next probe outcome;
+        * forced_open, disabled, metrics_only: unchanged until an operator command.
+
+        No transition happens and no listener is called. Thread-safe.
+        """
+        with self._lock:
+            self._policy = policy
+            pb = self._pb
+            pb.fail_max = policy.consecutive_failures or 2**62
+            pb.reset_timeout = policy.reset_timeout
+            pb.success_threshold = policy.half_open_successes
+            if policy.window is None:
+                self._window = None
+            elif self._window is None:
+                self._window = SlidingWindow(policy.window)
+            else:
+                self._window.set_policy(policy.window)
+            self._slow_after = policy.window.slow_call_duration if policy.window else float("inf")
 
     # --- reading -------------------------------------------------------------------------
 
@@ -602,9 +681,9 @@ class CircuitBreaker:
         """
         state = self._state
         if state is BreakerState.OPEN:
-            return self._storage.open_elapsed() >= self.policy.reset_timeout
+            return self._storage.open_elapsed() >= self._policy.reset_timeout
         if state is BreakerState.HALF_OPEN:
-            return self._probes < self.policy.half_open_max_calls
+            return self._probes < self._policy.half_open_max_calls
         return state is not BreakerState.FORCED_OPEN
 
     def snapshot(self) -> BreakerSnapshot:
@@ -618,7 +697,7 @@ class CircuitBreaker:
                 rates = self._window.rates(now)
             retry_after = None
             if self._state is BreakerState.OPEN:
-                retry_after = max(0.0, self.policy.reset_timeout - self._storage.open_elapsed())
+                retry_after = max(0.0, self._policy.reset_timeout - self._storage.open_elapsed())
             return BreakerSnapshot(
                 name=self.name,
                 state=self._state,
@@ -664,14 +743,14 @@ class CircuitBreaker:
             state = self._state
             if state is BreakerState.OPEN:
                 elapsed = self._storage.open_elapsed()
-                timeout = self.policy.reset_timeout
+                timeout = self._policy.reset_timeout
                 if elapsed < timeout:
                     raise CircuitOpen(self.name, retry_after=timeout - elapsed)
                 self._apply(BreakerEvent.TIMEOUT_ELAPSED, "reset timeout elapsed")
                 state = self._state
             if state is BreakerState.HALF_OPEN:
-                if self._probes >= self.policy.half_open_max_calls:
-                    raise CircuitOpen(self.name, retry_after=self.policy.reset_timeout)
+                if self._probes >= self._policy.half_open_max_calls:
+                    raise CircuitOpen(self.name, retry_after=self._policy.reset_timeout)
                 self._probes += 1
                 return Permit(self, self._epoch, True, self._now())
             if state is BreakerState.FORCED_OPEN:
@@ -723,7 +802,7 @@ class CircuitBreaker:
 
     def record_exception(self, permit: Permit, exc: BaseException) -> None:
         """Classify ``exc`` with the policy: failure, or release for ignored/non-Exception."""
-        p = self.policy
+        p = self._policy
         if not isinstance(exc, Exception) or isinstance(exc, p.ignore_exceptions):
             self.release(permit)
         elif p.is_failure(exc):
@@ -755,16 +834,21 @@ class CircuitBreaker:
                 return  # stale: admitted before the last transition
             state = self._state
             if state is BreakerState.CLOSED:
-                if self._window is not None:
-                    self._window.record(failure, slow, now)
+                window = self._window
+                if window is not None:
+                    window.record(failure, slow, now)
                 if failure:
+                    self._counting = True
                     if self._feed_pybreaker(error or _Failure()):
                         self._apply(BreakerEvent.TRIP, "consecutive_failures", synced=True)
                         return
-                elif self._storage.counter:
+                elif self._counting:
+                    self._counting = False
                     self._feed_pybreaker(None)
-                if self._window is not None:
-                    reason = self._window.exceeded_after(failure, slow, now)
+                # A fast success after the rates were evaluated cannot raise them: skip
+                # the check (SlidingWindow.exceeded_after's rule, inlined).
+                if window is not None and not window.quiet:
+                    reason = window.exceeded(now)
                     if reason is not None:
                         self._apply(BreakerEvent.TRIP, reason)
             elif state is BreakerState.HALF_OPEN:
@@ -780,6 +864,7 @@ class CircuitBreaker:
                 if self._window is not None:
                     self._window.record(failure, slow, now)
                 if failure:
+                    self._counting = True
                     self._storage.increment_counter()
                 else:
                     self._storage.reset_counter()

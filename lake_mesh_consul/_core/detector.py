@@ -23,6 +23,10 @@ The detector implements the ports :class:`~lake_mesh_consul._core.ports.Endpoint
 :class:`~lake_mesh_consul._core.ports.OutcomeRecorder`. With a ``breaker`` policy it also owns
 one :class:`~lake_mesh_consul._core.breaker.CircuitBreaker` per endpoint (keyed by identity):
 an open breaker makes its endpoint unavailable too.
+
+:meth:`FailureDetector.set_policy` (a configuration reload) applies new thresholds at once to
+the detector's own accrual and ejection and to every breaker it already owns (through
+:meth:`~lake_mesh_consul._core.breaker.CircuitBreaker.set_policy`), keeping their state.
 """
 
 from __future__ import annotations
@@ -381,6 +385,7 @@ class EndpointState:
 
 class _Stats:
     __slots__ = (
+        "breaker",
         "consecutive",
         "consecutive_gateway",
         "ejected_until",
@@ -408,6 +413,8 @@ class _Stats:
         self.returned_at: float | None = None
         self.reason: str | None = None
         self.window = SlidingWindow(window) if window is not None else None
+        #: The endpoint's breaker once created (also in FailureDetector._breakers).
+        self.breaker: CircuitBreaker | None = None
 
 
 class FailureDetector:
@@ -442,7 +449,7 @@ class FailureDetector:
         listeners: Iterable[EjectionListener] = (),
         breaker_listeners: Iterable[BreakerListener] = (),
     ) -> None:
-        self.policy = policy = policy or DetectorPolicy()
+        self._policy = policy = policy or DetectorPolicy()
         self._clock = clock
         self._now = monotonic_of(clock)
         self._rng = rng or random.Random()
@@ -454,8 +461,59 @@ class FailureDetector:
         self._breakers: dict[ServiceEndpoint, CircuitBreaker] = {}
         self._classification = policy.classification
         self._failure_kinds = policy.classification.failure_kinds
+        #: HTTP status -> (kind, is a failure) under the current classification.
+        self._by_status: dict[int, tuple[OutcomeKind, bool]] = {}
         self._slow_after = policy.window.slow_call_duration if policy.window else math.inf
         self._next_sweep = self._now() + policy.interval
+
+    # --- policy --------------------------------------------------------------------------
+
+    @property
+    def policy(self) -> DetectorPolicy:
+        """The policy in force (assigning it is :meth:`set_policy`)."""
+        return self._policy
+
+    @policy.setter
+    def policy(self, policy: DetectorPolicy) -> None:
+        self.set_policy(policy)
+
+    def set_policy(self, policy: DetectorPolicy) -> None:
+        """Adopt ``policy`` now: for accrual, ejection, classification and every breaker.
+
+        What has been counted stays: consecutive failures, ejections in force and their
+        multipliers, windows of the same kind and size (another shape starts empty). A new
+        ``interval`` applies from the next sweep (sooner if it is shorter). Breakers the
+        detector already owns take the new ``breaker`` policy through
+        :meth:`CircuitBreaker.set_policy` (state and counts kept); ``breaker=None`` drops
+        them, and breakers created later use the new policy.
+
+        Thread-safe. Breakers are updated after the detector's lock is released.
+        """
+        with self._lock:
+            old = self._policy
+            self._policy = policy
+            self._classification = policy.classification
+            self._failure_kinds = policy.classification.failure_kinds
+            self._by_status = {}
+            self._slow_after = policy.window.slow_call_duration if policy.window else math.inf
+            if policy.window != old.window:
+                for st in self._stats.values():
+                    if policy.window is None:
+                        st.window = None
+                    elif st.window is None:
+                        st.window = SlidingWindow(policy.window)
+                    else:
+                        st.window.set_policy(policy.window)
+            if policy.interval != old.interval:
+                self._next_sweep = min(self._next_sweep, self._now() + policy.interval)
+            breakers = list(self._breakers.values())
+            if policy.breaker is None:
+                self._breakers.clear()
+                for st in self._stats.values():
+                    st.breaker = None
+        if policy.breaker is not None and policy.breaker != old.breaker:
+            for br in breakers:
+                br.set_policy(policy.breaker)
 
     # --- listeners -----------------------------------------------------------------------
 
@@ -493,13 +551,15 @@ class FailureDetector:
                 if ep not in current:
                     st = self._stats.get(ep)
                     if st is None:
-                        st = self._stats[ep] = _Stats(ep, self.policy.window)
+                        st = self._stats[ep] = _Stats(ep, self._policy.window)
+                        st.breaker = self._breakers.get(ep)
                     current[ep] = st
 
     def _stats_for(self, endpoint: ServiceEndpoint) -> _Stats:
         st = self._stats.get(endpoint)
         if st is None:
-            st = self._stats[endpoint] = _Stats(endpoint, self.policy.window)
+            st = self._stats[endpoint] = _Stats(endpoint, self._policy.window)
+            st.breaker = self._breakers.get(endpoint)
             self._members.setdefault(endpoint.service, {})[endpoint] = st
         return st
 
@@ -507,12 +567,12 @@ class FailureDetector:
 
     def breaker(self, endpoint: ServiceEndpoint) -> CircuitBreaker | None:
         """The endpoint's circuit breaker, created on first use; ``None`` without a policy."""
-        policy = self.policy.breaker
-        if policy is None:
-            return None
         br = self._breakers.get(endpoint)
         if br is None:
             with self._lock:
+                policy = self._policy.breaker  # read under the lock: set_policy races
+                if policy is None:
+                    return None
                 br = self._breakers.get(endpoint)
                 if br is None:
                     br = CircuitBreaker(
@@ -522,6 +582,9 @@ class FailureDetector:
                         listeners=self._breaker_listeners,
                     )
                     self._breakers[endpoint] = br
+                    st = self._stats.get(endpoint)
+                    if st is not None:
+                        st.breaker = br
         return br
 
     # --- the ports -----------------------------------------------------------------------
@@ -533,14 +596,17 @@ class FailureDetector:
         announced). Advisory: a half-open breaker may still refuse the actual acquire.
         """
         st = self._stats.get(endpoint)
-        if st is not None and st.ejected_until is not None:
+        if st is None:
+            br = self._breakers.get(endpoint)
+            return br is None or br.allows()
+        if st.ejected_until is not None:
             if self._now() < st.ejected_until:
                 return False
             events: list[EjectionEvent] = []
             with self._lock:
                 self._return_if_due(st, self._now(), events)
             self._emit(events)
-        br = self._breakers.get(endpoint)
+        br = st.breaker
         return br is None or br.allows()
 
     def classify(
@@ -552,6 +618,19 @@ class FailureDetector:
     def is_failure(self, kind: OutcomeKind) -> bool:
         """Whether ``kind`` counts as a failure under this detector's policy."""
         return kind in self._failure_kinds
+
+    def is_failure_status(self, status: int) -> bool:
+        """Whether an HTTP ``status`` counts as a failure (classified once per status)."""
+        cached = self._by_status.get(status)
+        return (cached or self._status_outcome(status))[1]
+
+    def _status_outcome(self, status: int) -> tuple[OutcomeKind, bool]:
+        by_status = self._by_status
+        kind = _classify_status(status, self._classification)
+        outcome = (kind, kind in self._failure_kinds)
+        if 100 <= status <= 599:
+            by_status[status] = outcome
+        return outcome
 
     def record(
         self,
@@ -573,21 +652,25 @@ class FailureDetector:
 
         Thread-safe; ejection listeners run after the lock is released.
         """
-        if error is None and status is None:
-            kind = OutcomeKind.SUCCESS if success else OutcomeKind.ERROR
+        if error is None:
+            if status is None:
+                kind = OutcomeKind.SUCCESS if success else OutcomeKind.ERROR
+                failure = not success
+            else:
+                kind, failure = self._by_status.get(status) or self._status_outcome(status)
         else:
             kind = classify(error=error, status=status, policy=self._classification)
-        if kind is OutcomeKind.IGNORED:
-            if permit is not None:
-                permit.release()
-            return
-        failure = kind in self._failure_kinds
+            if kind is OutcomeKind.IGNORED:
+                if permit is not None:
+                    permit.release()
+                return
+            failure = kind in self._failure_kinds
         if permit is not None:
             if failure:
                 permit.failure(error, duration)
             else:
                 permit.success(duration)
-        elif self.policy.breaker is not None:
+        elif self._policy.breaker is not None:
             br = self.breaker(endpoint)
             if br is not None:
                 br.observe(success=not failure, duration=duration, error=error)
@@ -616,7 +699,11 @@ class FailureDetector:
                 window.record(failure, slow, now)
             if st.ejected_until is not None:
                 self._return_if_due(st, now, events)
-            if st.ejected_until is None:
+            # A fast success cannot trigger anything once the window's rates have been
+            # evaluated (SlidingWindow.quiet): the success path skips _trigger.
+            if st.ejected_until is None and (
+                failure or slow or (window is not None and not window.quiet)
+            ):
                 reason = self._trigger(st, failure, slow, now)
                 if reason is not None:
                     self._eject(st, reason, now, events)
@@ -628,7 +715,7 @@ class FailureDetector:
     def _trigger(self, st: _Stats, failure: bool, slow: bool, now: float) -> str | None:
         if st.window is not None and not failure:
             return st.window.exceeded_after(failure, slow, now)
-        p = self.policy
+        p = self._policy
         if p.consecutive_failures is not None and st.consecutive >= p.consecutive_failures:
             return "consecutive_failures"
         if (
@@ -650,7 +737,7 @@ class FailureDetector:
             )
 
     def _eject(self, st: _Stats, reason: str, now: float, events: list[EjectionEvent]) -> bool:
-        e = self.policy.ejection
+        e = self._policy.ejection
         members = self._members.get(st.endpoint.service, {})
         for other in members.values():
             if other.ejected_until is not None:
@@ -661,7 +748,7 @@ class FailureDetector:
             events.append(EjectionEvent("overflow", st.endpoint, reason, now, None, st.ejections))
             return False
         if st.returned_at is not None and st.ejections:
-            healthy_intervals = int((now - st.returned_at) // self.policy.interval)
+            healthy_intervals = int((now - st.returned_at) // self._policy.interval)
             st.ejections = max(0, st.ejections - healthy_intervals)
         st.ejections += 1
         duration = min(e.base_ejection_time * st.ejections, e.max_ejection_time)
@@ -680,11 +767,11 @@ class FailureDetector:
 
     def _sweep(self, now: float, events: list[EjectionEvent]) -> None:
         """Per-interval work: returns, success-rate outliers, fresh interval counters."""
-        self._next_sweep = now + self.policy.interval
+        self._next_sweep = now + self._policy.interval
         for st in self._stats.values():
             if st.ejected_until is not None:
                 self._return_if_due(st, now, events)
-        o = self.policy.outlier
+        o = self._policy.outlier
         if o.enabled:
             for members in self._members.values():
                 judged = [
@@ -726,7 +813,7 @@ class FailureDetector:
         events: list[EjectionEvent] = []
         now = self._now()
         with self._lock:
-            st = self._stats.get(endpoint) or _Stats(endpoint, self.policy.window)
+            st = self._stats.get(endpoint) or _Stats(endpoint, self._policy.window)
             self._return_if_due(st, now, events)
             calls = 0
             rates: tuple[float | None, float | None] = (None, None)

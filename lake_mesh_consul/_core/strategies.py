@@ -11,6 +11,15 @@ per-endpoint stats) and return a *picker*, a closure that picks in O(1) or O(log
 lock. The balancer prepares each discovery snapshot when it arrives, so the cost of a pick
 does not grow with the number of endpoints.
 
+With the picker, ``prepare_pair`` builds a *walker* from the same structures: the pick a
+retry makes when some endpoints must be avoided (already tried, or refused by a gate).
+``walker(key, accept)`` returns the strategy's choice among the endpoints ``accept``
+accepts: round robin and the schedules continue from their position, random and P2C draw
+again among them, ``nearest_first`` fails over down discovery's order, and ``ring_hash`` and
+``maglev`` walk on from the key's position to the next distinct owner (so a retry of a key
+goes to the same second choice in every process). It does O(1) work per accepted endpoint in
+the usual case and is bounded by a scan of the endpoints in the worst.
+
 ==================  ==================================================================
 name                what it does
 ==================  ==================================================================
@@ -62,14 +71,17 @@ __all__ = [
     "NearestFirst",
     "PeakEwma",
     "Picker",
+    "Prepared",
     "PreparedStrategy",
     "RandomChoice",
     "RingHash",
     "RoundRobin",
     "StrategyFunction",
     "StrategyLike",
+    "Walker",
     "Weighted",
     "ZoneAware",
+    "prepare_pair",
     "prepare_picker",
     "resolve_strategy",
     "smooth_schedule",
@@ -81,6 +93,12 @@ __all__ = [
 Key = bytes | str | None
 #: A prepared pick over one fixed set of endpoints: ``picker(key) -> endpoint``. Thread-safe.
 Picker = Callable[[Key], ServiceEndpoint]
+#: ``walker(key, accept)``: the strategy's pick among the endpoints for which ``accept`` is
+#: true (hashing strategies: the next distinct owner after the key's position), or ``None``
+#: when it accepts none of them. Thread-safe, like a picker.
+Walker = Callable[[Key, Callable[[ServiceEndpoint], bool]], ServiceEndpoint | None]
+#: A prepared snapshot: its picker and its walker, built from the same structures.
+Prepared = tuple[Picker, Walker]
 #: A plain function that counts as a strategy: ``fn(candidates, key) -> endpoint``.
 StrategyFunction = Callable[[Sequence[ServiceEndpoint], Key], ServiceEndpoint]
 
@@ -100,6 +118,12 @@ DEFAULT_MIN_CLUSTER_SIZE = 6
 _SCHEDULE_CAP = 1 << 16
 #: Weight resolution when fractional weights must be quantised (smallest weight -> ~100).
 _WEIGHT_RESOLUTION = 100
+#: Random re-draws a walker makes before it scans (random, P2C, an unknown picker).
+_WALK_DRAWS = 3
+#: Schedule, ring or table entries a walker visits per endpoint before it scans instead.
+_WALK_STEPS_PER_ENDPOINT = 16
+#: ... plus this many (small sets).
+_WALK_STEPS_MIN = 64
 
 _T = TypeVar("_T")
 _exp = math.exp
@@ -194,6 +218,21 @@ class PreparedStrategy(abc.ABC):
         mutated after it is returned; it may read the (live) ``stats`` objects.
         """
 
+    def prepare_pair(
+        self,
+        endpoints: tuple[ServiceEndpoint, ...],
+        weights: tuple[float, ...],
+        stats: tuple[EndpointStats, ...],
+    ) -> Prepared:
+        """The picker of :meth:`prepare` and a :data:`Walker` over the same snapshot.
+
+        The built-ins override this to share one ring, table or schedule between the two.
+        The default walker (for subclasses that only implement :meth:`prepare`) re-picks a
+        few times, then scans ``endpoints`` from a position derived from the key.
+        """
+        picker = self.prepare(endpoints, weights, stats)
+        return picker, _generic_walker(picker, endpoints)
+
     def pick(self, candidates: Sequence[ServiceEndpoint], key: Key = None) -> ServiceEndpoint:
         """Pick from ``candidates`` (prepared once per distinct candidate sequence).
 
@@ -233,6 +272,45 @@ def _constant(endpoint: ServiceEndpoint) -> Picker:
         return endpoint
 
     return pick
+
+
+def _constant_pair(endpoint: ServiceEndpoint) -> Prepared:
+    def walk(key: Key, accept: Callable[[ServiceEndpoint], bool]) -> ServiceEndpoint | None:
+        return endpoint if accept(endpoint) else None
+
+    return _constant(endpoint), walk
+
+
+def _scan(
+    endpoints: Sequence[ServiceEndpoint], start: int, accept: Callable[[ServiceEndpoint], bool]
+) -> ServiceEndpoint | None:
+    """The first endpoint ``accept`` accepts, from ``start`` round to ``start - 1``."""
+    n = len(endpoints)
+    for step in range(n):
+        endpoint = endpoints[(start + step) % n]
+        if accept(endpoint):
+            return endpoint
+    return None
+
+
+def _walk_cap(n: int, size: int) -> int:
+    return min(size, _WALK_STEPS_MIN + _WALK_STEPS_PER_ENDPOINT * n)
+
+
+def _generic_walker(picker: Picker, endpoints: tuple[ServiceEndpoint, ...]) -> Walker:
+    """Re-pick a few times, then scan (from the key's hash, or a rotating start)."""
+    n = len(endpoints)
+    nxt = itertools.count().__next__
+
+    def walk(key: Key, accept: Callable[[ServiceEndpoint], bool]) -> ServiceEndpoint | None:
+        for _ in range(_WALK_DRAWS):
+            endpoint = picker(key)
+            if accept(endpoint):
+                return endpoint
+        start = hash64(key) % n if key is not None else nxt() % n
+        return _scan(endpoints, start, accept)
+
+    return walk
 
 
 def _extended(items: tuple[_T, ...]) -> tuple[_T, ...]:
@@ -292,18 +370,36 @@ def smooth_schedule(weights: Sequence[float]) -> list[int]:
     return [owners[j] for j in order]
 
 
-def _schedule_picker(
+def _schedule_pair(
     endpoints: tuple[ServiceEndpoint, ...],
     weights: tuple[float, ...],
     counter: Callable[[], int],
-) -> Picker:
+) -> Prepared:
     schedule = tuple(endpoints[i] for i in smooth_schedule(weights))
     period = len(schedule)
+    n = len(endpoints)
+    cap = _walk_cap(n, period)
+    skip = itertools.count().__next__
 
     def pick(key: Key = None) -> ServiceEndpoint:
         return schedule[counter() % period]
 
-    return pick
+    def walk(key: Key, accept: Callable[[ServiceEndpoint], bool]) -> ServiceEndpoint | None:
+        start = counter() % period
+        endpoint = schedule[start]
+        if accept(endpoint):
+            return endpoint
+        # A turn of an endpoint not accepted goes to another turn of the schedule, chosen
+        # by a second rotation (the following turn would always be the same endpoint's and
+        # double its share); from there, in order: weights and slow start still apply.
+        start += 1 + skip() % (period - 1)
+        for step in range(cap):
+            endpoint = schedule[(start + step) % period]
+            if accept(endpoint):
+                return endpoint
+        return _scan(endpoints, start % n, accept)
+
+    return pick, walk
 
 
 class RoundRobin(PreparedStrategy):
@@ -334,18 +430,37 @@ class RoundRobin(PreparedStrategy):
         stats: tuple[EndpointStats, ...],
     ) -> Picker:
         """Build the cycle (or the weighted schedule while someone is in slow start)."""
+        return self.prepare_pair(endpoints, weights, stats)[0]
+
+    def prepare_pair(
+        self,
+        endpoints: tuple[ServiceEndpoint, ...],
+        weights: tuple[float, ...],
+        stats: tuple[EndpointStats, ...],
+    ) -> Prepared:
+        """The cycle and a walker that continues it past the endpoints not accepted."""
         if len(endpoints) == 1:
-            return _constant(endpoints[0])
+            return _constant_pair(endpoints[0])
         if not _uniform(weights):
-            return _schedule_picker(endpoints, weights, self._next)
+            return _schedule_pair(endpoints, weights, self._next)
         eps = endpoints
         n = len(eps)
         nxt = self._next
+        skip = itertools.count().__next__
 
         def pick(key: Key = None) -> ServiceEndpoint:
             return eps[nxt() % n]
 
-        return pick
+        def walk(key: Key, accept: Callable[[ServiceEndpoint], bool]) -> ServiceEndpoint | None:
+            start = nxt() % n
+            endpoint = eps[start]
+            if accept(endpoint):
+                return endpoint
+            # Hand the turn to another endpoint by a second rotation, so the rest keep even
+            # shares (the next one in the cycle would get every excluded endpoint's turn).
+            return _scan(eps, start + 1 + skip() % (n - 1), accept)
+
+        return pick, walk
 
 
 class RandomChoice(PreparedStrategy):
@@ -380,24 +495,41 @@ class RandomChoice(PreparedStrategy):
         stats: tuple[EndpointStats, ...],
     ) -> Picker:
         """Build a uniform picker, or a cumulative-weight one with bisection."""
+        return self.prepare_pair(endpoints, weights, stats)[0]
+
+    def prepare_pair(
+        self,
+        endpoints: tuple[ServiceEndpoint, ...],
+        weights: tuple[float, ...],
+        stats: tuple[EndpointStats, ...],
+    ) -> Prepared:
+        """The picker and a walker that draws again (then scans from a random start)."""
         if len(endpoints) == 1:
-            return _constant(endpoints[0])
+            return _constant_pair(endpoints[0])
         rnd = self._rng.random
         eps = _extended(endpoints)
         n = len(endpoints)
+        pick: Picker
         if _uniform(weights):
 
             def pick(key: Key = None) -> ServiceEndpoint:
                 return eps[int(rnd() * n)]
 
-            return pick
-        cumulative = tuple(itertools.accumulate(weights))
-        total = cumulative[-1]
+        else:
+            cumulative = tuple(itertools.accumulate(weights))
+            total = cumulative[-1]
 
-        def pick_weighted(key: Key = None) -> ServiceEndpoint:
-            return eps[_bisect_right(cumulative, rnd() * total)]
+            def pick(key: Key = None) -> ServiceEndpoint:
+                return eps[_bisect_right(cumulative, rnd() * total)]
 
-        return pick_weighted
+        def walk(key: Key, accept: Callable[[ServiceEndpoint], bool]) -> ServiceEndpoint | None:
+            for _ in range(_WALK_DRAWS):
+                endpoint = pick(key)
+                if accept(endpoint):
+                    return endpoint
+            return _scan(endpoints, int(rnd() * n) % n, accept)
+
+        return pick, walk
 
 
 class Weighted(PreparedStrategy):
@@ -450,9 +582,18 @@ class Weighted(PreparedStrategy):
         stats: tuple[EndpointStats, ...],
     ) -> Picker:
         """Build one period of the smooth schedule (O(total weight) at prepare time)."""
+        return self.prepare_pair(endpoints, weights, stats)[0]
+
+    def prepare_pair(
+        self,
+        endpoints: tuple[ServiceEndpoint, ...],
+        weights: tuple[float, ...],
+        stats: tuple[EndpointStats, ...],
+    ) -> Prepared:
+        """The schedule and a walker that takes its next accepted turn."""
         if len(endpoints) == 1:
-            return _constant(endpoints[0])
-        return _schedule_picker(endpoints, weights, self._next)
+            return _constant_pair(endpoints[0])
+        return _schedule_pair(endpoints, weights, self._next)
 
 
 class LeastRequest(PreparedStrategy):
@@ -499,16 +640,74 @@ class LeastRequest(PreparedStrategy):
         stats: tuple[EndpointStats, ...],
     ) -> Picker:
         """Build a P2C (or full-scan / k-choice) picker over flat arrays."""
+        return self.prepare_pair(endpoints, weights, stats)[0]
+
+    def prepare_pair(
+        self,
+        endpoints: tuple[ServiceEndpoint, ...],
+        weights: tuple[float, ...],
+        stats: tuple[EndpointStats, ...],
+    ) -> Prepared:
+        """The picker and a walker doing the same choice among the accepted endpoints."""
         n = len(endpoints)
         if n == 1:
-            return _constant(endpoints[0])
+            return _constant_pair(endpoints[0])
         rnd = self._rng.random
         inverse = None if _uniform(weights) else _extended(tuple(1.0 / w for w in weights))
-        if n <= self.full_scan_max or self.choice_count >= n:
-            return self._scan_picker(endpoints, stats, inverse, rnd)
-        if self.choice_count == 2:
-            return self._p2c_picker(endpoints, stats, inverse, rnd)
-        return self._k_picker(endpoints, stats, inverse)
+        full = n <= self.full_scan_max or self.choice_count >= n
+        if full:
+            picker = self._scan_picker(endpoints, stats, inverse, rnd)
+        elif self.choice_count == 2:
+            picker = self._p2c_picker(endpoints, stats, inverse, rnd)
+        else:
+            picker = self._k_picker(endpoints, stats, inverse)
+        return picker, self._walker(endpoints, stats, inverse, rnd, full=full)
+
+    def _walker(
+        self,
+        endpoints: tuple[ServiceEndpoint, ...],
+        stats: tuple[EndpointStats, ...],
+        inverse: tuple[float, ...] | None,
+        rnd: Callable[[], float],
+        *,
+        full: bool,
+    ) -> Walker:
+        """Sample until ``choice_count`` accepted endpoints are found (or scan them all)."""
+        n = len(endpoints)
+        k = self.choice_count
+        cost = self._cost
+        monotonic = self._clock.monotonic
+        inv = inverse or (1.0,) * (n + 1)
+        draws = 0 if full else _WALK_DRAWS * k
+
+        def walk(key: Key, accept: Callable[[ServiceEndpoint], bool]) -> ServiceEndpoint | None:
+            now = monotonic()
+            best: ServiceEndpoint | None = None
+            best_cost = math.inf
+            found = 0
+            for _ in range(draws):
+                i = int(rnd() * n) % n
+                endpoint = endpoints[i]
+                if accept(endpoint):
+                    c = cost(stats[i], now) * inv[i]
+                    if best is None or c < best_cost:
+                        best, best_cost = endpoint, c
+                    found += 1
+                    if found == k:
+                        return best
+            if best is not None:
+                return best  # most endpoints refused: the one accepted sample will do
+            start = int(rnd() * n) % n
+            for step in range(n):
+                i = (start + step) % n
+                endpoint = endpoints[i]
+                if accept(endpoint):
+                    c = cost(stats[i], now) * inv[i]
+                    if best is None or c < best_cost:
+                        best, best_cost = endpoint, c
+            return best
+
+        return walk
 
     def _p2c_picker(
         self,
@@ -729,6 +928,15 @@ class RingHash(PreparedStrategy):
         stats: tuple[EndpointStats, ...],
     ) -> Picker:
         """Build the sorted ring (O(points log points) at prepare time)."""
+        return self.prepare_pair(endpoints, weights, stats)[0]
+
+    def prepare_pair(
+        self,
+        endpoints: tuple[ServiceEndpoint, ...],
+        weights: tuple[float, ...],
+        stats: tuple[EndpointStats, ...],
+    ) -> Prepared:
+        """The ring's lookup and a walker that goes on to the next distinct owner."""
         total = math.fsum(weights)
         lightest = min(weights)
         relative = [w / lightest for w in weights]
@@ -742,18 +950,35 @@ class RingHash(PreparedStrategy):
             ring.extend((hash64(token + str(j).encode()), index) for j in range(count))
         ring.sort()
         points = tuple(h for h, _ in ring)
-        owners = tuple(endpoints[i] for _, i in ring)
-        owners = (*owners, owners[0])  # past the last point wraps to the first
+        ring_owners = tuple(endpoints[i] for _, i in ring)
+        owners = (*ring_owners, ring_owners[0])  # past the last point wraps to the first
         size = len(points)
         rnd = self._rng.random
         hash_key = hash64
+        n = len(endpoints)
+        cap = _walk_cap(n, size)
 
         def pick(key: Key = None) -> ServiceEndpoint:
             if key is None:
                 return owners[int(rnd() * size)]
             return owners[_bisect_left(points, hash_key(key))]
 
-        return pick
+        def walk(key: Key, accept: Callable[[ServiceEndpoint], bool]) -> ServiceEndpoint | None:
+            # Clockwise from the key's point to the next distinct owner that is accepted.
+            if key is None:
+                start = int(rnd() * size) % size
+            else:
+                start = _bisect_left(points, hash_key(key)) % size
+            last = None
+            for step in range(cap):
+                endpoint = ring_owners[(start + step) % size]
+                if endpoint is not last:
+                    if accept(endpoint):
+                        return endpoint
+                    last = endpoint
+            return _scan(endpoints, start % n, accept)  # most of the ring refused
+
+        return pick, walk
 
     def __repr__(self) -> str:
         return f"RingHash(min_ring_size={self.min_ring_size})"
@@ -860,20 +1085,44 @@ class Maglev(PreparedStrategy):
         stats: tuple[EndpointStats, ...],
     ) -> Picker:
         """Build the Maglev table (about 0.1 s for 65537 slots) and return its lookup."""
+        return self.prepare_pair(endpoints, weights, stats)[0]
+
+    def prepare_pair(
+        self,
+        endpoints: tuple[ServiceEndpoint, ...],
+        weights: tuple[float, ...],
+        stats: tuple[EndpointStats, ...],
+    ) -> Prepared:
+        """The table's lookup and a walker that goes on to the next distinct owner."""
         if len(endpoints) == 1:
-            return _constant(endpoints[0])
+            return _constant_pair(endpoints[0])
         table = tuple(endpoints[i] for i in self.build_table(endpoints, weights))
         size = len(table)
         rnd = self._rng.random
         hash_key = hash64
         table_x = _extended(table)
+        n = len(endpoints)
+        cap = _walk_cap(n, size)
 
         def pick(key: Key = None) -> ServiceEndpoint:
             if key is None:
                 return table_x[int(rnd() * size)]
             return table[hash_key(key) % size]
 
-        return pick
+        def walk(key: Key, accept: Callable[[ServiceEndpoint], bool]) -> ServiceEndpoint | None:
+            # The slots after the key's own hold the other endpoints in a key-specific,
+            # process-independent order: the first accepted owner is the key's next choice.
+            start = int(rnd() * size) % size if key is None else hash_key(key) % size
+            last = None
+            for step in range(cap):
+                endpoint = table[(start + step) % size]
+                if endpoint is not last:
+                    if accept(endpoint):
+                        return endpoint
+                    last = endpoint
+            return _scan(endpoints, start % n, accept)  # most of the table refused
+
+        return pick, walk
 
     def __repr__(self) -> str:
         return f"Maglev(table_size={self.table_size})"
@@ -914,16 +1163,37 @@ class NearestFirst(PreparedStrategy):
         stats: tuple[EndpointStats, ...],
     ) -> Picker:
         """Keep the ``spread`` first candidates."""
-        head = endpoints[: self.spread]
-        if len(head) == 1:
-            return _constant(head[0])
+        return self.prepare_pair(endpoints, weights, stats)[0]
+
+    def prepare_pair(
+        self,
+        endpoints: tuple[ServiceEndpoint, ...],
+        weights: tuple[float, ...],
+        stats: tuple[EndpointStats, ...],
+    ) -> Prepared:
+        """The ``spread`` first candidates, and a walker failing over down the list."""
+        spread = self.spread
+        head = endpoints[:spread]
         n = len(head)
         nxt = self._next
+        pick: Picker
+        if n == 1:
+            pick = _constant(head[0])
+        else:
 
-        def pick(key: Key = None) -> ServiceEndpoint:
-            return head[nxt() % n]
+            def pick(key: Key = None) -> ServiceEndpoint:
+                return head[nxt() % n]
 
-        return pick
+        def walk(key: Key, accept: Callable[[ServiceEndpoint], bool]) -> ServiceEndpoint | None:
+            endpoint = _scan(head, nxt() % n if n > 1 else 0, accept)
+            if endpoint is not None:
+                return endpoint
+            for i in range(spread, len(endpoints)):  # then the next nearest, in order
+                if accept(endpoints[i]):
+                    return endpoints[i]
+            return None
+
+        return pick, walk
 
     def __repr__(self) -> str:
         return f"NearestFirst(spread={self.spread})"
@@ -990,28 +1260,57 @@ class ZoneAware(PreparedStrategy):
         stats: tuple[EndpointStats, ...],
     ) -> Picker:
         """Split the candidates by zone and prepare the inner strategy on each side."""
+        return self.prepare_pair(endpoints, weights, stats)[0]
+
+    def prepare_pair(
+        self,
+        endpoints: tuple[ServiceEndpoint, ...],
+        weights: tuple[float, ...],
+        stats: tuple[EndpointStats, ...],
+    ) -> Prepared:
+        """Per-zone pickers; the walker tries the chosen side, then the other zones."""
         inner = self.inner
         local = [i for i, e in enumerate(endpoints) if e.zone == self.local_zone]
         if self.local_zone is None or len(endpoints) < self.min_cluster_size or not local:
-            return prepare_picker(inner, endpoints, weights, stats)
+            return prepare_pair(inner, endpoints, weights, stats)
         zones = {e.zone for e in endpoints}
         expected = self.local_share if self.local_share is not None else 1.0 / len(zones)
         local_weight = math.fsum(weights[i] for i in local)
         actual = local_weight / math.fsum(weights)
 
-        def subset(idx: Sequence[int]) -> Picker:
-            return prepare_picker(
+        def subset(idx: Sequence[int]) -> Prepared:
+            return prepare_pair(
                 inner,
                 tuple(endpoints[i] for i in idx),
                 tuple(weights[i] for i in idx),
                 tuple(stats[i] for i in idx),
             )
 
-        local_pick = subset(local)
-        if actual >= expected or len(local) == len(endpoints):
-            return local_pick
+        local_pick, local_walk = subset(local)
+        if len(local) == len(endpoints):
+            return local_pick, local_walk
         chosen = set(local)
-        remote_pick = subset([i for i in range(len(endpoints)) if i not in chosen])
+        remote = [i for i in range(len(endpoints)) if i not in chosen]
+        if actual >= expected:
+            # Everything stays local; only a walk that finds nothing local spills over, so
+            # the remote side is prepared on first need (a Maglev table takes ~0.1 s).
+            built: list[Walker] = []
+
+            def remote_walk(
+                key: Key, accept: Callable[[ServiceEndpoint], bool]
+            ) -> ServiceEndpoint | None:
+                if not built:
+                    built.append(subset(remote)[1])
+                return built[0](key, accept)
+
+            def spill(
+                key: Key, accept: Callable[[ServiceEndpoint], bool]
+            ) -> ServiceEndpoint | None:
+                endpoint = local_walk(key, accept)
+                return endpoint if endpoint is not None else remote_walk(key, accept)
+
+            return local_pick, spill
+        remote_pick, remote_walk_now = subset(remote)
         p_local = actual / expected
         rnd = self._rng.random
 
@@ -1019,7 +1318,15 @@ class ZoneAware(PreparedStrategy):
             draw = rnd() if key is None else (hash64(key) & 0xFFFFFFFF) / 4294967296.0
             return local_pick(key) if draw < p_local else remote_pick(key)
 
-        return pick
+        def walk(key: Key, accept: Callable[[ServiceEndpoint], bool]) -> ServiceEndpoint | None:
+            draw = rnd() if key is None else (hash64(key) & 0xFFFFFFFF) / 4294967296.0
+            first, second = (
+                (local_walk, remote_walk_now) if draw < p_local else (remote_walk_now, local_walk)
+            )
+            endpoint = first(key, accept)
+            return endpoint if endpoint is not None else second(key, accept)
+
+        return pick, walk
 
     def __repr__(self) -> str:
         return f"ZoneAware({self.inner!r}, local_zone={self.local_zone!r})"
@@ -1062,12 +1369,33 @@ def prepare_picker(
     """
     if isinstance(strategy, PreparedStrategy):
         return strategy.prepare(endpoints, weights, stats)
+    return prepare_pair(strategy, endpoints, weights, stats)[0]
+
+
+def prepare_pair(
+    strategy: BalancerStrategy,
+    endpoints: tuple[ServiceEndpoint, ...],
+    weights: tuple[float, ...],
+    stats: tuple[EndpointStats, ...],
+) -> Prepared:
+    """A picker and a :data:`Walker` over ``endpoints`` for any strategy.
+
+    A strategy that is only a ``pick`` method (or a function) walks by picking from the
+    accepted candidates: it is given exactly the endpoints it may choose, as its contract
+    says. ``endpoints`` must be non-empty; ``weights`` and ``stats`` are aligned with it.
+    """
+    if isinstance(strategy, PreparedStrategy):
+        return strategy.prepare_pair(endpoints, weights, stats)
     pick = strategy.pick
 
     def picker(key: Key = None) -> ServiceEndpoint:
         return pick(endpoints, key)
 
-    return picker
+    def walk(key: Key, accept: Callable[[ServiceEndpoint], bool]) -> ServiceEndpoint | None:
+        candidates = tuple(e for e in endpoints if accept(e))
+        return pick(candidates, key) if candidates else None
+
+    return picker, walk
 
 
 def strategy_name(strategy: object) -> str:

@@ -17,7 +17,7 @@ from lake_mesh_consul._core.balancer import LoadBalancer, slow_start_factor
 from lake_mesh_consul._core.endpoint import ServiceEndpoint, Weights
 from lake_mesh_consul._core.health import HealthStatus
 from lake_mesh_consul._core.ports import EndpointGate, OutcomeRecorder
-from lake_mesh_consul._core.strategies import Maglev, RoundRobin
+from lake_mesh_consul._core.strategies import STRATEGIES, Maglev, RoundRobin
 from lake_mesh_consul.errors import InvalidSetting, NoEndpointsAvailable
 from lake_mesh_consul.testing import FakeClock
 
@@ -472,6 +472,168 @@ def test_duplicates_are_dropped_keeping_discovery_order() -> None:
     lb = LoadBalancer("web", "nearest_first", endpoints=[eps[2], eps[0], eps[2], eps[1]])
     assert [e.id for e in lb.endpoints] == ["web-2", "web-0", "web-1"]
     assert lb.pick().id == "web-2"
+
+
+# --- exclude: a retry re-picks elsewhere ----------------------------------------------------------
+
+
+def _first_fit(candidates: Sequence[ServiceEndpoint], key: object) -> ServiceEndpoint:
+    return candidates[0]
+
+
+EXCLUDABLE: list[object] = [*STRATEGIES, _first_fit, "zone_aware"]
+
+
+def _excluding_lb(strategy: object, eps: Sequence[ServiceEndpoint], **kw: object) -> LoadBalancer:
+    if strategy == "zone_aware":
+        return LoadBalancer("web", "round_robin", endpoints=eps, local_zone="a", **kw)  # type: ignore[arg-type]
+    return LoadBalancer("web", strategy, endpoints=eps, rng=random.Random(5), **kw)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("strategy", EXCLUDABLE, ids=lambda s: getattr(s, "__name__", str(s)))
+@pytest.mark.parametrize("key", [None, "user-7", b"user-8"])
+def test_every_strategy_repicks_a_different_endpoint_until_all_are_tried(
+    strategy: object, key: str | bytes | None
+) -> None:
+    eps = [
+        ServiceEndpoint.create(f"web-{i}", "10.0.0.1", 80 + i, service="web", zone="ab"[i % 2])
+        for i in range(7)
+    ]
+    lb = _excluding_lb(strategy, eps)
+    tried: set[ServiceEndpoint] = set()
+    for _ in range(len(eps)):
+        endpoint = lb.pick(key, exclude=frozenset(tried))
+        assert endpoint not in tried
+        tried.add(endpoint)
+    assert tried == set(eps)
+    with pytest.raises(NoEndpointsAvailable, match="all tried") as info:
+        lb.pick(key, exclude=frozenset(tried))
+    assert info.value.service == "web"
+    assert lb.pick(key, exclude=frozenset()) in eps  # a new empty frozenset is "nothing"
+
+
+def test_ring_hash_retry_goes_to_the_keys_next_distinct_owner() -> None:
+    eps = make(6)
+    lb = LoadBalancer("web", "ring_hash", endpoints=eps)
+    for i in range(300):
+        key = f"user-{i}"
+        first = lb.pick(key)
+        second = lb.pick(key, exclude=frozenset({first}))
+        # Walking past the owner's points is the ring without that owner: every process
+        # with the same endpoints sends the retry to the same place.
+        without = LoadBalancer("web", "ring_hash", endpoints=[e for e in eps if e != first])
+        assert second == without.pick(key)
+        assert lb.pick(key, exclude=frozenset({first})) == second
+
+
+def test_maglev_retry_is_deterministic_and_spreads_the_excluded_keys() -> None:
+    eps = make(5)
+    lb = LoadBalancer("web", Maglev(table_size=1009), endpoints=eps)
+    other = LoadBalancer("web", Maglev(table_size=1009), endpoints=make(5))  # another process
+    down = eps[2]
+    moved: Counter[str] = Counter()
+    for i in range(2000):
+        key = f"user-{i}"
+        again = lb.pick(key, exclude=frozenset({down}))
+        assert again != down
+        assert again == other.pick(key, exclude=frozenset({down}))  # same in every process
+        if lb.pick(key) == down:
+            moved[again.id] += 1
+        else:
+            assert again == lb.pick(key)  # keys of other endpoints stay where they are
+    assert set(moved) == {e.id for e in eps if e != down}  # spread, not one hot successor
+    assert min(moved.values()) > 0.1 * sum(moved.values())
+
+
+def test_round_robin_and_weighted_keep_their_shares_among_the_rest() -> None:
+    eps = make(4)
+    lb = LoadBalancer("web", endpoints=eps)
+    picks = Counter(lb.pick(exclude=frozenset({eps[0]})).id for _ in range(300))
+    assert picks == {"web-1": 100, "web-2": 100, "web-3": 100}
+    weighted = [replace(e, weights=Weights(w, 1)) for e, w in zip(eps, (5, 3, 1, 1), strict=True)]
+    lb = LoadBalancer("web", "weighted", endpoints=weighted)
+    picks = Counter(lb.pick(exclude=frozenset({eps[0]})).id for _ in range(5000))
+    assert picks["web-1"] / 5000 == pytest.approx(0.6, abs=0.02)
+    assert picks["web-2"] / 5000 == pytest.approx(0.2, abs=0.02)
+
+
+def test_least_request_prefers_the_less_loaded_of_the_untried() -> None:
+    eps = make(3)
+    lb = LoadBalancer("web", "least_request", endpoints=eps, rng=random.Random(2))
+    busy = [lb.request() for _ in range(6)]
+    for ctx in busy:
+        ctx.finish()
+    held = [lb.request() for _ in range(3)]  # one outstanding on each
+    extra = lb.request(exclude=frozenset({eps[0]}))  # now two on one of web-1/web-2
+    assert extra.endpoint != eps[0]
+    other = ({eps[1], eps[2]} - {extra.endpoint}).pop()
+    assert all(lb.pick(exclude=frozenset({eps[0]})) == other for _ in range(20))
+    for ctx in [*held, extra]:
+        ctx.finish()
+
+
+def test_nearest_first_fails_over_down_the_list() -> None:
+    eps = make(4)
+    lb = LoadBalancer("web", "nearest_first", endpoints=eps)
+    assert lb.pick(exclude=frozenset({eps[0]})) == eps[1]
+    assert lb.pick(exclude=frozenset({eps[0], eps[1]})) == eps[2]
+    assert lb.pick(exclude=frozenset({eps[1]})) == eps[0]
+
+
+def test_exclude_respects_gates_and_says_all_tried() -> None:
+    clock = FakeClock()
+    eps = make(5)
+    gate = Gate({"web-4"})
+    for strategy in ("round_robin", "ring_hash", "maglev", "peak_ewma"):
+        lb = LoadBalancer(
+            "web", strategy, endpoints=eps, gates=[gate], clock=clock, panic_threshold=0
+        )
+        for key in (None, "user-1"):
+            tried = frozenset(eps[:3])
+            assert lb.pick(key, exclude=tried) == eps[3]
+            with pytest.raises(NoEndpointsAvailable, match="all tried"):
+                lb.pick(key, exclude=frozenset(eps[:4]))
+    gate.refused = {e.id for e in eps}
+    lb = LoadBalancer("web", endpoints=eps, gates=[gate], clock=clock)
+    with pytest.raises(NoEndpointsAvailable, match="all ejected or circuit open"):
+        lb.pick(exclude=frozenset(eps[:1]))
+
+
+def test_exclude_in_panic_mode_uses_every_routable_endpoint() -> None:
+    eps = make(10)
+    lb = LoadBalancer("web", endpoints=with_health(eps[:6], CRITICAL) + eps[6:])
+    assert lb.stats().panic
+    tried = frozenset(eps[:9])
+    assert all(lb.pick(exclude=tried) == eps[9] for _ in range(5))
+    gate = Gate({f"web-{i}" for i in range(6)})  # panic from the gates' census
+    gated = LoadBalancer("web", endpoints=eps, gates=[gate], clock=FakeClock())
+    seen = {gated.pick(exclude=frozenset(eps[6:])).id for _ in range(100)}
+    assert seen == {f"web-{i}" for i in range(6)}  # health ignored, gates too, tried not
+
+
+def test_exclude_keeps_slow_start_weights() -> None:
+    clock = FakeClock()
+    old = make(3)
+    lb = LoadBalancer("web", endpoints=old, slow_start_window=60.0, clock=clock)
+    new = make(1, 3)[0]
+    lb.update([*old, new])
+    picks = Counter(lb.pick(exclude=frozenset({old[0]})).id for _ in range(2100))
+    assert picks[new.id] / 2100 == pytest.approx(0.1 / 2.1, abs=0.01)  # still ramping
+
+
+def test_request_with_exclude_and_without_recording() -> None:
+    recorder = Recorder()
+    eps = make(2)
+    lb = LoadBalancer("web", endpoints=eps, recorders=[recorder])
+    with lb.request(exclude=frozenset({eps[0]}), record=False) as ctx:
+        assert ctx.endpoint == eps[1]
+        ctx.fail(status=503)
+    assert recorder.calls == []  # the caller reports the outcome itself
+    state = {s.endpoint.id: s for s in lb.stats().endpoints}["web-1"]
+    assert (state.requests, state.failures, state.outstanding) == (1, 1, 0)
+    with lb.request(exclude=frozenset({eps[1]})):
+        pass
+    assert [c["endpoint"] for c in recorder.calls] == ["web-0"]
 
 
 # --- threads -------------------------------------------------------------------------------------

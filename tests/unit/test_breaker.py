@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable
+from dataclasses import replace
 
 import pytest
 
@@ -385,3 +386,91 @@ def test_policy_validation() -> None:
         WindowPolicy(failure_rate_threshold=0)
     with pytest.raises(InvalidSetting):
         BreakerPolicy(reset_timeout=0)
+
+
+# --- live policy changes (configuration reload) --------------------------------------------------
+
+
+def test_set_policy_keeps_state_and_counts_and_trips_at_the_new_threshold() -> None:
+    breaker, clock, seen = make(BreakerPolicy(window=None, consecutive_failures=5))
+    fail(breaker, 1)
+    breaker.set_policy(BreakerPolicy(window=None, consecutive_failures=2, reset_timeout=10.0))
+    assert seen == []  # a new policy is no transition
+    assert state_of(breaker) is S.CLOSED
+    assert breaker.snapshot().consecutive_failures == 1  # the count survived
+    fail(breaker, 1)
+    assert state_of(breaker) is S.OPEN  # 2 in a row: the new threshold, not the old 5
+    assert [t.reason for t in seen] == ["consecutive_failures"]
+    clock.advance(9.9)
+    with pytest.raises(CircuitOpen):
+        breaker.acquire()
+    clock.advance(0.1)  # the new reset timeout, measured from the trip
+    breaker.acquire().success()
+    assert state_of(breaker) is S.CLOSED
+
+
+def test_set_policy_while_open_measures_the_new_timeout_from_the_trip() -> None:
+    breaker, clock, _ = make(BreakerPolicy(window=None, consecutive_failures=1, reset_timeout=60))
+    fail(breaker)
+    clock.advance(20.0)
+    breaker.policy = BreakerPolicy(window=None, consecutive_failures=1, reset_timeout=15.0)
+    assert breaker.policy.reset_timeout == 15.0
+    assert breaker.allows()  # 20 s open > 15 s: the next acquire is a probe
+    permit = breaker.acquire()
+    assert state_of(breaker) is S.HALF_OPEN
+    permit.success()
+    assert state_of(breaker) is S.CLOSED
+
+
+def test_set_policy_half_open_and_operator_states_are_kept() -> None:
+    policy = BreakerPolicy(window=None, consecutive_failures=1, reset_timeout=1.0)
+    breaker, clock, _ = make(policy)
+    fail(breaker)
+    clock.advance(1.0)
+    probe = breaker.acquire()
+    breaker.set_policy(replace(policy, half_open_max_calls=2, half_open_successes=2))
+    second = breaker.acquire()  # the new K admits a second probe
+    probe.success()
+    assert state_of(breaker) is S.HALF_OPEN  # two successes needed now
+    second.success()
+    assert state_of(breaker) is S.CLOSED
+    breaker.force_open()
+    breaker.set_policy(policy)
+    assert state_of(breaker) is S.FORCED_OPEN
+
+
+def test_set_policy_keeps_a_window_of_the_same_shape_and_resets_another() -> None:
+    window = WindowPolicy(size=10, minimum_calls=10, failure_rate_threshold=90.0)
+    policy = BreakerPolicy(consecutive_failures=None, window=window)
+    breaker, _, _ = make(policy)
+    for i in range(10):
+        permit = breaker.acquire()
+        permit.failure() if i < 6 else permit.success()
+    assert state_of(breaker) is S.CLOSED  # 60% < 90%
+    breaker.set_policy(replace(policy, window=replace(window, failure_rate_threshold=50.0)))
+    assert breaker.snapshot().calls == 10  # same shape: outcomes kept
+    fail(breaker)  # 70% of the last 10 >= 50%
+    assert state_of(breaker) is S.OPEN
+    breaker.reset()
+    fail(breaker, 3)
+    breaker.set_policy(replace(policy, window=replace(window, size=20, minimum_calls=5)))
+    assert breaker.snapshot().calls == 0  # another size: starts empty
+    breaker.set_policy(replace(policy, window=None))
+    assert breaker.snapshot().calls == 0
+
+
+def test_a_success_after_the_window_filled_skips_the_rate_check() -> None:
+    def quiet(window: SlidingWindow) -> bool:
+        return window.quiet  # through a call: mypy does not narrow it across records
+
+    window = SlidingWindow(WindowPolicy(size=4, minimum_calls=4, failure_rate_threshold=50.0))
+    for failure in (True, True, True):
+        window.record(failure, False, 0.0)
+        assert not quiet(window)
+    window.record(False, False, 0.0)  # reaches the minimum: must be evaluated
+    assert not quiet(window)
+    assert window.exceeded(0.0) == "failure_rate"
+    window.record(False, False, 0.0)  # full, no growth, a success: cannot raise a rate
+    assert quiet(window)
+    window.record(True, False, 0.0)
+    assert not quiet(window)

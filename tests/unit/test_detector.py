@@ -352,3 +352,62 @@ def test_policies_are_frozen_and_replaceable() -> None:
     assert policy.consecutive_failures == 7
     with pytest.raises(AttributeError):
         policy.consecutive_failures = 3  # type: ignore[misc]
+
+
+# --- live policy changes (configuration reload) --------------------------------------------------
+
+
+def test_set_policy_reaches_breakers_that_exist_and_keeps_their_state() -> None:
+    old = DetectorPolicy(
+        consecutive_failures=None,
+        window=None,
+        breaker=BreakerPolicy(consecutive_failures=5, window=None, reset_timeout=30.0),
+    )
+    d, clock, _, endpoints = make(old)
+    a, b = endpoints[0], endpoints[1]
+    existing = d.breaker(a)
+    assert existing is not None
+    d.record(a, success=False, duration=0.01, status=503, permit=existing.acquire())
+    d.record(b, success=False, duration=0.01, status=503)  # b's breaker: created by record
+    new = replace(old, breaker=BreakerPolicy(consecutive_failures=2, window=None))
+    d.set_policy(new)
+    assert d.breaker(a) is existing  # the same breaker, not a fresh one
+    assert existing.policy == new.breaker
+    d.record(a, success=False, duration=0.01, status=503, permit=existing.acquire())
+    assert existing.state is BreakerState.OPEN  # 2 in a row trips now (was 5)
+    assert not d.is_available(a)
+    d.record(b, success=False, duration=0.01, status=503)
+    assert d.state(b).breaker is not None
+    assert d.state(b).breaker.state is BreakerState.OPEN  # type: ignore[union-attr]
+    fresh = d.breaker(endpoints[2])
+    assert fresh is not None
+    assert fresh.policy == new.breaker  # created later: the new policy too
+    clock.advance(30.0)
+    assert d.is_available(a)  # its reset timeout: the new policy's default
+
+
+def test_set_policy_changes_accrual_windows_and_classification_at_once() -> None:
+    old = DetectorPolicy(consecutive_failures=5, window=WindowPolicy(size=10, minimum_calls=10))
+    d, _, events, endpoints = make(old)
+    a = endpoints[0]
+    fail(d, a, n=2)
+    d.policy = replace(old, consecutive_failures=3)  # assignment is set_policy
+    assert d.policy.consecutive_failures == 3
+    assert d.state(a).consecutive_failures == 2  # counted failures stay
+    fail(d, a, n=1)
+    assert [e.kind for e in events] == ["ejected"]
+    assert events[0].reason == "consecutive_failures"
+    assert d.state(a).window_calls == 0  # ejection resets the window
+    b = endpoints[1]
+    fail(d, b, n=1, status=404)
+    assert not d.is_failure_status(404)
+    d.set_policy(
+        replace(old, classification=ClassificationPolicy(failure_statuses=frozenset({404})))
+    )
+    assert d.is_failure_status(404)  # the per-status cache follows the policy
+    assert d.state(b).window_calls == 1  # same window shape: outcomes kept
+    d.set_policy(replace(old, window=WindowPolicy(size=20, minimum_calls=10)))
+    assert d.state(b).window_calls == 0  # another shape: starts empty
+    d.set_policy(replace(old, window=None, breaker=None))
+    assert d.state(b).window_calls == 0
+    assert d.breaker(b) is None

@@ -17,6 +17,7 @@ import pytest
 from lake_mesh_consul._core.endpoint import ServiceEndpoint, Weights
 from lake_mesh_consul._core.hashing import hash64, hash128, key_bytes
 from lake_mesh_consul._core.health import HealthStatus
+from lake_mesh_consul._core.loadstats import StatsRegistry
 from lake_mesh_consul._core.strategies import (
     STRATEGIES,
     BalancerStrategy,
@@ -29,6 +30,7 @@ from lake_mesh_consul._core.strategies import (
     RoundRobin,
     Weighted,
     ZoneAware,
+    prepare_pair,
     resolve_strategy,
     smooth_schedule,
     strategy_by_name,
@@ -410,3 +412,36 @@ def test_zone_aware_with_a_key_is_deterministic() -> None:
     assert [one.pick(eps, f"k{i}").id for i in range(300)] == [
         two.pick(eps, f"k{i}").id for i in range(300)
     ]
+
+
+# --- walkers: the picks a retry makes among the endpoints it may still use -------------------
+
+
+@pytest.mark.parametrize("name", STRATEGIES)
+def test_every_walker_returns_only_accepted_endpoints(name: str) -> None:
+    eps = make(6)
+    strategy = strategy_by_name(name, rng=random.Random(4))
+    picker, walk = prepare_pair(
+        strategy, eps, (1.0,) * 6, tuple(StatsRegistry(FakeClock()).get(e) for e in eps)
+    )
+    assert picker(None) in eps
+    allowed = {eps[1], eps[4]}
+    for key in (None, "k", b"k2"):
+        for _ in range(50):
+            assert walk(key, allowed.__contains__) in allowed
+        assert walk(key, lambda e: False) is None
+        assert walk(key, eps[5].__eq__) == eps[5]
+
+
+def test_a_function_strategy_walks_over_the_accepted_candidates_only() -> None:
+    seen: list[tuple[str, ...]] = []
+
+    def last(candidates: Sequence[ServiceEndpoint], key: object) -> ServiceEndpoint:
+        seen.append(tuple(e.id for e in candidates))
+        return candidates[-1]
+
+    eps = make(4)
+    _, walk = prepare_pair(resolve_strategy(last), eps, (1.0,) * 4, ())
+    assert walk(None, lambda e: e.id != "web-3") == eps[2]
+    assert seen == [("web-0", "web-1", "web-2")]
+    assert walk(None, lambda e: False) is None
