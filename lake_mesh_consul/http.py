@@ -32,7 +32,10 @@ Decisions, so that the whole requests API keeps working:
 * **Timeouts**: the request's ``timeout`` (a number or a ``(connect, read)`` pair) is
   capped by the attempt's budget: the service's ``per_try_timeout`` and what is left of its
   ``deadline``.
-* **Proxies** do not apply to mesh requests (they go straight to the endpoint).
+* **Proxies** do not apply to mesh requests (they go straight to the endpoint), so
+  :class:`MeshSession` does not look the environment's proxy settings up for them (requests
+  scans ``os.environ`` twice per request for that); ``REQUESTS_CA_BUNDLE`` and
+  ``CURL_CA_BUNDLE`` still apply, as do ``.netrc`` credentials for the service's name.
 * **Errors** subclass both requests' exceptions and the mesh's tree, so
   ``except requests.RequestException`` and ``except lake_mesh_consul.errors.MeshError``
   both work: :class:`MeshNoEndpoints`, :class:`MeshCircuitOpen`,
@@ -45,13 +48,18 @@ Decisions, so that the whole requests API keeps working:
 
 from __future__ import annotations
 
+import operator
+import os
+import re
 import threading
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
 import requests
 import requests.adapters
 from requests.models import PreparedRequest, Response
+from requests.sessions import merge_setting as _merge_setting
+from requests.structures import CaseInsensitiveDict
 
 from lake_mesh_consul._core.endpoint import ServiceEndpoint
 from lake_mesh_consul._core.retry import parse_retry_after
@@ -64,7 +72,12 @@ from lake_mesh_consul.errors import (
 )
 
 if TYPE_CHECKING:
+    from requests.sessions import _Settings
+
     from lake_mesh_consul.mesh import Mesh
+
+#: requests' own merge of a request setting with the session's (untyped in its stubs).
+_merge: Callable[..., Any] = _merge_setting
 
 __all__ = [
     "MeshAdapter",
@@ -141,20 +154,23 @@ def _mapped(exc: BaseException, request: PreparedRequest) -> BaseException | Non
 # --- which URLs are ours -----------------------------------------------------------------------
 
 
+#: ``scheme://netloc rest``: one C-level match per request instead of a parse in Python.
+_URL = re.compile(r"([A-Za-z][A-Za-z0-9+.\-]*)://([^/?#]*)(.*)", re.DOTALL)
+#: The schemes the mesh routes.
+_SCHEMES = frozenset({"http", "https"})
+
+
 def _split(url: str) -> tuple[str, str, str] | None:
     """``(scheme, netloc, rest)`` of an http(s) URL, or None."""
-    scheme, sep, remainder = url.partition("://")
-    if not sep:
+    match = _URL.match(url)
+    if match is None:
         return None
-    scheme = scheme.lower()
-    if scheme not in ("http", "https"):
-        return None
-    end = len(remainder)
-    for ch in "/?#":
-        i = remainder.find(ch)
-        if i != -1 and i < end:
-            end = i
-    return scheme, remainder[:end], remainder[end:]
+    scheme, netloc, rest = match.groups()
+    if scheme not in _SCHEMES:
+        scheme = scheme.lower()
+        if scheme not in _SCHEMES:
+            return None
+    return scheme, netloc, rest
 
 
 def _service_of_netloc(netloc: str, allowed: frozenset[str] | None) -> str | None:
@@ -247,23 +263,40 @@ class MeshAdapter(requests.adapters.BaseAdapter):
         self.inner = inner or requests.adapters.HTTPAdapter(pool_maxsize=32)
         self._routes: dict[str, str | None] = {}
         self._routes_lock = threading.Lock()
+        #: ``(url, parts, service)`` of the URL routed last: MeshSession.get_adapter and
+        #: then send() ask about the same ``request.url`` object; replaced atomically.
+        self._last: tuple[str, tuple[str, str, str] | None, str | None] = ("", None, None)
+        clock = mesh.clock
+
+        def retry_after(response: Response) -> float | None:
+            value = response.headers.get("Retry-After")
+            return None if value is None else parse_retry_after(value, now=clock.time())
+
+        self._retry_after = retry_after
 
     def service_for(self, url: str) -> str | None:
         """The service ``url`` names, or None (cached per host)."""
+        return self._route(url)[1]
+
+    def _route(self, url: str) -> tuple[tuple[str, str, str] | None, str | None]:
+        """``(parts, service)`` of ``url`` (the last URL and every host are cached)."""
+        last = self._last
+        if last[0] is url:
+            return last[1], last[2]
         parts = _split(url)
         if parts is None:
-            return None
+            return None, None
         netloc = parts[1]
         try:
-            return self._routes[netloc]
-        except KeyError:
-            pass
-        service = _service_of_netloc(netloc, self.services)
-        with self._routes_lock:
-            if len(self._routes) >= _CACHE_SIZE:
-                self._routes.clear()
-            self._routes[netloc] = service
-        return service
+            service = self._routes[netloc]
+        except KeyError:  # first sight of this host
+            service = _service_of_netloc(netloc, self.services)
+            with self._routes_lock:
+                if len(self._routes) >= _CACHE_SIZE:
+                    self._routes.clear()
+                self._routes[netloc] = service
+        self._last = (url, parts, service)
+        return parts, service
 
     def send(  # noqa: PLR0917 - requests' adapter signature
         self,
@@ -283,29 +316,36 @@ class MeshAdapter(requests.adapters.BaseAdapter):
             requests.exceptions.InvalidURL: ``request.url`` is not a mesh URL.
         """
         url = request.url or ""
-        parts = _split(url)
-        service = None
-        if parts is not None:
-            service = self._routes.get(parts[1]) or self.service_for(url)
+        parts, service = self._route(url)
         if parts is None or service is None:
             raise requests.exceptions.InvalidURL(f"not a mesh URL: {url!r}", request=request)
         scheme, netloc, rest = parts
         mesh = self.mesh
-        inner = self.inner
+        send = self.inner.send
         headers = request.headers
         logical_host = netloc.rpartition("@")[2]
-        set_host = self.preserve_host and "Host" not in headers
+        if type(headers) is CaseInsensitiveDict:  # what requests prepares: no KeyError raised
+            has_host = "host" in headers._store  # type: ignore[attr-defined]
+        else:
+            has_host = "Host" in headers
+        set_host = self.preserve_host and not has_host
         responses: list[Response] = []
 
         def attempt(endpoint: ServiceEndpoint, seconds: float | None) -> Response:
             request.url = f"{scheme}://{endpoint.host_port}{rest}"
             if set_host:
                 headers["Host"] = logical_host
+            if seconds is None:
+                capped = timeout
+            elif timeout.__class__ is float or timeout.__class__ is int:  # the usual case
+                capped = float(timeout) if timeout < seconds else seconds
+            else:
+                capped = _cap(timeout, seconds)
             try:
-                response = inner.send(
+                response = send(
                     request,
                     stream=stream,
-                    timeout=_cap(timeout, seconds),
+                    timeout=capped,
                     verify=verify,
                     cert=cert,
                     proxies=None,
@@ -316,26 +356,19 @@ class MeshAdapter(requests.adapters.BaseAdapter):
                     del headers["Host"]
             response.url = url
             response.request = request
-            setattr(response, _ENDPOINT_ATTR, endpoint)
+            response.mesh_endpoint = endpoint  # type: ignore[attr-defined]  # endpoint_of()
             responses.append(response)
             return response
 
-        clock = mesh.clock
-
-        def retry_after(response: Response) -> float | None:
-            value = response.headers.get("Retry-After")
-            return None if value is None else parse_retry_after(value, now=clock.time())
-
         try:
-            svc = mesh._service(service)
             result = mesh._run(
-                svc,
+                mesh._service(service),
                 attempt,
                 key=None,
                 method=request.method,
                 idempotent=None,
                 status_of=_status,
-                retry_after_of=retry_after,
+                retry_after_of=self._retry_after,
                 once=not _replayable(request.body),
             )
         except requests.RequestException:
@@ -355,8 +388,8 @@ class MeshAdapter(requests.adapters.BaseAdapter):
         self.inner.close()
 
 
-def _status(response: Response) -> int:
-    return int(response.status_code)
+#: The HTTP status of a response (a C-level getter: called on every attempt).
+_status: Callable[[Response], int] = operator.attrgetter("status_code")
 
 
 def _close_others(responses: list[Response]) -> None:
@@ -412,6 +445,35 @@ class MeshSession(requests.Session):
         if self.mesh_adapter.service_for(url) is not None:
             return self.mesh_adapter
         return super().get_adapter(url)
+
+    def merge_environment_settings(
+        self,
+        url: str | bytes | None,
+        proxies: Any,
+        stream: Any,
+        verify: Any,
+        cert: Any,
+    ) -> _Settings:
+        """Merge settings as requests does, minus the proxy lookup for mesh URLs.
+
+        Other URLs get requests' own behaviour unchanged.
+        """
+        if (
+            not self.trust_env
+            or not isinstance(url, str)
+            or self.mesh_adapter.service_for(url) is None
+        ):
+            return super().merge_environment_settings(url, proxies, stream, verify, cert)
+        if verify is True or verify is None:  # requests' CA-bundle rule, as it does it
+            verify = (
+                os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("CURL_CA_BUNDLE") or verify
+            )
+        return {
+            "proxies": _merge(proxies, self.proxies),
+            "stream": _merge(stream, self.stream),
+            "verify": _merge(verify, self.verify),
+            "cert": _merge(cert, self.cert),
+        }
 
     def close(self) -> None:
         """Close the connection pools (and the mesh if the session built it)."""

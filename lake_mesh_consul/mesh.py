@@ -29,11 +29,17 @@ balancer sees critical and maintenance instances, never picks them, and can appl
 panic threshold honestly; :meth:`Mesh.explain` shows each instance with the reason it is or
 is not eligible.
 
+Recording: each attempt is tracked by the balancer (``request(record=False)``: outstanding
+count, latency, request and failure counts) and its outcome is reported once, by ``execute``,
+to the detector and through the breaker's permit. The balancer's own recorder (the detector)
+serves direct ``mesh.balancer(...).request()`` users only, so nothing is recorded twice.
+
 Live reload: a change of a service's effective configuration in KV is applied in place:
 the balancer swaps its strategy (outstanding counts and latency estimates survive), takes the
-new panic threshold and slow-start window; the detector takes the new ejection thresholds;
-new retry policy and budget apply to the next call; endpoint weights, ``drained`` and
-``disabled`` are re-applied to the current snapshot.
+new panic threshold and slow-start window; the detector takes the new ejection thresholds and
+hands the new breaker thresholds to every breaker it already owns (``set_policy``: state and
+counts kept); new retry policy and budget apply to the next call; endpoint weights,
+``drained`` and ``disabled`` are re-applied to the current snapshot.
 
 This module imports the heavy parts (requests, python-consul2, tenacity, pybreaker);
 ``import lake_mesh_consul`` does not import it.
@@ -70,10 +76,9 @@ from lake_mesh_consul._core.config_policies import (
 from lake_mesh_consul._core.detector import FailureDetector
 from lake_mesh_consul._core.endpoint import ServiceEndpoint, Weights
 from lake_mesh_consul._core.health import HealthStatus
-from lake_mesh_consul._core.loadstats import EndpointStats
 from lake_mesh_consul._core.registration import Check, ServiceMetadata
 from lake_mesh_consul._core.retry import RetryBudget, RetryPolicy, execute
-from lake_mesh_consul.errors import MeshError, NoEndpointsAvailable
+from lake_mesh_consul.errors import MeshError
 
 if TYPE_CHECKING:
     from lake_mesh_consul.http import MeshSession
@@ -93,8 +98,6 @@ _T = TypeVar("_T")
 DEFAULT_DISCOVERY_TIMEOUT = 10.0
 #: Most services :meth:`Mesh.status` explains when it lists the catalog.
 MAX_STATUS_SERVICES = 100
-#: Extra picks tried before scanning for an endpoint not yet tried by this call.
-_EXCLUDE_PICKS = 4
 
 
 class _Cancelled(BaseException):
@@ -104,20 +107,11 @@ class _Cancelled(BaseException):
 _CANCELLED = _Cancelled()
 
 
-class _Quiet(threading.local):
-    """Per thread: True while the mesh finishes a request it records itself."""
-
-    active = False
-
-
-_QUIET = _Quiet()
-
-
 class _DetectorRecorder:
     """The detector as the balancer's OutcomeRecorder, for direct ``balancer.request()`` use.
 
-    The mesh's own request path records through ``execute`` (with the breaker permit), so
-    it silences this recorder for its own requests instead of recording twice.
+    The mesh's own request path starts its contexts with ``record=False`` and records once,
+    through ``execute`` (with the breaker's permit), so this recorder never sees them.
     """
 
     def __init__(self, detector: FailureDetector) -> None:
@@ -132,8 +126,6 @@ class _DetectorRecorder:
         error: BaseException | None = None,
         status: int | None = None,
     ) -> None:
-        if _QUIET.active:
-            return
         self.detector.record(
             endpoint, success=success, duration=duration, error=error, status=status
         )
@@ -154,14 +146,6 @@ class DrainedByConfig:
     def is_available(self, endpoint: ServiceEndpoint) -> bool:
         """False for drained endpoints (by instance id)."""
         return endpoint.id not in self.drained
-
-
-def _finish(ctx: RequestContext, error: BaseException | None) -> None:
-    _QUIET.active = True
-    try:
-        ctx.finish(error)
-    finally:
-        _QUIET.active = False
 
 
 @dataclass(frozen=True)
@@ -382,7 +366,7 @@ class _Service:
         self.balancer = LoadBalancer(
             name,
             settings["strategy"],
-            gates=(self.detector, self.drained),
+            gates=(self.detector,),  # + self.drained while config drains any endpoint
             recorders=(_DetectorRecorder(self.detector),),
             panic_threshold=settings["panic_threshold"],
             slow_start_window=settings["slow_start_window"],
@@ -465,6 +449,12 @@ class _Service:
         self.per_try = per_try
         self.drained.drained = frozenset(e for e, s in settings.items() if s.get("drained"))
         self.disabled = frozenset(e for e, s in settings.items() if s.get("disabled"))
+        # The drain gate is asked about every pick: it is a gate only while it refuses
+        # someone (changing the gates rebuilds the snapshot: configuration changes only).
+        lb = self.balancer
+        gated = self.drained in lb.gates
+        if bool(self.drained.drained) != gated:
+            lb.gates = (self.detector, self.drained) if not gated else (self.detector,)
 
     # -- configuration ------------------------------------------------------------------------
 
@@ -480,9 +470,9 @@ class _Service:
             except MeshError as exc:  # validated already; a strategy the balancer refuses
                 _log.warning("service %s: strategy not applied: %s", self.name, exc)
             if _section(old, "detector.", "breaker.") != _section(new, "detector.", "breaker."):
-                # New thresholds apply at once to accrual and ejection; breakers that exist
-                # keep their state (and thresholds) until their endpoint is re-created.
-                self.detector.policy = detector_policy(new)
+                # New thresholds apply at once to accrual, ejection and every breaker that
+                # exists (each keeps its state and counts; see CircuitBreaker.set_policy).
+                self.detector.set_policy(detector_policy(new))
             if _section(old, "retry.", "per_try_timeout", "deadline") != _section(
                 new, "retry.", "per_try_timeout", "deadline"
             ):
@@ -503,25 +493,6 @@ class _Service:
             "service %s: configuration reloaded (strategy %s)", self.name, self.balancer.strategy
         )
 
-    # -- picking ------------------------------------------------------------------------------
-
-    def start(self, key: str | bytes | None, exclude: frozenset[ServiceEndpoint]) -> RequestContext:
-        """Pick (not in ``exclude`` when possible) and start a tracked request."""
-        lb = self.balancer
-        if not exclude:
-            return lb.request(key)
-        for attempt in range(_EXCLUDE_PICKS + len(exclude)):
-            salted = key if key is None or attempt == 0 else _salt(key, attempt)
-            ctx = lb.request(salted)
-            if ctx.endpoint not in exclude:
-                return ctx
-            ctx.finish(_CANCELLED)
-        for state in lb.stats().endpoints:  # rare: scan for an untried eligible endpoint
-            if state.eligible and state.endpoint not in exclude:
-                stats = EndpointStats(state.endpoint.key, now=self.mesh.clock.monotonic())
-                return RequestContext(lb, state.endpoint, stats)
-        raise NoEndpointsAvailable(self.name, "every eligible endpoint was tried")
-
     def close(self) -> None:
         self.unsubscribe_config()
         self.unsubscribe()
@@ -529,12 +500,6 @@ class _Service:
 
 def _noop() -> None:
     return None
-
-
-def _salt(key: str | bytes, attempt: int) -> str | bytes:
-    if isinstance(key, bytes):
-        return key + b"\x00" + str(attempt).encode()
-    return f"{key}\x00{attempt}"
 
 
 def _section(values: Mapping[str, Any], *prefixes: str) -> dict[str, Any]:
@@ -796,7 +761,7 @@ class Mesh:
 
         Raises:
             DiscoveryTimeout: no answer from Consul in time.
-            ValueError: an invalid service name.
+            InvalidSetting: an invalid service name (a ValueError too).
         """
         return self._service(service).balancer
 
@@ -905,20 +870,29 @@ class Mesh:
         retry_after_of: Callable[[_T], float | None] | None,
         once: bool = False,
     ) -> _T:
-        """The request path shared by :meth:`call` and the requests integration."""
+        """The request path shared by :meth:`call` and the requests integration.
+
+        Each attempt's pick starts a balancer context (``exclude``: the endpoints this call
+        already tried) that tracks load and latency without recording the outcome:
+        ``execute`` records it once, to the detector and the breaker's permit.
+        """
         # Every context started for this call (a short list: one per attempt); the last
         # one for an endpoint is the live one. Identity comparisons keep hashing off the
         # hot path.
         contexts: list[RequestContext] = []
+        finished = 0  # contexts finished by call(); the others were refused by a breaker
+        request = svc.balancer.request
         detector = svc.detector
         per_try = svc.per_try
 
         def pick(*, exclude: frozenset[ServiceEndpoint]) -> ServiceEndpoint:
-            ctx = svc.start(key, exclude)
+            ctx = request(key, exclude=exclude, record=False)
             contexts.append(ctx)
             return ctx.endpoint
 
         def call(endpoint: ServiceEndpoint, timeout: float | None) -> _T:
+            nonlocal finished
+            finished += 1
             ctx = contexts[-1]
             if ctx.endpoint is not endpoint:  # not the latest pick: find it
                 ctx = next(c for c in reversed(contexts) if c.endpoint is endpoint)
@@ -929,14 +903,13 @@ class Mesh:
             try:
                 result = fn(endpoint, timeout)
             except BaseException as exc:
-                _finish(ctx, exc)
+                ctx.finish(exc)
                 raise
-            status = status_of(result) if status_of is not None else None
-            if status is not None and detector.is_failure(detector.classify(status=status)):
-                ctx.fail(status=status)
-            else:
-                ctx.succeed(status)
-            _finish(ctx, None)
+            if status_of is not None:
+                status = status_of(result)
+                if status is not None and detector.is_failure_status(status):
+                    ctx.fail(status=status)
+            ctx.finish(None)
             return result
 
         try:
@@ -954,8 +927,9 @@ class Mesh:
                 retry_after_of=retry_after_of,
             )
         finally:
-            for ctx in contexts:
-                ctx.finish(_CANCELLED)  # no-op for the finished ones (breaker refusals)
+            if finished < len(contexts):  # picked, then refused by the breaker: not sent
+                for ctx in contexts:
+                    ctx.finish(_CANCELLED)  # a no-op for those finished already
 
     def session(self, **kwargs: Any) -> MeshSession:
         """A :class:`lake_mesh_consul.http.MeshSession` routing through this mesh.

@@ -11,7 +11,13 @@ import pytest
 from _mesh_support import mesh_with_instances, wait_for
 
 from lake_mesh_consul._consul.client import ConsulClient
-from lake_mesh_consul._core.config import DetectorSettings, MeshConfig, ServiceConfig
+from lake_mesh_consul._core.breaker import BreakerState
+from lake_mesh_consul._core.config import (
+    BreakerSettings,
+    DetectorSettings,
+    MeshConfig,
+    ServiceConfig,
+)
 from lake_mesh_consul._core.endpoint import ServiceEndpoint
 from lake_mesh_consul._core.health import HealthStatus
 from lake_mesh_consul._core.registration import HttpCheck, ServiceMetadata
@@ -182,6 +188,49 @@ def test_live_reload_keeps_state(mesh_config, unique_name):
         )
         wait_for(lambda: any(e.kind == "rejected" for e in store.events), what="rejection")
         assert mesh.explain(unique_name).strategy == "least_request"
+
+
+def test_breaker_thresholds_reload_into_breakers_that_exist(mesh_config, unique_name):
+    services = {
+        unique_name: ServiceConfig(
+            strategy="round_robin",
+            detector=DetectorSettings(consecutive_failures=100),  # no ejection in the way
+            breaker=BreakerSettings(consecutive_failures=10),
+        )
+    }
+    with mesh_with_instances(mesh_config, unique_name, services=services) as (mesh, instances):
+        for _ in range(6):  # every endpoint gets its breaker
+            mesh.call(unique_name, _raw_get)
+        target = instances[0].name
+        endpoint = next(e for e in mesh.balancer(unique_name).endpoints if e.id == target)
+        detector = mesh.detector(unique_name)
+        breaker = detector.breaker(endpoint)
+        assert breaker is not None
+        assert breaker.policy.consecutive_failures == 10
+
+        store = mesh.store
+        store.set(store.layout.service_key(unique_name), {"breaker": {"consecutive_failures": 2}})
+        wait_for(lambda: breaker.policy.consecutive_failures == 2, what="the reload")
+        assert detector.breaker(endpoint) is breaker  # reconfigured in place, not replaced
+
+        def reset_on_target(ep: ServiceEndpoint) -> str:
+            if ep.id == target:
+                raise ConnectionResetError("reset")  # sent, then broken: never retried below
+            return "ok"
+
+        failures = 0
+        for _ in range(30):  # round robin: every third call lands on the target
+            try:
+                mesh.call(unique_name, reset_on_target)  # not idempotent: one attempt each
+            except RetryExhausted:
+                failures += 1
+            if breaker.state is not BreakerState.CLOSED:
+                break
+        assert breaker.state is BreakerState.OPEN
+        assert failures == 2  # the new threshold (the old one was 10)
+        state = _instances(mesh.explain(unique_name))[target]
+        assert state.breaker == "open"
+        assert not state.eligible
 
 
 def test_unknown_service_and_stale_snapshot(dedicated_consul_agent, unique_name):
