@@ -20,6 +20,7 @@ import importlib
 import json
 import os
 import platform
+import signal
 import sys
 import time
 import traceback
@@ -78,24 +79,29 @@ def main(argv: list[str] | None = None) -> int:
             f"quick={args.quick}"
         )
         print(f"{'name':<58} {'value':>12} {'unit':<8} {'baseline':>12} {'ratio':>8}")
+    # Agents and servers the benchmarks start run in sessions of their own, so an interrupted
+    # run must still reach ctx.close(): SIGTERM becomes SystemExit, and close() is in finally.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     failed = 0
-    for name in _modules(args.only):
-        started = time.perf_counter()
-        try:
-            module = importlib.import_module(name)
-            rows: list[Row] = list(module.run(ctx))
-        except Exception:
-            failed += 1
-            print(f"# {name} failed:\n{traceback.format_exc()}", file=sys.stderr, flush=True)
-            continue
-        for row in rows:
-            if args.json:
-                print(json.dumps(row.as_dict()), flush=True)
-            else:
-                print(row.as_text(), flush=True)
-        if not args.json:
-            print(f"#   ({name}: {time.perf_counter() - started:.1f}s)", flush=True)
-    ctx.close()
+    try:
+        for name in _modules(args.only):
+            started = time.perf_counter()
+            try:
+                module = importlib.import_module(name)
+                rows: list[Row] = list(module.run(ctx))
+            except Exception:
+                failed += 1
+                print(f"# {name} failed:\n{traceback.format_exc()}", file=sys.stderr, flush=True)
+                continue
+            for row in rows:
+                if args.json:
+                    print(json.dumps(row.as_dict()), flush=True)
+                else:
+                    print(row.as_text(), flush=True)
+            if not args.json:
+                print(f"#   ({name}: {time.perf_counter() - started:.1f}s)", flush=True)
+    finally:
+        ctx.close()
     return 1 if failed else 0
 
 
