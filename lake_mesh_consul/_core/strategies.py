@@ -402,7 +402,33 @@ def _schedule_pair(
     return pick, walk
 
 
-class RoundRobin(PreparedStrategy):
+class _PairedStrategy(PreparedStrategy):
+    """A built-in that builds its picker and its walker together.
+
+    They share one ring, table or schedule, so :meth:`prepare` is the picker half of
+    :meth:`prepare_pair`, which subclasses implement.
+    """
+
+    def prepare(
+        self,
+        endpoints: tuple[ServiceEndpoint, ...],
+        weights: tuple[float, ...],
+        stats: tuple[EndpointStats, ...],
+    ) -> Picker:
+        """The picker half of :meth:`prepare_pair`."""
+        return self.prepare_pair(endpoints, weights, stats)[0]
+
+    @abc.abstractmethod
+    def prepare_pair(
+        self,
+        endpoints: tuple[ServiceEndpoint, ...],
+        weights: tuple[float, ...],
+        stats: tuple[EndpointStats, ...],
+    ) -> Prepared:
+        """The picker and a walker over the same prepared snapshot."""
+
+
+class RoundRobin(_PairedStrategy):
     """Each endpoint in turn: exactly fair, O(1) per pick, lock-free.
 
     Consul weights are ignored (use ``weighted`` for them); an endpoint in slow start gets
@@ -422,15 +448,6 @@ class RoundRobin(PreparedStrategy):
     def __init__(self, *, clock: Clock = SYSTEM_CLOCK, stats: StatsRegistry | None = None) -> None:
         super().__init__(clock=clock, stats=stats)
         self._next = itertools.count().__next__  # atomic under the GIL
-
-    def prepare(
-        self,
-        endpoints: tuple[ServiceEndpoint, ...],
-        weights: tuple[float, ...],
-        stats: tuple[EndpointStats, ...],
-    ) -> Picker:
-        """Build the cycle (or the weighted schedule while someone is in slow start)."""
-        return self.prepare_pair(endpoints, weights, stats)[0]
 
     def prepare_pair(
         self,
@@ -463,7 +480,7 @@ class RoundRobin(PreparedStrategy):
         return pick, walk
 
 
-class RandomChoice(PreparedStrategy):
+class RandomChoice(_PairedStrategy):
     """A uniformly random endpoint (weighted by slow start), from an injectable RNG.
 
     Args:
@@ -487,15 +504,6 @@ class RandomChoice(PreparedStrategy):
     ) -> None:
         super().__init__(clock=clock, stats=stats)
         self._rng = rng or random.Random()
-
-    def prepare(
-        self,
-        endpoints: tuple[ServiceEndpoint, ...],
-        weights: tuple[float, ...],
-        stats: tuple[EndpointStats, ...],
-    ) -> Picker:
-        """Build a uniform picker, or a cumulative-weight one with bisection."""
-        return self.prepare_pair(endpoints, weights, stats)[0]
 
     def prepare_pair(
         self,
@@ -532,7 +540,7 @@ class RandomChoice(PreparedStrategy):
         return pick, walk
 
 
-class Weighted(PreparedStrategy):
+class Weighted(_PairedStrategy):
     """Smooth weighted round robin on Consul's ``Weights``.
 
     A passing instance weighs ``Weights.Passing``, a warning one ``Weights.Warning`` (so it
@@ -575,28 +583,22 @@ class Weighted(PreparedStrategy):
                 return float(value)
         return float(endpoint.weight)
 
-    def prepare(
-        self,
-        endpoints: tuple[ServiceEndpoint, ...],
-        weights: tuple[float, ...],
-        stats: tuple[EndpointStats, ...],
-    ) -> Picker:
-        """Build one period of the smooth schedule (O(total weight) at prepare time)."""
-        return self.prepare_pair(endpoints, weights, stats)[0]
-
     def prepare_pair(
         self,
         endpoints: tuple[ServiceEndpoint, ...],
         weights: tuple[float, ...],
         stats: tuple[EndpointStats, ...],
     ) -> Prepared:
-        """The schedule and a walker that takes its next accepted turn."""
+        """The smooth schedule and a walker that takes its next accepted turn.
+
+        One period of the schedule costs O(total weight), paid here, never by a pick.
+        """
         if len(endpoints) == 1:
             return _constant_pair(endpoints[0])
         return _schedule_pair(endpoints, weights, self._next)
 
 
-class LeastRequest(PreparedStrategy):
+class LeastRequest(_PairedStrategy):
     """Power of two choices on outstanding requests (Envoy ``LEAST_REQUEST``).
 
     Samples ``choice_count`` distinct endpoints at random and takes the one with the fewest
@@ -632,15 +634,6 @@ class LeastRequest(PreparedStrategy):
     def _cost_fn(self) -> Callable[[EndpointStats, float], float] | None:
         """A cost needing more than outstanding counts (peak EWMA), or None."""
         return None
-
-    def prepare(
-        self,
-        endpoints: tuple[ServiceEndpoint, ...],
-        weights: tuple[float, ...],
-        stats: tuple[EndpointStats, ...],
-    ) -> Picker:
-        """Build a P2C (or full-scan / k-choice) picker over flat arrays."""
-        return self.prepare_pair(endpoints, weights, stats)[0]
 
     def prepare_pair(
         self,
@@ -880,7 +873,7 @@ class PeakEwma(LeastRequest):
 # --- consistent hashing --------------------------------------------------------------------
 
 
-class RingHash(PreparedStrategy):
+class RingHash(_PairedStrategy):
     """Consistent hashing on a ring (Karger et al.; Envoy ``RING_HASH``).
 
     Each endpoint owns ring points proportional to its weight. As in Envoy the lightest
@@ -921,22 +914,16 @@ class RingHash(PreparedStrategy):
         self.max_ring_size = max_ring_size
         self._rng = rng or random.Random()
 
-    def prepare(
-        self,
-        endpoints: tuple[ServiceEndpoint, ...],
-        weights: tuple[float, ...],
-        stats: tuple[EndpointStats, ...],
-    ) -> Picker:
-        """Build the sorted ring (O(points log points) at prepare time)."""
-        return self.prepare_pair(endpoints, weights, stats)[0]
-
     def prepare_pair(
         self,
         endpoints: tuple[ServiceEndpoint, ...],
         weights: tuple[float, ...],
         stats: tuple[EndpointStats, ...],
     ) -> Prepared:
-        """The ring's lookup and a walker that goes on to the next distinct owner."""
+        """The ring's lookup and a walker that goes on to the next distinct owner.
+
+        Building the sorted ring costs O(points log points), paid here, never by a pick.
+        """
         total = math.fsum(weights)
         lightest = min(weights)
         relative = [w / lightest for w in weights]
@@ -1003,7 +990,7 @@ def _next_prime(n: int) -> int:
     return n
 
 
-class Maglev(PreparedStrategy):
+class Maglev(_PairedStrategy):
     """Maglev consistent hashing (Eisenbud et al., NSDI 2016; Envoy ``MAGLEV``).
 
     At prepare time each endpoint walks its own permutation of a table of ``table_size``
@@ -1078,22 +1065,16 @@ class Maglev(PreparedStrategy):
             iteration += 1
         return table
 
-    def prepare(
-        self,
-        endpoints: tuple[ServiceEndpoint, ...],
-        weights: tuple[float, ...],
-        stats: tuple[EndpointStats, ...],
-    ) -> Picker:
-        """Build the Maglev table (about 0.1 s for 65537 slots) and return its lookup."""
-        return self.prepare_pair(endpoints, weights, stats)[0]
-
     def prepare_pair(
         self,
         endpoints: tuple[ServiceEndpoint, ...],
         weights: tuple[float, ...],
         stats: tuple[EndpointStats, ...],
     ) -> Prepared:
-        """The table's lookup and a walker that goes on to the next distinct owner."""
+        """The table's lookup and a walker that goes on to the next distinct owner.
+
+        Building the table takes about 0.1 s for 65537 slots, paid here, never by a pick.
+        """
         if len(endpoints) == 1:
             return _constant_pair(endpoints[0])
         table = tuple(endpoints[i] for i in self.build_table(endpoints, weights))
@@ -1131,7 +1112,7 @@ class Maglev(PreparedStrategy):
 # --- order and locality --------------------------------------------------------------------
 
 
-class NearestFirst(PreparedStrategy):
+class NearestFirst(_PairedStrategy):
     """The first candidate in discovery's order (nearest first when discovery sorted by RTT).
 
     Consul sorts health results by network round-trip time with ``?near=_agent``; this
@@ -1155,15 +1136,6 @@ class NearestFirst(PreparedStrategy):
         self._next = itertools.count().__next__
 
     slow_start = False
-
-    def prepare(
-        self,
-        endpoints: tuple[ServiceEndpoint, ...],
-        weights: tuple[float, ...],
-        stats: tuple[EndpointStats, ...],
-    ) -> Picker:
-        """Keep the ``spread`` first candidates."""
-        return self.prepare_pair(endpoints, weights, stats)[0]
 
     def prepare_pair(
         self,
@@ -1199,7 +1171,7 @@ class NearestFirst(PreparedStrategy):
         return f"NearestFirst(spread={self.spread})"
 
 
-class ZoneAware(PreparedStrategy):
+class ZoneAware(_PairedStrategy):
     """Prefer endpoints in the caller's zone, after Envoy's zone-aware routing rules.
 
     Envoy's rules, with the caller's fleet assumed to be spread evenly over the zones it
@@ -1252,15 +1224,6 @@ class ZoneAware(PreparedStrategy):
     def endpoint_weight(self, endpoint: ServiceEndpoint) -> float:
         """The inner strategy's weight."""
         return _endpoint_weight(self.inner, endpoint)
-
-    def prepare(
-        self,
-        endpoints: tuple[ServiceEndpoint, ...],
-        weights: tuple[float, ...],
-        stats: tuple[EndpointStats, ...],
-    ) -> Picker:
-        """Split the candidates by zone and prepare the inner strategy on each side."""
-        return self.prepare_pair(endpoints, weights, stats)[0]
 
     def prepare_pair(
         self,
