@@ -329,6 +329,9 @@ class MeshAdapter(requests.adapters.BaseAdapter):
         else:
             has_host = "Host" in headers
         set_host = self.preserve_host and not has_host
+        # ``verify`` only applies to TLS: a plain-http attempt sends ``True`` so that requests
+        # does not stat a CA-bundle path (REQUESTS_CA_BUNDLE) on every attempt for nothing.
+        attempt_verify = verify if scheme == "https" else True
         responses: list[Response] = []
 
         def attempt(endpoint: ServiceEndpoint, seconds: float | None) -> Response:
@@ -346,7 +349,7 @@ class MeshAdapter(requests.adapters.BaseAdapter):
                     request,
                     stream=stream,
                     timeout=capped,
-                    verify=verify,
+                    verify=attempt_verify,
                     cert=cert,
                     proxies=None,
                 )

@@ -76,9 +76,9 @@ from lake_mesh_consul._core.config_policies import (
 from lake_mesh_consul._core.detector import FailureDetector
 from lake_mesh_consul._core.endpoint import ServiceEndpoint, Weights
 from lake_mesh_consul._core.health import HealthStatus
-from lake_mesh_consul._core.registration import Check, ServiceMetadata
+from lake_mesh_consul._core.registration import Check, ServiceMetadata, check_service_name
 from lake_mesh_consul._core.retry import RetryBudget, RetryPolicy, execute
-from lake_mesh_consul.errors import MeshError
+from lake_mesh_consul.errors import InvalidSetting, MeshError
 
 if TYPE_CHECKING:
     from lake_mesh_consul.http import MeshSession
@@ -308,6 +308,8 @@ class MeshStatus:
         services: one :class:`Explanation` per service.
         registered: the instances this mesh registered (ids).
         config_events: the latest configuration events (``kind key: reason``).
+        skipped: catalog services that were not explained, by name, with why (e.g. a name
+            another tool registered that lake-mesh's service-name rule does not accept).
     """
 
     address: str
@@ -317,6 +319,7 @@ class MeshStatus:
     services: tuple[Explanation, ...]
     registered: tuple[str, ...]
     config_events: tuple[str, ...]
+    skipped: Mapping[str, str] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready."""
@@ -324,6 +327,7 @@ class MeshStatus:
         data["services"] = [s.to_dict() for s in self.services]
         data["registered"] = list(self.registered)
         data["config_events"] = list(self.config_events)
+        data["skipped"] = dict(self.skipped)
         return data
 
     def __str__(self) -> str:
@@ -335,8 +339,11 @@ class MeshStatus:
         for explanation in self.services:
             lines.append("")
             lines.append(str(explanation))
-        if not self.services:
+        if not self.services and not self.skipped:
             lines.append("no services registered")
+        if self.skipped:
+            lines.append("")
+            lines.extend(f"skipped {name}: {note}" for name, note in self.skipped.items())
         return "\n".join(lines)
 
 
@@ -1067,15 +1074,27 @@ class Mesh:
         """Explain every service of the catalog (or ``services``), with the config source.
 
         Breaker states and ejections are this process's own view (a client-side mesh keeps
-        them per process).
+        them per process). A catalog service whose name lake-mesh's service-name rule does
+        not accept (another tool registered ``web:v1``, which Consul allows) is not
+        explained: it is listed in ``skipped`` with a note instead of failing the status.
 
         Raises:
             ConsulError: the catalog could not be read.
+            InvalidSetting: a name in ``services`` (asked for by the caller) is invalid.
         """
         self._check_open()
         if not self._started:
             self.start()
-        names = list(services) if services is not None else self.services()
+        skipped: dict[str, str] = {}
+        if services is not None:
+            names = list(services)
+        else:
+            names = []
+            for name in self.services():
+                try:
+                    names.append(check_service_name(name, "service"))
+                except InvalidSetting as exc:
+                    skipped[name] = f"name not supported by lake-mesh: {exc.reason}"
         explained = tuple(self.explain(n) for n in names[:MAX_STATUS_SERVICES])
         events = tuple(
             f"{e.kind} {e.key or ''}: {e.reason}".strip() for e in self.store.events[-10:]
@@ -1088,6 +1107,7 @@ class Mesh:
             services=explained,
             registered=tuple(m.id for m in self.registry.registered),
             config_events=events,
+            skipped=skipped,
         )
 
     def __repr__(self) -> str:

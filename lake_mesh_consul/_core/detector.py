@@ -624,6 +624,10 @@ class FailureDetector:
         cached = self._by_status.get(status)
         return (cached or self._status_outcome(status))[1]
 
+    def status_outcome(self, status: int) -> tuple[OutcomeKind, bool]:
+        """``(kind, is_failure)`` of an HTTP ``status`` under this detector's policy (cached)."""
+        return self._by_status.get(status) or self._status_outcome(status)
+
     def _status_outcome(self, status: int) -> tuple[OutcomeKind, bool]:
         by_status = self._by_status
         kind = _classify_status(status, self._classification)

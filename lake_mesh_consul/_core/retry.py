@@ -100,6 +100,8 @@ DEFAULT_BUDGET_MIN_RETRIES_PER_SEC = 10
 DEFAULT_BUDGET_PERCENT_CAN_RETRY = 0.2
 
 _EMPTY: frozenset[ServiceEndpoint] = frozenset()
+#: No attempt yet (never appended to: the first failure makes the call's own list).
+_NO_ATTEMPTS: list[Attempt] = []
 _RNG = random.Random()
 #: Outcomes where the request never reached the endpoint: safe to retry for any method.
 _NOT_SENT = frozenset({OutcomeKind.CONNECT_FAILURE})
@@ -216,8 +218,10 @@ class RetryBudget:
 
     def deposit(self) -> None:
         """Count one request (call once per logical request, before its first attempt)."""
+        sec = int(self._now())
         with self._lock:
-            self._advance(self._now())
+            if sec > self._head:  # a new second: expire old buckets (rare on a busy path)
+                self._advance(sec)
             self._dep[self._head % self._n] += 1
             self._deposits += 1
 
@@ -385,25 +389,37 @@ def execute(
     now = monotonic_of(clock)
     start = now()
     deadline_at = start + p.deadline if p.deadline is not None else math.inf
+    # With the detector's own classification, a status is classified once, by the
+    # detector's per-status cache, and the detector records it without classifying again.
+    status_outcome = None
     if classification is None:
-        classification = detector.policy.classification if detector else _DEFAULT_CLASSES
-    if breaker_for is None and detector is not None and detector.policy.breaker is not None:
+        if detector is not None:
+            dpolicy = detector.policy
+            classification = dpolicy.classification
+            status_outcome = detector.status_outcome
+            if breaker_for is None and dpolicy.breaker is not None:
+                breaker_for = detector.breaker
+        else:
+            classification = _DEFAULT_CLASSES
+    elif breaker_for is None and detector is not None and detector.policy.breaker is not None:
         breaker_for = detector.breaker
     if budget is not None:
         budget.deposit()
-    attempts: list[Attempt] = []
-    tried: set[ServiceEndpoint] = set()
+    retry_on = p.retry_on
+    # Created on the first failure: the success path allocates neither.
+    attempts: list[Attempt] = _NO_ATTEMPTS
+    tried: set[ServiceEndpoint] | None = None
     retry_state: _RetryState | None = None
     last_result: _T | None = None
     has_result = False
     number = 0
     while True:
         number += 1
-        remaining = deadline_at - now()
+        remaining = deadline_at - (now() if number > 1 else start)
         error: BaseException | None = None
         if remaining <= 0:
-            raise DeadlineExceeded(p.deadline or 0.0, attempts) from _last_error(attempts)
-        exclude = frozenset(tried) if (p.different_endpoint and tried) else _EMPTY
+            raise DeadlineExceeded(p.deadline or 0.0, list(attempts)) from _last_error(attempts)
+        exclude = frozenset(tried) if (tried and p.different_endpoint) else _EMPTY
         try:
             endpoint = pick(exclude=exclude)
         except NoEndpointsAvailable as exc:
@@ -455,21 +471,37 @@ def execute(
                     elif permit is not None:
                         permit.success(duration)
                     return result
-                kind = classify(status=status, policy=classification)
-                _record(
-                    detector,
-                    permit,
-                    endpoint,
-                    classification,
-                    kind,
-                    duration=duration,
-                    error=None,
-                    status=status,
-                )
-                if kind not in p.retry_on:
-                    return result
-                last_result, has_result = result, True
-        tried.add(endpoint)  # only failures get here: the success path skips the set
+                if status_outcome is not None:  # detector is not None
+                    kind, failed = status_outcome(status)
+                    detector.record(  # type: ignore[union-attr]
+                        endpoint,
+                        success=not failed,
+                        duration=duration,
+                        status=status,
+                        permit=permit,
+                    )
+                    if kind not in retry_on:
+                        return result
+                    last_result, has_result = result, True
+                else:
+                    kind = classify(status=status, policy=classification)
+                    _record(
+                        detector,
+                        permit,
+                        endpoint,
+                        classification,
+                        kind,
+                        duration=duration,
+                        error=None,
+                        status=status,
+                    )
+                    if kind not in retry_on:
+                        return result
+                    last_result, has_result = result, True
+        if tried is None:  # the first failure: only failures get here
+            tried = set()
+            attempts = []
+        tried.add(endpoint)
         attempts.append(Attempt(number, endpoint.id, error, now() - t0))
         if error is not None:
             has_result = False

@@ -7,6 +7,7 @@ import json
 import pytest
 from _mesh_support import mesh_with_instances
 
+from lake_mesh_consul._consul.client import ConsulClient
 from lake_mesh_consul.cli import main
 from lake_mesh_consul.testing._agent import free_port
 
@@ -71,6 +72,36 @@ def test_call_status_explain_json(mesh_config, consul_agent, unique_name, capsys
         code, out, _ = _run(capsys, "status", *addr)
         assert code == 0
         assert unique_name in out
+
+
+def test_status_skips_a_name_outside_the_rule(mesh_config, consul_agent, unique_name, capsys):
+    """Another tool registered ``<name>:v1`` (Consul accepts it): status notes it, exit 0."""
+    addr = ("--http-addr", consul_agent.address)
+    odd = f"{unique_name}:v1"
+    with ConsulClient(mesh_config) as client:
+        client.request(
+            "PUT",
+            "/v1/agent/service/register",
+            operation="register a foreign service",
+            json={"ID": odd, "Name": odd, "Address": "127.0.0.1", "Port": free_port()},
+        )
+        try:
+            code, out, err = _run(capsys, "status", "--json", *addr)
+            assert code == 0, err
+            status = json.loads(out)
+            assert odd not in [s["service"] for s in status["services"]]
+            note = status["skipped"][odd]
+            assert note.startswith("name not supported by lake-mesh: ")
+            assert "not a valid service name" in note
+            code, out, err = _run(capsys, "status", *addr)
+            assert code == 0, err
+            assert f"skipped {odd}: name not supported by lake-mesh" in out
+        finally:
+            client.request(
+                "PUT",
+                f"/v1/agent/service/deregister/{odd}",
+                operation="deregister a foreign service",
+            )
 
 
 def test_unknown_service(consul_agent, unique_name, capsys):
