@@ -76,6 +76,14 @@ class ServiceEndpoint:
     node: str = ""
     datacenter: str = ""
     zone: str | None = None
+    # Derived once: endpoints are hashed and addressed on every request, and frozen.
+    _hash: int = field(init=False, repr=False, compare=False, default=0)
+    _host_port: str = field(init=False, repr=False, compare=False, default="")
+
+    def __post_init__(self) -> None:
+        host = f"[{self.address}]" if ":" in self.address else self.address
+        object.__setattr__(self, "_host_port", f"{host}:{self.port}")
+        object.__setattr__(self, "_hash", hash((self.datacenter, self.id)))
 
     @classmethod
     def create(
@@ -119,8 +127,7 @@ class ServiceEndpoint:
     @property
     def host_port(self) -> str:
         """``address:port``, with IPv6 addresses bracketed (``[::1]:8080``)."""
-        host = f"[{self.address}]" if ":" in self.address else self.address
-        return f"{host}:{self.port}"
+        return self._host_port
 
     @property
     def weight(self) -> int:
@@ -164,12 +171,14 @@ class ServiceEndpoint:
         )
 
     def __eq__(self, other: object) -> bool:
+        if self is other:
+            return True
         if not isinstance(other, ServiceEndpoint):
             return NotImplemented
         return self.id == other.id and self.datacenter == other.datacenter
 
     def __hash__(self) -> int:
-        return hash((self.datacenter, self.id))
+        return self._hash
 
     def __repr__(self) -> str:
         return (
