@@ -1,8 +1,9 @@
 """Every check kind driven through passing -> critical -> passing against a real agent.
 
 Each transition is observed through Consul's own ``/v1/health/checks/<service>`` API. The
-HTTP and TCP targets are small servers on loopback started here; TTL checks are driven by
-HealthCheckManager check functions.
+HTTP, TCP and gRPC targets are small servers on loopback started here (gRPC: the standard
+grpc.health.v1 service from grpcio-health-checking, a test-only dependency); TTL checks are
+driven by HealthCheckManager check functions.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -33,6 +35,7 @@ from lake_mesh_consul._core.registration import (
 )
 from lake_mesh_consul.errors import ConsulStatusError
 from lake_mesh_consul.testing._agent import DevAgent, find_consul_binary
+from lake_mesh_consul.testing._tls import create_tls_material
 
 pytestmark = pytest.mark.integration
 
@@ -128,6 +131,41 @@ class TcpServer:
             self.sock = None
 
 
+class GrpcHealthServer:
+    """A gRPC server on a free loopback port serving the standard grpc.health.v1 Health.
+
+    ``cert``/``key`` (PEM files) make it a TLS server. grpcio is a test-only dependency.
+    """
+
+    def __init__(self, *, cert: Path | None = None, key: Path | None = None) -> None:
+        grpc = pytest.importorskip("grpc")
+        health = pytest.importorskip("grpc_health.v1.health")
+        from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+        self._serving = health_pb2.HealthCheckResponse.SERVING
+        self._not_serving = health_pb2.HealthCheckResponse.NOT_SERVING
+        self.servicer = health.HealthServicer()
+        self.server = grpc.server(ThreadPoolExecutor(max_workers=4))
+        health_pb2_grpc.add_HealthServicer_to_server(self.servicer, self.server)
+        if cert is not None and key is not None:
+            creds = grpc.ssl_server_credentials([(key.read_bytes(), cert.read_bytes())])
+            self.port = self.server.add_secure_port("127.0.0.1:0", creds)
+        else:
+            self.port = self.server.add_insecure_port("127.0.0.1:0")
+        assert self.port, "gRPC server could not bind a loopback port"
+        self.server.start()
+        self._stopped = False
+
+    def set(self, service: str, *, serving: bool) -> None:
+        self.servicer.set(service, self._serving if serving else self._not_serving)
+
+    def close(self) -> None:
+        if not self._stopped:
+            self._stopped = True
+            self.servicer.enter_graceful_shutdown()
+            self.server.stop(grace=None).wait(2)
+
+
 @pytest.fixture
 def client(mesh_config: MeshConfig) -> Iterator[ConsulClient]:
     with ConsulClient(mesh_config) as c:
@@ -174,25 +212,102 @@ def test_tcp_check_transitions(
         server.close()
 
 
-def test_grpc_check_is_declared_and_run_by_the_agent(
+def test_grpc_check_transitions(
     registry: ServiceRegistry, client: ConsulClient, unique_name: str
 ) -> None:
-    # No gRPC server here (grpcio is not a dependency): the agent runs the declared check
-    # against a closed port and reports critical with gRPC's own error text, which shows
-    # the declaration (target, TLS flag) reached the agent's gRPC prober.
-    port = TcpServer()
-    port.close()
-    check = GrpcCheck(id=f"{unique_name}-grpc", target=f"127.0.0.1:{port.port}", interval=1)
-    registry.register(ServiceMetadata(unique_name, 9090, checks=(check,)))
-    expect(client, unique_name, check.id or "", "critical")
-    # The catalog syncs an output-only change lazily; the agent's own view has it at once.
-    service_id = registry.registered[0].id
+    # A real grpc.health.v1 server; the target names one service ("host:port/service", the
+    # agent asks Health/Check about that name). A second check asks about another service
+    # on the same server, which stays SERVING: the service part of the target is honoured.
+    ours, other = f"{unique_name}.Api", f"{unique_name}.Other"
+    server = GrpcHealthServer()
+    try:
+        server.set(ours, serving=True)
+        server.set(other, serving=True)
+        check = GrpcCheck(
+            id=f"{unique_name}-grpc",
+            target=f"127.0.0.1:{server.port}/{ours}",
+            use_tls=False,
+            interval=1,
+            timeout=1,
+        )
+        bystander = GrpcCheck(
+            id=f"{unique_name}-grpc-other",
+            target=f"127.0.0.1:{server.port}/{other}",
+            use_tls=False,
+            interval=1,
+            timeout=1,
+        )
+        registry.register(ServiceMetadata(unique_name, server.port, checks=(check, bystander)))
+        cid, oid = check.id or "", bystander.id or ""
+        service_id = registry.registered[0].id
+        agent_view = registry.agent_checks(service_id)
+        assert agent_view[cid]["Type"] == "grpc"
+        expect(client, unique_name, cid, "passing")
+        expect(client, unique_name, oid, "passing")
+        server.set(ours, serving=False)
+        assert "didn't report service healthy" in expect(client, unique_name, cid, "critical")
+        assert consul_status(client, unique_name, oid)[0] == "passing"
+        server.set(ours, serving=True)
+        expect(client, unique_name, cid, "passing")
+        # The server going away is critical too (a connection error, not a health answer).
+        server.close()
+        expect(client, unique_name, cid, "critical")
+    finally:
+        server.close()
 
-    def probed() -> bool:
-        entry = registry.agent_checks(service_id)[check.id or ""]
-        return entry["Type"] == "grpc" and "rpc error" in entry["Output"]
 
-    wait_for(probed, what="the agent's gRPC probe")
+def test_grpc_check_with_tls(
+    registry: ServiceRegistry,
+    client: ConsulClient,
+    unique_name: str,
+    tmp_path: Path,
+) -> None:
+    # A TLS gRPC server with a certificate from `consul tls cert create` (signed by a CA the
+    # agent does not trust): use_tls + tls_skip_verify follows the server's health; without
+    # skip-verify the handshake fails, and plaintext against a TLS port fails.
+    binary = find_consul_binary()
+    if binary is None:
+        pytest.skip("no consul binary to make certificates with")
+    tls = create_tls_material(binary, tmp_path / "tls")
+    name = f"{unique_name}.Api"
+    server = GrpcHealthServer(cert=tls.server_cert, key=tls.server_key)
+    try:
+        server.set(name, serving=True)
+        target = f"127.0.0.1:{server.port}/{name}"
+        check = GrpcCheck(
+            id=f"{unique_name}-grpcs",
+            target=target,
+            use_tls=True,
+            tls_skip_verify=True,
+            interval=1,
+            timeout=1,
+        )
+        verified = GrpcCheck(id=f"{unique_name}-verify", target=target, use_tls=True, interval=1)
+        plain = GrpcCheck(id=f"{unique_name}-plain", target=target, use_tls=False, interval=1)
+        registry.register(
+            ServiceMetadata(unique_name, server.port, checks=(check, verified, plain))
+        )
+        cid = check.id or ""
+        expect(client, unique_name, cid, "passing")
+        server.set(name, serving=False)
+        assert "didn't report service healthy" in expect(client, unique_name, cid, "critical")
+        server.set(name, serving=True)
+        expect(client, unique_name, cid, "passing")
+        service_id = registry.registered[0].id
+
+        def probed_and_refused() -> bool:
+            view = registry.agent_checks(service_id)
+            return all(
+                view[c.id or ""]["Status"] == "critical"
+                and "rpc error" in view[c.id or ""]["Output"]
+                for c in (verified, plain)
+            )
+
+        wait_for(probed_and_refused, what="the unverified and the plaintext probes to fail")
+        view = registry.agent_checks(service_id)
+        assert "certificate" in view[verified.id or ""]["Output"]
+    finally:
+        server.close()
 
 
 def test_ttl_check_driven_by_a_function_and_metrics_match(
