@@ -80,6 +80,9 @@ _MAINTENANCE_PREFIXES = ("_service_maintenance:", "_node_maintenance")
 #: at once instead of waiting out its timeout.
 _HOPELESS_ANSWERS = ("boolean expression", "No path to datacenter", "Bad request")
 
+#: Health states that keep a datacenter from failing over (Consul's prepared-query rule).
+_HEALTHY = frozenset({HealthStatus.PASSING, HealthStatus.WARNING})
+
 #: Version of the persisted snapshot format.
 _PERSIST_VERSION = 1
 
@@ -597,19 +600,24 @@ class _View:
                     log.exception("service %r: listener %r failed", self.query.name, listener)
 
     def _compose(self) -> _Current | None:
-        """Primary's eligible endpoints, else the first failover datacenter that has some."""
+        """Primary's eligible endpoints, else the first failover datacenter with a healthy one.
+
+        A datacenter counts as "has instances" only if one of its eligible instances is
+        passing or warning: with ``passing_only=False`` (the mesh's query) an all-critical
+        local datacenter still fails over, as Consul's prepared queries do.
+        """
         primary = self.watches[0].state
         if not primary.has_value:
             return None
         query = self.query
         eligible = tuple(e for e in primary.value or () if query.accepts(e))
-        if eligible or len(self.watches) == 1:
+        if len(self.watches) == 1 or any(e.health in _HEALTHY for e in eligible):
             return _Current(eligible, "consul", 0)
         for position, shared in enumerate(self.watches[1:], start=1):
             state = shared.state
             if state.has_value:
                 alternative = tuple(e for e in state.value or () if query.accepts(e))
-                if alternative:
+                if any(e.health in _HEALTHY for e in alternative):
                     return _Current(alternative, "failover", position)
         return _Current(eligible, "consul", 0)
 

@@ -19,6 +19,9 @@ Optional modes:
 * ``tls=True``: the agents serve HTTPS only, with a CA and certificates made by
   ``consul tls`` (see :class:`~lake_mesh_consul.testing._tls.TLSMaterial`);
   ``verify_incoming=True`` makes them demand a client certificate.
+* ``wan_join=other``: a second datacenter (``datacenter="dc2"``) whose servers join the
+  servers of ``other`` over WAN gossip (``retry_join_wan``), so each datacenter can query
+  the other (``?dc=``). :meth:`ConsulCluster.join_wan` joins two running clusters instead.
 
 :func:`tls_agent` is a one-server cluster in TLS mode, for tests that only need an HTTPS agent.
 
@@ -32,6 +35,11 @@ Example::
         leader.kill()
         new_leader = cluster.wait_for_leader(timeout=15)
         config = cluster.mesh_config()          # talks to the first client agent
+
+    with ConsulCluster(servers=1, clients=0) as dc1, ConsulCluster(
+        servers=1, clients=0, datacenter="dc2", wan_join=dc1
+    ) as dc2:
+        dc1.client.api("GET", "/v1/health/service/web?dc=dc2")
 """
 
 from __future__ import annotations
@@ -78,6 +86,14 @@ GOSSIP_LAN = {
     "gossip_interval": "100ms",
     "probe_interval": "500ms",
     "probe_timeout": "250ms",
+    "suspicion_mult": 3,
+}
+
+#: WAN gossip timings (Consul's defaults suit real WANs: probes every 5 s).
+GOSSIP_WAN = {
+    "gossip_interval": "200ms",
+    "probe_interval": "1s",
+    "probe_timeout": "500ms",
     "suspicion_mult": 3,
 }
 
@@ -200,6 +216,11 @@ class ClusterMember:
     def serf_address(self) -> str:
         """``host:port`` of the LAN gossip port (what ``retry_join`` uses)."""
         return f"{self.host}:{self.ports['serf_lan']}"
+
+    @property
+    def wan_address(self) -> str:
+        """``host:port`` of the WAN gossip port (what ``retry_join_wan`` uses; servers only)."""
+        return f"{self.host}:{self.ports['serf_wan']}"
 
     @property
     def data_dir(self) -> Path:
@@ -428,13 +449,16 @@ class ClusterMember:
                 found.append(server)
         return found
 
-    def serf_members(self) -> dict[str, str]:
+    def serf_members(self, *, wan: bool = False) -> dict[str, str]:
         """``/v1/agent/members`` as this agent sees it: node name -> ``alive``/``failed``...
+
+        Args:
+            wan: the WAN pool (servers only; names are ``node.datacenter``).
 
         Raises:
             OSError: the agent did not answer.
         """
-        answer = self.api("GET", "/v1/agent/members")
+        answer = self.api("GET", "/v1/agent/members" + ("?wan=1" if wan else ""))
         if answer.status != 200 or not isinstance(answer.body, list):
             return {}
         return {m["Name"]: SERF_STATUS.get(m.get("Status", 0), "?") for m in answer.body}
@@ -468,6 +492,10 @@ class ConsulCluster:
         tls: serve HTTPS only, with a CA and certificates made by ``consul tls``.
         verify_incoming: with ``tls``, require callers to present a client certificate.
         datacenter: the datacenter name.
+        wan_join: another cluster (another datacenter) whose servers this cluster's servers
+            join over WAN gossip; :meth:`start` then also waits until the datacenters see
+            each other (:meth:`wait_wan`). Not with ACLs or TLS (no replication tokens or
+            cross-datacenter certificates are set up).
         base_dir: where member directories go (default: a new temporary directory,
             removed by :meth:`close`).
 
@@ -490,6 +518,7 @@ class ConsulCluster:
         verify_incoming: bool = False,
         datacenter: str = "dc1",
         base_dir: Path | None = None,
+        wan_join: ConsulCluster | None = None,
     ) -> None:
         if servers < 1:
             raise ValueError("a cluster needs at least one server")
@@ -497,13 +526,20 @@ class ConsulCluster:
             raise ValueError("clients must be >= 0")
         if verify_incoming and not tls:
             raise ValueError("verify_incoming needs tls=True")
+        if wan_join is not None:
+            if wan_join.datacenter == datacenter:
+                raise ValueError(f"wan_join needs another datacenter than {datacenter!r}")
+            if acl_master_token or tls or wan_join.acl_master_token or wan_join.tls_material:
+                raise ValueError("wan_join is supported without ACLs and TLS only")
         found = binary or find_consul_binary()
         if found is None:
             raise RuntimeError("no consul binary (set LAKE_MESH_CONSUL_BIN or put it on PATH)")
         self.binary = found
-        self.acl_master_token = acl_master_token
+        self.acl_master_token: str | None = acl_master_token
         self.verify_incoming = verify_incoming
-        self.datacenter = datacenter
+        self.datacenter: str = datacenter
+        #: The clusters (datacenters) this one's servers join over WAN gossip.
+        self.wan_peers: list[ConsulCluster] = [wan_join] if wan_join is not None else []
         self._own_dir = base_dir is None
         self.directory = base_dir or Path(tempfile.mkdtemp(prefix="lake-mesh-cluster-"))
         self._ssl: ssl.SSLContext | None = None
@@ -611,6 +647,8 @@ class ConsulCluster:
             for m in self._members:
                 m.wait_answering(max(1.0, deadline - time.monotonic()))
             self.wait_ready(max(1.0, deadline - time.monotonic()))
+            if self.wan_peers:
+                self.wait_wan(max(1.0, deadline - time.monotonic()))
         except BaseException:
             self.close()
             raise
@@ -698,6 +736,92 @@ class ConsulCluster:
                 raise TimeoutError(f"no raft leader within {timeout:g}s:\n{self.logs()}")
             time.sleep(0.05)
 
+    # -- several datacenters ----------------------------------------------------------------
+
+    def join_wan(self, other: ConsulCluster, *, timeout: float = 30.0) -> None:
+        """WAN-join this running cluster's servers to ``other``'s servers, and wait for it.
+
+        Uses ``PUT /v1/agent/join/<addr>?wan=1`` on each running server of this cluster;
+        ``other`` is also added to :attr:`wan_peers`, so restarted servers rejoin it
+        (``retry_join_wan``).
+
+        Args:
+            other: a running cluster of another datacenter.
+            timeout: seconds to wait until each datacenter sees the other (:meth:`wait_wan`).
+
+        Raises:
+            ValueError: ``other`` is this cluster's datacenter.
+            RuntimeError: a server refused the join (with its answer).
+            TimeoutError: the datacenters do not see each other in time.
+        """
+        if other.datacenter == self.datacenter:
+            raise ValueError(f"both clusters are datacenter {self.datacenter!r}")
+        if other not in self.wan_peers:
+            self.wan_peers.append(other)
+        target = other.servers[0].wan_address
+        for s in self.servers:
+            if s.running and not s.paused:
+                answer = s.api("PUT", f"/v1/agent/join/{target}?wan=1", timeout=10.0)
+                if answer.status != 200:
+                    raise RuntimeError(
+                        f"{s.name}: WAN join to {target}: HTTP {answer.status} {answer.body!r}"
+                    )
+        self.wait_wan(timeout)
+
+    def datacenters(self, via: ClusterMember | None = None) -> list[str]:
+        """``/v1/catalog/datacenters`` as ``via`` (default :attr:`client`) sees it.
+
+        Raises:
+            OSError: the agent did not answer.
+        """
+        answer = (via or self.client).api("GET", "/v1/catalog/datacenters")
+        if answer.status != 200 or not isinstance(answer.body, list):
+            return []
+        return [str(dc) for dc in answer.body]
+
+    def wait_wan(self, timeout: float = 30.0) -> None:
+        """Wait until the datacenters of this cluster and its :attr:`wan_peers` see each other.
+
+        "See" means every running server of each finds every running server of the others
+        ``alive`` in its WAN pool, and every running agent lists every datacenter in
+        ``/v1/catalog/datacenters``.
+
+        Raises:
+            TimeoutError: not in time (with what is missing and the logs).
+        """
+        deadline = time.monotonic() + timeout
+        clusters = [self, *self.wan_peers]
+        want_dcs = {c.datacenter for c in clusters}
+        want_servers = {
+            f"{s.name}.{c.datacenter}"
+            for c in clusters
+            for s in c.servers
+            if s.running and not s.paused
+        }
+        while True:
+            missing: set[str] = set()
+            for c in clusters:
+                for m in c.members:
+                    if not m.running or m.paused:
+                        continue
+                    try:
+                        seen = set(c.datacenters(m))
+                        alive = set(want_servers)
+                        if m.role == "server":
+                            wan = m.serf_members(wan=True)
+                            alive = {n for n, state in wan.items() if state == "alive"}
+                    except (OSError, TypeError, KeyError):
+                        seen, alive = set(), set()
+                    where = f"{m.name}.{c.datacenter}"
+                    missing |= {f"{where} lists no {d}" for d in want_dcs - seen}
+                    missing |= {f"{where} sees no {n}" for n in want_servers - alive}
+            if not missing:
+                return
+            if time.monotonic() > deadline:
+                logs = "\n".join(c.logs() for c in clusters)
+                raise TimeoutError(f"WAN not joined: {sorted(missing)[:10]}:\n{logs}")
+            time.sleep(0.1)
+
     def raft_peers(self, via: ClusterMember | None = None) -> list[dict[str, Any]]:
         """``/v1/operator/raft/configuration?stale``: each server's Node, Address, Leader, Voter.
 
@@ -779,6 +903,12 @@ class ConsulCluster:
             "check_update_interval": "0s",
         }
         if member.role == "server":
+            config["gossip_wan"] = GOSSIP_WAN
+            if self.wan_peers:
+                config["retry_join_wan"] = [
+                    s.wan_address for peer in self.wan_peers for s in peer.servers
+                ]
+                config["retry_interval_wan"] = "1s"
             config["server"] = True
             config["bootstrap_expect"] = len(servers)
             config["autopilot"] = {
