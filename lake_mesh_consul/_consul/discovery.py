@@ -14,8 +14,8 @@ decoded answer in memory, so they share the query too.
   stale, with its age (:meth:`ServiceDiscovery.snapshot`); ``invalidate_after`` bounds how
   long (default: forever). With ``persist_dir`` every snapshot is also written to disk, so a
   process that starts while Consul is down still has instances to route to.
-* ``failover=("dc2", "dc3")``: when the local datacenter has no eligible instance, the
-  first datacenter in that order that has one is served.
+* ``failover=("dc2", "dc3")``: when the local datacenter has no eligible instance that is
+  passing or warning, the first datacenter in that order that has one is served.
 """
 
 from __future__ import annotations
@@ -763,7 +763,8 @@ class ServiceDiscovery:
         persist_dir: a directory to keep snapshots in, loaded when a service is first asked
             for, so a restart while Consul is down still has instances.
         failover: ordered datacenters to serve from when the local one has no eligible
-            instance (one extra blocking query per datacenter per service).
+            instance that is passing or warning (one extra blocking query per datacenter
+            per service).
         timeout: default of ``endpoints(timeout=)``.
         backoff, rate: the watch engine's error backoff and request rate limit.
 
