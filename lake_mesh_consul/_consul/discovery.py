@@ -240,6 +240,8 @@ class ServiceQuery:
         include_warning: with ``passing_only``, keep warning instances too (marked by their
             ``health`` so the balancer can down-weight them).
         near: sort by round-trip time from this node (``"_agent"``: the local agent).
+        failover: datacenters to serve from, in order, when the local one has no eligible
+            instance (``None``: the discovery's own list; ``()``: none).
     """
 
     name: str
@@ -251,6 +253,7 @@ class ServiceQuery:
     passing_only: bool = True
     include_warning: bool = False
     near: str | None = None
+    failover: tuple[str, ...] | None = None
 
     @classmethod
     def build(
@@ -265,6 +268,7 @@ class ServiceQuery:
         passing_only: bool = True,
         include_warning: bool = False,
         near: str | None = None,
+        failover: Iterable[str] | None = None,
     ) -> ServiceQuery:
         """Normalize arguments into a query (sorted tags and meta).
 
@@ -283,6 +287,7 @@ class ServiceQuery:
             passing_only=passing_only,
             include_warning=include_warning,
             near=near or None,
+            failover=None if failover is None else tuple(dc for dc in failover if dc),
         )
 
     @property
@@ -574,11 +579,11 @@ class _View:
             shared.subscribe(self._on_change, replay=True)
 
     # Called on a watch thread with that watch's new value.
-    def _on_change(self, _value: Endpoints) -> None:
+    def _on_change(self, _value: Endpoints, *, settle: bool = False) -> None:
         with self._lock:
             if self._closed:
                 return
-            new = self._compose()
+            new = self._compose(settle=settle)
             if new is None:
                 return
             old = self.current
@@ -599,12 +604,14 @@ class _View:
                 except Exception:
                     log.exception("service %r: listener %r failed", self.query.name, listener)
 
-    def _compose(self) -> _Current | None:
+    def _compose(self, *, settle: bool = False) -> _Current | None:
         """Primary's eligible endpoints, else the first failover datacenter with a healthy one.
 
         A datacenter counts as "has instances" only if one of its eligible instances is
         passing or warning: with ``passing_only=False`` (the mesh's query) an all-critical
-        local datacenter still fails over, as Consul's prepared queries do.
+        local datacenter still fails over, as Consul's prepared queries do. Before the first
+        snapshot, a failover datacenter that has not answered yet is waited for (``None``),
+        unless ``settle`` (its first answer did not come in time).
         """
         primary = self.watches[0].state
         if not primary.has_value:
@@ -619,6 +626,8 @@ class _View:
                 alternative = tuple(e for e in state.value or () if query.accepts(e))
                 if any(e.health in _HEALTHY for e in alternative):
                     return _Current(alternative, "failover", position)
+            elif not settle and not self.ready.is_set() and state.error is None:
+                return None  # the first snapshot waits for this datacenter's first answer
         return _Current(eligible, "consul", 0)
 
     def wait_ready(self, timeout: float) -> bool:
@@ -644,7 +653,13 @@ class _View:
                 f"Consul rejected the query for service {self.query.name!r}: {primary.state.error}"
             ) from primary.state.error
         if primary.state.has_value:
-            self._on_change(())  # make sure the composed snapshot is in place
+            # Without a healthy local instance, the failover datacenters' first answers decide.
+            for shared in self.watches[1:]:
+                self._on_change(())
+                if self.ready.is_set():
+                    break
+                shared.wait_first(max(0.0, deadline - self._clock.monotonic()), or_error=True)
+            self._on_change((), settle=True)  # make sure the composed snapshot is in place
             return True
         if has_disk:
             self.ready.set()
@@ -848,7 +863,8 @@ class ServiceDiscovery:
             if view is None:
                 datacenters: list[str | None] = [query.dc]
                 if query.dc is None:
-                    datacenters += [dc for dc in self._failover if dc]
+                    failover = self._failover if query.failover is None else query.failover
+                    datacenters += [dc for dc in failover if dc]
                 view = _View(self, query, datacenters)
                 self._views[query] = view
             return view
@@ -882,6 +898,7 @@ class ServiceDiscovery:
         passing_only: bool = True,
         include_warning: bool = False,
         near: str | None = None,
+        failover: Iterable[str] | None = None,
         timeout: float | None = None,
     ) -> Endpoints:
         """The current eligible endpoints of ``name``: an immutable snapshot.
@@ -899,6 +916,8 @@ class ServiceDiscovery:
             passing_only: only passing instances (default); ``False`` keeps all.
             include_warning: with ``passing_only``, keep warning instances too.
             near: ``"_agent"`` (or a node name): order by estimated round-trip time.
+            failover: this query's failover datacenters, in order (default: the
+                constructor's ``failover``); used only when ``dc`` is not given.
             timeout: seconds to wait for the first answer.
 
         Raises:
@@ -918,6 +937,7 @@ class ServiceDiscovery:
             passing_only=passing_only,
             include_warning=include_warning,
             near=near,
+            failover=failover,
         )
         view = self._views.get(query)
         if view is not None and view.ready.is_set():

@@ -247,6 +247,22 @@ def test_endpoints_of_another_datacenter(two_dcs: tuple[ConsulCluster, ConsulClu
         _deregister(agent, service_id)
 
 
+def test_failover_per_query(two_dcs: tuple[ConsulCluster, ConsulCluster]) -> None:
+    """A query's own ``failover`` list overrides the discovery's (none here)."""
+    dc1, dc2 = two_dcs
+    name = f"mdc-{uuid.uuid4().hex[:8]}"
+    _register(dc2.client, name, f"{name}-b1", 9241)  # none in dc1
+    try:
+        with ServiceDiscovery(dc1.mesh_config(), rng=random.Random(11), timeout=10) as discovery:
+            assert discovery.endpoints(name) == ()  # no failover configured: nothing
+            remote = discovery.endpoints(name, failover=("dc2",))
+            assert (_ids(remote), {e.datacenter for e in remote}) == ({f"{name}-b1"}, {"dc2"})
+            assert discovery.snapshot(name, failover=("dc2",)).source == "failover"
+            assert discovery.endpoints(name, failover=()) == ()  # () means none
+    finally:
+        _deregister(dc2.client, f"{name}-b1")
+
+
 @pytest.mark.xfail(
     strict=True,
     raises=NoEndpointsAvailable,
