@@ -226,10 +226,6 @@ def _cap(timeout: Any, attempt: float | None) -> Any:
     return timeout  # a urllib3 Timeout object: the caller's own choice
 
 
-def _replayable(body: Any) -> bool:
-    return body is None or isinstance(body, bytes | str)
-
-
 # --- the adapter -----------------------------------------------------------------------------
 
 
@@ -316,7 +312,11 @@ class MeshAdapter(requests.adapters.BaseAdapter):
             requests.exceptions.InvalidURL: ``request.url`` is not a mesh URL.
         """
         url = request.url or ""
-        parts, service = self._route(url)
+        last = self._last  # get_adapter asked about this very URL object just before
+        if last[0] is url:
+            parts, service = last[1], last[2]
+        else:
+            parts, service = self._route(url)
         if parts is None or service is None:
             raise requests.exceptions.InvalidURL(f"not a mesh URL: {url!r}", request=request)
         scheme, netloc, rest = parts
@@ -324,11 +324,16 @@ class MeshAdapter(requests.adapters.BaseAdapter):
         send = self.inner.send
         headers = request.headers
         logical_host = netloc.rpartition("@")[2]
-        if type(headers) is CaseInsensitiveDict:  # what requests prepares: no KeyError raised
-            has_host = "host" in headers._store  # type: ignore[attr-defined]
+        # What requests prepares is a CaseInsensitiveDict: its ``_store`` (lower-cased key ->
+        # (key, value)) is set and cleared directly: two Python-level calls less per attempt.
+        store: dict[str, tuple[str, str]] | None = None
+        if type(headers) is CaseInsensitiveDict:
+            store = headers._store  # type: ignore[attr-defined]
+            has_host = "host" in store
         else:
             has_host = "Host" in headers
         set_host = self.preserve_host and not has_host
+        host_item = ("Host", logical_host)
         # ``verify`` only applies to TLS: a plain-http attempt sends ``True`` so that requests
         # does not stat a CA-bundle path (REQUESTS_CA_BUNDLE) on every attempt for nothing.
         attempt_verify = verify if scheme == "https" else True
@@ -337,7 +342,10 @@ class MeshAdapter(requests.adapters.BaseAdapter):
         def attempt(endpoint: ServiceEndpoint, seconds: float | None) -> Response:
             request.url = f"{scheme}://{endpoint.host_port}{rest}"
             if set_host:
-                headers["Host"] = logical_host
+                if store is not None:
+                    store["host"] = host_item
+                else:
+                    headers["Host"] = logical_host
             if seconds is None:
                 capped = timeout
             elif timeout.__class__ is float or timeout.__class__ is int:  # the usual case
@@ -356,23 +364,27 @@ class MeshAdapter(requests.adapters.BaseAdapter):
             finally:
                 request.url = url
                 if set_host:
-                    del headers["Host"]
+                    if store is not None:
+                        del store["host"]
+                    else:
+                        del headers["Host"]
             response.url = url
             response.request = request
             response.mesh_endpoint = endpoint  # type: ignore[attr-defined]  # endpoint_of()
             responses.append(response)
             return response
 
+        body = request.body
         try:
             result = mesh._run(
-                mesh._service(service),
+                mesh._services.get(service) or mesh._service(service),
                 attempt,
                 key=None,
                 method=request.method,
                 idempotent=None,
                 status_of=_status,
                 retry_after_of=self._retry_after,
-                once=not _replayable(request.body),
+                once=not (body is None or isinstance(body, bytes | str)),  # not replayable
             )
         except requests.RequestException:
             raise

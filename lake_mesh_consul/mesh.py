@@ -61,7 +61,7 @@ from lake_mesh_consul._consul.discovery import ServiceDiscovery, ServiceSnapshot
 from lake_mesh_consul._consul.health import CheckFunction, HealthCheckManager
 from lake_mesh_consul._consul.kvconfig import ConfigChange, ConfigStore, StartMode
 from lake_mesh_consul._consul.registry import ServiceRegistry
-from lake_mesh_consul._core.balancer import LoadBalancer, RequestContext
+from lake_mesh_consul._core.balancer import LoadBalancer
 from lake_mesh_consul._core.breaker import BreakerState
 from lake_mesh_consul._core.clock import SYSTEM_CLOCK, Clock
 from lake_mesh_consul._core.config import EndpointConfig, MeshConfig, ServiceConfig
@@ -98,13 +98,6 @@ _T = TypeVar("_T")
 DEFAULT_DISCOVERY_TIMEOUT = 10.0
 #: Most services :meth:`Mesh.status` explains when it lists the catalog.
 MAX_STATUS_SERVICES = 100
-
-
-class _Cancelled(BaseException):
-    """Ends a RequestContext without an outcome (the endpoint was picked but not used)."""
-
-
-_CANCELLED = _Cancelled()
 
 
 class _DetectorRecorder:
@@ -879,64 +872,27 @@ class Mesh:
     ) -> _T:
         """The request path shared by :meth:`call` and the requests integration.
 
-        Each attempt's pick starts a balancer context (``exclude``: the endpoints this call
-        already tried) that tracks load and latency without recording the outcome:
-        ``execute`` records it once, to the detector and the breaker's permit.
+        ``execute`` picks through the balancer itself: each attempt's balancer context
+        (``exclude``: the endpoints this call already tried) tracks load and latency without
+        recording the outcome, which ``execute`` records once, to the detector and the
+        breaker's permit. No wrapper closure sits between ``execute`` and ``fn``.
         """
-        # Every context started for this call (a short list: one per attempt); the last
-        # one for an endpoint is the live one. Identity comparisons keep hashing off the
-        # hot path.
-        contexts: list[RequestContext] = []
-        finished = 0  # contexts finished by call(); the others were refused by a breaker
-        request = svc.balancer.request
-        detector = svc.detector
-        per_try = svc.per_try
-
-        def pick(*, exclude: frozenset[ServiceEndpoint]) -> ServiceEndpoint:
-            ctx = request(key, exclude=exclude, record=False)
-            contexts.append(ctx)
-            return ctx.endpoint
-
-        def call(endpoint: ServiceEndpoint, timeout: float | None) -> _T:
-            nonlocal finished
-            finished += 1
-            ctx = contexts[-1]
-            if ctx.endpoint is not endpoint:  # not the latest pick: find it
-                ctx = next(c for c in reversed(contexts) if c.endpoint is endpoint)
-            if per_try:
-                override = per_try.get(endpoint.id)
-                if override is not None:
-                    timeout = override if timeout is None else min(timeout, override)
-            try:
-                result = fn(endpoint, timeout)
-            except BaseException as exc:
-                ctx.finish(exc)
-                raise
-            if status_of is not None:
-                status = status_of(result)
-                if status is not None and detector.is_failure_status(status):
-                    ctx.fail(status=status)
-            ctx.finish(None)
-            return result
-
-        try:
-            return execute(
-                pick,
-                call,
-                policy=svc.one_shot if once else svc.policy,
-                budget=svc.budget,
-                detector=detector,
-                clock=self.clock,
-                rng=self.rng,
-                method=method,
-                idempotent=idempotent,
-                status_of=status_of,
-                retry_after_of=retry_after_of,
-            )
-        finally:
-            if finished < len(contexts):  # picked, then refused by the breaker: not sent
-                for ctx in contexts:
-                    ctx.finish(_CANCELLED)  # a no-op for those finished already
+        return execute(
+            None,
+            fn,
+            policy=svc.one_shot if once else svc.policy,
+            budget=svc.budget,
+            detector=svc.detector,
+            clock=self.clock,
+            rng=self.rng,
+            method=method,
+            idempotent=idempotent,
+            status_of=status_of,
+            retry_after_of=retry_after_of,
+            balancer=svc.balancer,
+            key=key,
+            per_try=svc.per_try,
+        )
 
     def session(self, **kwargs: Any) -> MeshSession:
         """A :class:`lake_mesh_consul.http.MeshSession` routing through this mesh.

@@ -916,8 +916,28 @@ class LoadBalancer:
         Raises:
             NoEndpointsAvailable: as :meth:`pick`.
         """
-        direct = self._snap.direct
-        endpoint = direct(key) if direct is not None and not exclude else self._pick(key, exclude)
+        snap = self._snap
+        direct = snap.direct
+        if exclude:
+            endpoint = self._pick(key, exclude)
+        elif direct is not None:
+            endpoint = direct(key)
+        elif (
+            self._census is None
+            and snap.refresh_at == _INF
+            and not snap.panic
+            and snap.picker is not None
+        ):
+            # _pick's common gated case, inlined: nobody refused lately, so ask the gates
+            # about this pick only; a refusal goes the full way, as in _pick.
+            picker = snap.picker
+            endpoint = picker(key)
+            for gate in self._gates:
+                if not gate.is_available(endpoint):
+                    endpoint = self._pick_gated(snap, picker, key)
+                    break
+        else:
+            endpoint = self._pick(key, exclude)
         key_ = endpoint.key
         stats = self._snap.stats_by_key.get(key_) or self._registry.peek(key_)
         if stats is None:  # the endpoint left between the pick and now: track it detached

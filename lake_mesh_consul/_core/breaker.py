@@ -527,31 +527,28 @@ class Permit:
     safe to report from another thread than the one that acquired it.
     """
 
-    __slots__ = ("_breaker", "done", "epoch", "probe", "started")
+    __slots__ = ("breaker", "done", "epoch", "probe", "started")
 
     def __init__(self, breaker: CircuitBreaker, epoch: int, probe: bool, started: float) -> None:
-        self._breaker = breaker
+        #: The breaker that issued this permit (an attribute, not a property: the detector
+        #: reads it on every recorded outcome).
+        self.breaker = breaker
         self.epoch = epoch
         self.probe = probe
         self.started = started
         self.done = False
 
-    @property
-    def breaker(self) -> CircuitBreaker:
-        """The breaker that issued this permit."""
-        return self._breaker
-
     def success(self, duration: float | None = None) -> None:
         """Report a success (``duration`` defaults to the time since acquire)."""
-        self._breaker.record_success(self, duration=duration)
+        self.breaker.record_success(self, duration=duration)
 
     def failure(self, error: BaseException | None = None, duration: float | None = None) -> None:
         """Report a failure (``duration`` defaults to the time since acquire)."""
-        self._breaker.record_failure(self, error, duration=duration)
+        self.breaker.record_failure(self, error, duration=duration)
 
     def release(self) -> None:
         """Give the permit back without an outcome (frees a half-open probe slot)."""
-        self._breaker.release(self)
+        self.breaker.release(self)
 
     def __enter__(self) -> Permit:
         return self
@@ -565,7 +562,7 @@ class Permit:
         if exc is None:
             self.success()
         else:
-            self._breaker.record_exception(self, exc)
+            self.breaker.record_exception(self, exc)
 
 
 class CircuitBreaker:

@@ -670,10 +670,8 @@ class FailureDetector:
                 return
             failure = kind in self._failure_kinds
         if permit is not None:
-            if failure:
-                permit.failure(error, duration)
-            else:
-                permit.success(duration)
+            # Permit.success/failure without their two wrapper calls (the same _record).
+            permit.breaker._record(permit, failure, duration, error if failure else None)
         elif self._policy.breaker is not None:
             br = self.breaker(endpoint)
             if br is not None:

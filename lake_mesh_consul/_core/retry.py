@@ -32,14 +32,15 @@ import email.utils
 import math
 import random
 import threading
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Protocol, TypeVar
+from typing import TYPE_CHECKING, Protocol, TypeVar
 
 import tenacity
 
 from lake_mesh_consul._core.breaker import CircuitBreaker, Permit, monotonic_of
-from lake_mesh_consul._core.clock import SYSTEM_CLOCK, Clock
+from lake_mesh_consul._core.clock import SYSTEM_CLOCK, Clock, SystemClock
 from lake_mesh_consul._core.detector import (
     ClassificationPolicy,
     FailureDetector,
@@ -55,6 +56,9 @@ from lake_mesh_consul.errors import (
     NoEndpointsAvailable,
     RetryExhausted,
 )
+
+if TYPE_CHECKING:
+    from lake_mesh_consul._core.balancer import LoadBalancer, RequestContext
 
 __all__ = [
     "DEFAULT_ALLOWED_METHODS",
@@ -105,6 +109,14 @@ _NO_ATTEMPTS: list[Attempt] = []
 _RNG = random.Random()
 #: Outcomes where the request never reached the endpoint: safe to retry for any method.
 _NOT_SENT = frozenset({OutcomeKind.CONNECT_FAILURE})
+
+
+class _Cancelled(BaseException):
+    """Ends a RequestContext without an outcome (the endpoint was picked but not used)."""
+
+
+#: Finishing a balancer context with this records nothing (a pick the breaker refused).
+_CANCELLED = _Cancelled()
 
 
 @dataclass(frozen=True, slots=True)
@@ -336,7 +348,7 @@ def _retry_after_from(error: BaseException | None) -> float | None:
 
 
 def execute(
-    pick: Picker,
+    pick: Picker | None,
     call: Callable[[ServiceEndpoint, float | None], _T],
     *,
     policy: RetryPolicy | None = None,
@@ -351,11 +363,14 @@ def execute(
     status_of: Callable[[_T], int | None] | None = None,
     retry_after_of: Callable[[_T], float | None] | None = None,
     classification: ClassificationPolicy | None = None,
+    balancer: LoadBalancer | None = None,
+    key: str | bytes | None = None,
+    per_try: Mapping[str, float] | None = None,
 ) -> _T:
     """Run ``call(endpoint, timeout)`` on picked endpoints with breakers, detection and retries.
 
     Args:
-        pick: ``pick(exclude=...)`` returns an endpoint (the balancer).
+        pick: ``pick(exclude=...)`` returns an endpoint; ``None`` with ``balancer``.
         call: does the request; ``timeout`` is the seconds it may take (or ``None``).
         policy: the retry policy (default :class:`RetryPolicy`).
         budget: a shared :class:`RetryBudget`; ``None`` means unlimited.
@@ -370,6 +385,15 @@ def execute(
         status_of: the HTTP status of a result (then 5xx/429 results are failures).
         retry_after_of: the Retry-After of a result, in seconds.
         classification: how outcomes are classified (default: the detector's).
+        balancer: pick through ``balancer.request(key, exclude=..., record=False)``
+            instead of ``pick``: each attempt is tracked by the balancer (outstanding
+            count, latency, request and failure counts; a status the classification counts
+            as a failure fails it) and its outcome is still recorded once, here, to the
+            detector and the breaker's permit. A pick the breaker refuses is finished
+            without an outcome. This is the mesh's request path, with no wrapper calls.
+        key: the hash key for ``balancer`` (ring hash, Maglev).
+        per_try: per-endpoint timeouts by endpoint id, each capping that endpoint's
+            attempts.
 
     Returns:
         The first successful (or non-retriable) result, or the last response when attempts
@@ -385,26 +409,37 @@ def execute(
     Thread-safe if ``pick``, ``call`` and the shared objects are; keeps no state between
     calls.
     """
+    if pick is None and balancer is None:
+        raise TypeError("execute() needs pick or balancer")
     p = policy or _DEFAULT_POLICY
-    now = monotonic_of(clock)
+    now = time.monotonic if clock.__class__ is SystemClock else monotonic_of(clock)
     start = now()
     deadline_at = start + p.deadline if p.deadline is not None else math.inf
     # With the detector's own classification, a status is classified once, by the
     # detector's per-status cache, and the detector records it without classifying again.
     status_outcome = None
+    by_status: dict[int, tuple[OutcomeKind, bool]] = {}
+    # The detector's breaker of an endpoint, read from its dict (no call) when it exists.
+    breakers_get: Callable[[ServiceEndpoint], CircuitBreaker | None] | None = None
     if classification is None:
         if detector is not None:
-            dpolicy = detector.policy
+            # The detector's own fields, read directly: the request path is measured in
+            # function calls (same package; see FailureDetector.status_outcome/.breaker).
+            dpolicy = detector._policy
             classification = dpolicy.classification
             status_outcome = detector.status_outcome
+            by_status = detector._by_status
             if breaker_for is None and dpolicy.breaker is not None:
                 breaker_for = detector.breaker
+                breakers_get = detector._breakers.get
         else:
             classification = _DEFAULT_CLASSES
     elif breaker_for is None and detector is not None and detector.policy.breaker is not None:
         breaker_for = detector.breaker
     if budget is not None:
         budget.deposit()
+    request = balancer.request if balancer is not None else None
+    ctx: RequestContext | None = None
     retry_on = p.retry_on
     # Created on the first failure: the success path allocates neither.
     attempts: list[Attempt] = _NO_ATTEMPTS
@@ -421,7 +456,11 @@ def execute(
             raise DeadlineExceeded(p.deadline or 0.0, list(attempts)) from _last_error(attempts)
         exclude = frozenset(tried) if (tried and p.different_endpoint) else _EMPTY
         try:
-            endpoint = pick(exclude=exclude)
+            if request is not None:
+                ctx = request(key, exclude=exclude, record=False)
+                endpoint = ctx.endpoint
+            else:
+                endpoint = pick(exclude=exclude)  # type: ignore[misc]  # pick or balancer
         except NoEndpointsAvailable as exc:
             if not exclude:
                 if attempts:
@@ -429,21 +468,46 @@ def execute(
                 raise
             if not p.reuse_endpoints:
                 raise RetryExhausted(attempts, "no untried endpoint left") from exc
-            endpoint = pick(exclude=_EMPTY)
-        breaker = breaker_for(endpoint) if breaker_for is not None else None
+            if request is not None:
+                ctx = request(key, exclude=_EMPTY, record=False)
+                endpoint = ctx.endpoint
+            else:
+                endpoint = pick(exclude=_EMPTY)  # type: ignore[misc]
         permit: Permit | None = None
-        t0 = now()
-        if breaker is not None:
-            try:
-                permit = breaker.acquire()
-            except CircuitOpen as exc:
-                error = exc
-                kind = OutcomeKind.CONNECT_FAILURE  # never sent: re-pick elsewhere
+        try:
+            if breakers_get is not None:
+                breaker = breakers_get(endpoint) or breaker_for(endpoint)  # type: ignore[misc]
+            else:
+                breaker = breaker_for(endpoint) if breaker_for is not None else None
+            t0 = now()
+            if breaker is not None:
+                try:
+                    permit = breaker.acquire()
+                except CircuitOpen as exc:
+                    error = exc
+                    kind = OutcomeKind.CONNECT_FAILURE  # never sent: re-pick elsewhere
+                    if ctx is not None:
+                        ctx.finish(_CANCELLED)  # picked, not sent: no outcome
+            if error is None:
+                timeout: float | None = (
+                    remaining if p.per_try_timeout is None else min(p.per_try_timeout, remaining)
+                )
+                if timeout == math.inf:
+                    timeout = None
+                if per_try:
+                    override = per_try.get(endpoint.id)
+                    if override is not None:
+                        timeout = override if timeout is None else min(timeout, override)
+        except BaseException:
+            if ctx is not None:
+                ctx.finish(_CANCELLED)
+            raise
         if error is None:
-            timeout = remaining if p.per_try_timeout is None else min(p.per_try_timeout, remaining)
             try:
-                result = call(endpoint, None if timeout == math.inf else timeout)
+                result = call(endpoint, timeout)
             except Exception as exc:
+                if ctx is not None:
+                    ctx.finish(exc)
                 duration = now() - t0
                 error = exc
                 kind = classify(error=exc, policy=classification)
@@ -457,14 +521,18 @@ def execute(
                     error=exc,
                     status=None,
                 )
-            except BaseException:
+            except BaseException as exc:
+                if ctx is not None:
+                    ctx.finish(exc)
                 if permit is not None:
                     permit.release()
                 raise
             else:
-                duration = now() - t0
                 status = status_of(result) if status_of is not None else None
                 if status is None:
+                    if ctx is not None:
+                        ctx.finish(None)
+                    duration = now() - t0
                     kind = OutcomeKind.SUCCESS
                     if detector is not None:
                         detector.record(endpoint, success=True, duration=duration, permit=permit)
@@ -472,7 +540,12 @@ def execute(
                         permit.success(duration)
                     return result
                 if status_outcome is not None:  # detector is not None
-                    kind, failed = status_outcome(status)
+                    kind, failed = by_status.get(status) or status_outcome(status)
+                    if ctx is not None:
+                        if failed:
+                            ctx.fail(status=status)
+                        ctx.finish(None)
+                    duration = now() - t0
                     detector.record(  # type: ignore[union-attr]
                         endpoint,
                         success=not failed,
@@ -485,6 +558,11 @@ def execute(
                     last_result, has_result = result, True
                 else:
                     kind = classify(status=status, policy=classification)
+                    if ctx is not None:
+                        if classification.is_failure(kind):
+                            ctx.fail(status=status)
+                        ctx.finish(None)
+                    duration = now() - t0
                     _record(
                         detector,
                         permit,

@@ -467,3 +467,99 @@ def test_retry_until_stops_when_cancelled() -> None:
             on_retry=on_retry,
         )
     assert attempts == [1, 2]
+
+
+def _balanced(clock: FakeClock) -> tuple[object, FailureDetector]:
+    from lake_mesh_consul._core.balancer import LoadBalancer
+
+    detector = FailureDetector(
+        DetectorPolicy(
+            consecutive_failures=None,
+            window=None,
+            breaker=BreakerPolicy(consecutive_failures=100, window=None),
+        ),
+        clock=clock,
+    )
+    lb = LoadBalancer("web", "round_robin", endpoints=EPS, gates=(detector,), clock=clock)
+    return lb, detector
+
+
+def test_balancer_path_tracks_each_attempt_and_records_each_outcome_once() -> None:
+    clock = FakeClock()
+    lb, detector = _balanced(clock)
+    seen: list[tuple[ServiceEndpoint, float | None]] = []
+
+    def call(endpoint: ServiceEndpoint, timeout: float | None) -> Response:
+        seen.append((endpoint, timeout))
+        return Response(503 if len(seen) == 1 else 200)
+
+    result = execute(
+        None,
+        call,
+        balancer=lb,  # type: ignore[arg-type]
+        detector=detector,
+        policy=RetryPolicy(attempts=3, backoff_base=0.0, backoff_max=0.0, per_try_timeout=5.0),
+        per_try=dict.fromkeys((e.id for e in EPS), 2.0),
+        clock=clock,
+        method="GET",
+        status_of=lambda r: r.status,
+    )
+    assert result.status == 200
+    assert len({e for e, _ in seen}) == 2  # the retry went elsewhere
+    assert [t for _, t in seen] == [2.0, 2.0]  # each endpoint's own per-try timeout caps it
+    figures = lb.stats().endpoints  # type: ignore[attr-defined]
+    assert sum(s.requests for s in figures) == 2
+    assert sum(s.failures for s in figures) == 1  # the 503 failed the balancer's context
+    assert all(s.outstanding == 0 for s in figures)
+    states = detector.states("web")
+    assert sum(s.requests for s in states) == 2
+    assert sum(s.failures for s in states) == 1
+
+
+def test_balancer_path_finishes_a_refused_pick_without_an_outcome() -> None:
+    clock = FakeClock()
+    lb, detector = _balanced(clock)
+    for ep in EPS[:2]:
+        breaker = detector.breaker(ep)
+        assert breaker is not None
+        breaker.force_open()
+    outstanding: list[int] = []
+
+    def call(endpoint: ServiceEndpoint, timeout: float | None) -> str:
+        figures = lb.stats().endpoints  # type: ignore[attr-defined]
+        outstanding.append(sum(s.outstanding for s in figures))
+        return endpoint.id
+
+    # The gates refuse the forced-open endpoints; a pick that races a breaker's opening
+    # is refused by acquire() and must not stay outstanding or count as a request.
+    refused = EPS[0]
+    breaker = detector.breaker(refused)
+    assert breaker is not None
+    breaker.reset()
+    original = breaker.allows
+    breaker.allows = lambda: True  # type: ignore[method-assign]  # the gate still admits it
+    breaker.force_open()
+    try:
+        result = execute(
+            None,
+            call,
+            balancer=lb,  # type: ignore[arg-type]
+            detector=detector,
+            policy=RetryPolicy(backoff_base=0.0, backoff_max=0.0),
+            clock=clock,
+            sleep=lambda seconds: None,
+            method="POST",  # not idempotent: only a request never sent is retried
+        )
+    finally:
+        breaker.allows = original  # type: ignore[method-assign]
+    assert result == EPS[2].id
+    assert outstanding == [1]  # only the attempt in flight: the refused pick was finished
+    figures = {s.endpoint.id: s for s in lb.stats().endpoints}  # type: ignore[attr-defined]
+    assert figures[refused.id].requests == 0
+    assert figures[EPS[2].id].requests == 1
+    assert all(s.outstanding == 0 for s in figures.values())
+
+
+def test_execute_needs_pick_or_balancer() -> None:
+    with pytest.raises(TypeError):
+        execute(None, lambda endpoint, timeout: None)
