@@ -817,9 +817,17 @@ class CircuitBreaker:
                 self._probes -= 1
 
     def _record(
-        self, permit: Permit, failure: bool, duration: float | None, error: BaseException | None
+        self,
+        permit: Permit,
+        failure: bool,
+        duration: float | None,
+        error: BaseException | None,
+        now: float | None = None,
     ) -> None:
-        now = self._now()
+        # ``now``: the caller's reading of this breaker's clock when the call ended, if it
+        # has one (the detector's record passes it on: one clock read per outcome).
+        if now is None:
+            now = self._now()
         if duration is None:
             duration = now - permit.started
         slow = duration > self._slow_after

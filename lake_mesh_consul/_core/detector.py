@@ -645,6 +645,7 @@ class FailureDetector:
         error: BaseException | None = None,
         status: int | None = None,
         permit: Permit | None = None,
+        now: float | None = None,
     ) -> None:
         """Record one finished request to ``endpoint`` (``duration`` in seconds).
 
@@ -654,8 +655,13 @@ class FailureDetector:
         endpoint's breaker too: through ``permit`` when the call was admitted with one
         (``breaker(endpoint).acquire()``), otherwise as an observation.
 
+        ``now`` is the detector clock's monotonic time the request ended, when the caller
+        has just read it (saves a clock read); by default the clock is read here.
+
         Thread-safe; ejection listeners run after the lock is released.
         """
+        if now is None:
+            now = self._now()
         if error is None:
             if status is None:
                 kind = OutcomeKind.SUCCESS if success else OutcomeKind.ERROR
@@ -671,13 +677,20 @@ class FailureDetector:
             failure = kind in self._failure_kinds
         if permit is not None:
             # Permit.success/failure without their two wrapper calls (the same _record).
-            permit.breaker._record(permit, failure, duration, error if failure else None)
+            pbr = permit.breaker
+            # Our clock's reading is the breaker's too when it runs on the same clock.
+            pbr._record(
+                permit,
+                failure,
+                duration,
+                error if failure else None,
+                now if pbr._clock is self._clock else None,
+            )
         elif self._policy.breaker is not None:
             br = self.breaker(endpoint)
             if br is not None:
                 br.observe(success=not failure, duration=duration, error=error)
         events: list[EjectionEvent] = []
-        now = self._now()
         with self._lock:
             st = self._stats.get(endpoint) or self._stats_for(endpoint)
             if now >= self._next_sweep:

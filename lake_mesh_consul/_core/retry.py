@@ -438,6 +438,8 @@ def execute(
         breaker_for = detector.breaker
     if budget is not None:
         budget.deposit()
+    # The detector may take our clock reading of an attempt's end instead of its own.
+    same_clock = detector is not None and detector._clock is clock
     request = balancer.request if balancer is not None else None
     ctx: RequestContext | None = None
     retry_on = p.retry_on
@@ -532,10 +534,17 @@ def execute(
                 if status is None:
                     if ctx is not None:
                         ctx.finish(None)
-                    duration = now() - t0
+                    end = now()
+                    duration = end - t0
                     kind = OutcomeKind.SUCCESS
                     if detector is not None:
-                        detector.record(endpoint, success=True, duration=duration, permit=permit)
+                        detector.record(
+                            endpoint,
+                            success=True,
+                            duration=duration,
+                            permit=permit,
+                            now=end if same_clock else None,
+                        )
                     elif permit is not None:
                         permit.success(duration)
                     return result
@@ -545,13 +554,15 @@ def execute(
                         if failed:
                             ctx.fail(status=status)
                         ctx.finish(None)
-                    duration = now() - t0
+                    end = now()
+                    duration = end - t0
                     detector.record(  # type: ignore[union-attr]
                         endpoint,
                         success=not failed,
                         duration=duration,
                         status=status,
                         permit=permit,
+                        now=end if same_clock else None,
                     )
                     if kind not in retry_on:
                         return result
