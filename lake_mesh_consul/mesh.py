@@ -393,6 +393,8 @@ class _Service:
             "tags": tuple(values.get("tags") or ()),
             "service_meta": dict(values.get("meta") or {}) or None,
             "passing_only": False,
+            # None leaves the discovery's own failover list in force.
+            "failover": tuple(values.get("failover_datacenters") or ()) or None,
         }
 
     def follow(self, timeout: float) -> None:

@@ -9,8 +9,9 @@ by the module. Promises checked here:
   and goes back to dc1 when dc1 recovers; the same with ``passing_only=False`` (the mesh's
   query), where an all-critical dc1 must fail over too;
 * ``endpoints(name, dc="dc2")`` from dc1's agent returns dc2's instances;
+* a query's own ``failover`` list overrides the discovery's;
 * a Mesh whose ServiceConfig sets ``failover_datacenters`` picks dc2's endpoints when dc1
-  has none (strict xfail: the Mesh does not apply that setting yet).
+  has none.
 """
 
 from __future__ import annotations
@@ -26,7 +27,6 @@ import pytest
 from lake_mesh_consul._consul.discovery import ServiceDiscovery, ServiceSnapshot
 from lake_mesh_consul._core.config import ServiceConfig
 from lake_mesh_consul._core.endpoint import ServiceEndpoint
-from lake_mesh_consul.errors import NoEndpointsAvailable
 from lake_mesh_consul.mesh import Mesh
 from lake_mesh_consul.testing.cluster import ClusterMember, ConsulCluster
 
@@ -263,12 +263,6 @@ def test_failover_per_query(two_dcs: tuple[ConsulCluster, ConsulCluster]) -> Non
         _deregister(dc2.client, f"{name}-b1")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=NoEndpointsAvailable,
-    reason="gap: Mesh ignores ServiceConfig.failover_datacenters (mesh.py builds its "
-    "ServiceDiscovery without failover and _Service._filters drops the setting)",
-)
 def test_mesh_fails_over_with_failover_datacenters(
     two_dcs: tuple[ConsulCluster, ConsulCluster],
 ) -> None:
