@@ -956,14 +956,7 @@ class RingHash(_PairedStrategy):
                 start = int(rnd() * size) % size
             else:
                 start = _bisect_left(points, hash_key(key)) % size
-            last = None
-            for step in range(cap):
-                endpoint = ring_owners[(start + step) % size]
-                if endpoint is not last:
-                    if accept(endpoint):
-                        return endpoint
-                    last = endpoint
-            return _scan(endpoints, start % n, accept)  # most of the ring refused
+            return _next_owner(ring_owners, start, cap, accept, endpoints)
 
         return pick, walk
 
@@ -1094,14 +1087,7 @@ class Maglev(_PairedStrategy):
             # The slots after the key's own hold the other endpoints in a key-specific,
             # process-independent order: the first accepted owner is the key's next choice.
             start = int(rnd() * size) % size if key is None else hash_key(key) % size
-            last = None
-            for step in range(cap):
-                endpoint = table[(start + step) % size]
-                if endpoint is not last:
-                    if accept(endpoint):
-                        return endpoint
-                    last = endpoint
-            return _scan(endpoints, start % n, accept)  # most of the table refused
+            return _next_owner(table, start, cap, accept, endpoints)
 
         return pick, walk
 
@@ -1296,6 +1282,29 @@ class ZoneAware(_PairedStrategy):
 
 
 # --- plumbing and the registry -------------------------------------------------------------
+
+
+def _next_owner(
+    owners: Sequence[ServiceEndpoint],
+    start: int,
+    cap: int,
+    accept: Callable[[ServiceEndpoint], bool],
+    endpoints: tuple[ServiceEndpoint, ...],
+) -> ServiceEndpoint | None:
+    """The first accepted owner at or after ``start`` on a ring or Maglev table.
+
+    Looks at most ``cap`` slots (skipping runs of the same owner), then falls back to a scan
+    of ``endpoints``: most owners were refused.
+    """
+    size = len(owners)
+    last = None
+    for step in range(cap):
+        endpoint = owners[(start + step) % size]
+        if endpoint is not last:
+            if accept(endpoint):
+                return endpoint
+            last = endpoint
+    return _scan(endpoints, start % len(endpoints), accept)
 
 
 class _FunctionStrategy:
