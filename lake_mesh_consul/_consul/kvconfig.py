@@ -456,13 +456,7 @@ class ConfigStore:
         Raises:
             ConsulError: KV could not be read.
         """
-        response = self.client.request(
-            "GET",
-            f"/v1/kv/{self.layout.folder}",
-            operation=f"read config {self.layout.folder}",
-            params={"recurse": ""},
-            allow_404=True,
-        )
+        response = self._read_folder()
         self._apply(_decode_entries(response), response.index)
         return self._snapshot
 
@@ -669,14 +663,17 @@ class ConfigStore:
         Raises:
             ConsulError: KV could not be read.
         """
-        response = self.client.request(
+        return _decode_entries(self._read_folder())
+
+    def _read_folder(self) -> ConsulResponse:
+        """One non-blocking read of every key under the prefix (404: an empty folder)."""
+        return self.client.request(
             "GET",
             f"/v1/kv/{self.layout.folder}",
             operation=f"read config {self.layout.folder}",
             params={"recurse": ""},
             allow_404=True,
         )
-        return _decode_entries(response)
 
     def validate(self, key: str, document: Document) -> dict[str, Any]:
         """Validate ``document`` for ``key``'s level; return its settings by path.

@@ -241,12 +241,7 @@ class RetryBudget:
         """Take one retry from the budget; False (and nothing taken) if it is empty."""
         with self._lock:
             self._advance(self._now())
-            balance = (
-                self._deposits * self._deposit_weight
-                + self._reserve
-                - self._withdrawals * self._SCALE
-            )
-            if balance < self._SCALE:
+            if self._scaled_balance() < self._SCALE:
                 return False
             self._wd[self._head % self._n] += 1
             self._withdrawals += 1
@@ -256,12 +251,16 @@ class RetryBudget:
         """Retries that could be withdrawn right now."""
         with self._lock:
             self._advance(self._now())
-            scaled = (
-                self._deposits * self._deposit_weight
-                + self._reserve
-                - self._withdrawals * self._SCALE
-            )
-            return max(0, scaled // self._SCALE)
+            return max(0, self._scaled_balance() // self._SCALE)
+
+    def _scaled_balance(self) -> int:
+        """Deposits' share plus the reserve, less withdrawals, in units of 1/_SCALE retry.
+
+        Call with the lock held, after ``_advance``.
+        """
+        return (
+            self._deposits * self._deposit_weight + self._reserve - self._withdrawals * self._SCALE
+        )
 
     def __repr__(self) -> str:
         return (
