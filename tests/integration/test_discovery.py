@@ -6,11 +6,11 @@ from __future__ import annotations
 import random
 import threading
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
+from _consul_support import deregister, eventually, register
 
 from lake_mesh_consul._consul.client import ConsulClient
 from lake_mesh_consul._consul.discovery import ServiceDiscovery, with_diff
@@ -24,24 +24,6 @@ from lake_mesh_consul.errors import DiscoveryError, DiscoveryTimeout
 from lake_mesh_consul.testing._agent import free_port
 
 pytestmark = pytest.mark.integration
-
-
-def eventually(predicate: Callable[[], Any], timeout: float = 5.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value or time.monotonic() > deadline:
-            return value
-        time.sleep(0.01)
-
-
-def register(client: ConsulClient, name: str, sid: str, port: int = 8080, **extra: Any) -> None:
-    body = {"Name": name, "ID": sid, "Port": port, "Address": "127.0.0.1", **extra}
-    client.request("PUT", "/v1/agent/service/register", operation="register", json=body)
-
-
-def deregister(client: ConsulClient, sid: str) -> None:
-    client.request("PUT", f"/v1/agent/service/deregister/{sid}", operation="deregister")
 
 
 def ttl(client: ConsulClient, sid: str, status: str) -> None:

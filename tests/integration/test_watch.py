@@ -15,6 +15,7 @@ from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
+from _consul_support import deregister, eventually, register
 
 from lake_mesh_consul._consul.client import ConsulClient, ConsulResponse
 from lake_mesh_consul._consul.watch import Watch, WatchHub, decode_json
@@ -22,24 +23,6 @@ from lake_mesh_consul._core.blocking import Backoff
 from lake_mesh_consul._core.config import MeshConfig
 
 pytestmark = pytest.mark.integration
-
-
-def eventually(predicate: Callable[[], Any], timeout: float = 5.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value or time.monotonic() > deadline:
-            return value
-        time.sleep(0.01)
-
-
-def register(client: ConsulClient, name: str, sid: str, port: int = 8080, **extra: Any) -> None:
-    body = {"Name": name, "ID": sid, "Port": port, "Address": "127.0.0.1", **extra}
-    client.request("PUT", "/v1/agent/service/register", operation="register", json=body)
-
-
-def deregister(client: ConsulClient, sid: str) -> None:
-    client.request("PUT", f"/v1/agent/service/deregister/{sid}", operation="deregister")
 
 
 def ids(value: Any) -> list[str]:
