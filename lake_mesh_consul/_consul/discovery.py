@@ -20,20 +20,17 @@ decoded answer in memory, so they share the query too.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 import os
 import random
-import re
-import tempfile
 import threading
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Literal
 
 from lake_mesh_consul._consul.client import ConsulClient, ConsulResponse
+from lake_mesh_consul._consul.snapshot_store import SnapshotStore as _Store
+from lake_mesh_consul._consul.snapshot_store import endpoint_from_dict, endpoint_to_dict
 from lake_mesh_consul._consul.watch import (
     Consistency,
     ParamValue,
@@ -82,9 +79,6 @@ _HOPELESS_ANSWERS = ("boolean expression", "No path to datacenter", "Bad request
 
 #: Health states that keep a datacenter from failing over (Consul's prepared-query rule).
 _HEALTHY = frozenset({HealthStatus.PASSING, HealthStatus.WARNING})
-
-#: Version of the persisted snapshot format.
-_PERSIST_VERSION = 1
 
 Endpoints = tuple[ServiceEndpoint, ...]
 
@@ -421,98 +415,6 @@ def with_diff(
         callback(new, EndpointDiff.between(old, new))
 
     return listener
-
-
-# --- persistence ----------------------------------------------------------------------------------
-
-
-def endpoint_to_dict(e: ServiceEndpoint) -> dict[str, Any]:
-    """A JSON-ready dict of every field of ``e`` (the persisted and CLI form)."""
-    return {
-        "id": e.id,
-        "service": e.service,
-        "address": e.address,
-        "port": e.port,
-        "tags": list(e.tags),
-        "meta": dict(e.meta),
-        "weights": {"passing": e.weights.passing, "warning": e.weights.warning},
-        "health": e.health.value,
-        "node": e.node,
-        "datacenter": e.datacenter,
-        "zone": e.zone,
-    }
-
-
-def endpoint_from_dict(d: dict[str, Any]) -> ServiceEndpoint:
-    """The inverse of :func:`endpoint_to_dict`.
-
-    Raises:
-        KeyError, ValueError, TypeError: ``d`` is not such a dict.
-    """
-    weights = d.get("weights") or {}
-    return ServiceEndpoint.create(
-        str(d["id"]),
-        str(d["address"]),
-        int(d["port"]),
-        service=str(d.get("service", "")),
-        tags=[str(t) for t in d.get("tags", [])],
-        meta={str(k): str(v) for k, v in (d.get("meta") or {}).items()},
-        weights=Weights(int(weights.get("passing", 1)), int(weights.get("warning", 1))),
-        health=HealthStatus.parse(str(d.get("health", "passing"))),
-        node=str(d.get("node", "")),
-        datacenter=str(d.get("datacenter", "")),
-        zone=d.get("zone"),
-    )
-
-
-class _Store:
-    """Snapshots on disk, one JSON file per query, written atomically."""
-
-    def __init__(self, directory: str | os.PathLike[str]) -> None:
-        self.directory = Path(directory)
-        self.directory.mkdir(parents=True, exist_ok=True)
-
-    def _file(self, query: ServiceQuery) -> Path:
-        digest = hashlib.sha256(repr(query).encode()).hexdigest()[:16]
-        safe = re.sub(r"[^A-Za-z0-9_.-]", "_", query.name)[:60]
-        return self.directory / f"{safe}-{digest}.json"
-
-    def save(self, query: ServiceQuery, endpoints: Endpoints, saved_at: float) -> None:
-        doc = {
-            "version": _PERSIST_VERSION,
-            "query": repr(query),
-            "saved_at": saved_at,
-            "endpoints": [endpoint_to_dict(e) for e in endpoints],
-        }
-        target = self._file(query)
-        try:
-            fd, tmp = tempfile.mkstemp(dir=self.directory, prefix=".tmp-", suffix=".json")
-            with os.fdopen(fd, "w", encoding="utf-8") as fh:
-                json.dump(doc, fh)
-            os.replace(tmp, target)
-        except OSError as exc:
-            log.warning("could not persist the snapshot of %r to %s: %s", query.name, target, exc)
-
-    def load(self, query: ServiceQuery) -> tuple[Endpoints, float] | None:
-        path = self._file(query)
-        try:
-            doc = json.loads(path.read_text(encoding="utf-8"))
-            if doc.get("version") != _PERSIST_VERSION or doc.get("query") != repr(query):
-                return None
-            endpoints = tuple(endpoint_from_dict(d) for d in doc["endpoints"])
-            usable = tuple(e for e in endpoints if is_host(e.address))
-            if len(usable) < len(endpoints):
-                log.warning(
-                    "persisted snapshot %s: skipping instance(s) %s (address is no host)",
-                    path,
-                    ", ".join(repr(e.id) for e in endpoints if e not in usable),
-                )
-            return usable, float(doc["saved_at"])
-        except FileNotFoundError:
-            return None
-        except (OSError, ValueError, KeyError, TypeError) as exc:
-            log.warning("ignoring unreadable persisted snapshot %s: %s", path, exc)
-            return None
 
 
 # --- one view per query ---------------------------------------------------------------------------
