@@ -37,7 +37,6 @@ import base64
 import json
 import logging
 import os
-import tempfile
 import threading
 from collections import deque
 from collections.abc import Callable, Mapping
@@ -47,6 +46,7 @@ from types import MappingProxyType
 from typing import Any, Literal
 
 from lake_mesh_consul._consul.client import ConsulClient, ConsulResponse
+from lake_mesh_consul._consul.files import read_json_file, write_atomically
 from lake_mesh_consul._consul.watch import Watch
 from lake_mesh_consul._core.clock import SYSTEM_CLOCK, Clock
 from lake_mesh_consul._core.config import EndpointConfig, MeshConfig, ServiceConfig
@@ -96,6 +96,8 @@ MAX_TXN_OPS = 64
 
 #: Version of the last-known-good file format.
 LKG_FORMAT = 1
+#: Largest last-known-good file read back (bytes); Consul KV holds at most 512 KB per key.
+MAX_LKG_BYTES = 64 * 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -411,7 +413,6 @@ class ConfigStore:
         Raises:
             ConsulError: KV could not be read and ``start_mode`` is ``"fail"`` (the
                 watch is stopped again).
-            ConfigValidationError: the last-known-good file is unreadable.
         """
         with self._apply_lock:
             if self._watch is not None or self._closed:
@@ -613,27 +614,26 @@ class ConfigStore:
         }
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(prefix=".lkg-", dir=str(path.parent))
-            with os.fdopen(fd, "w", encoding="utf-8") as fh:
-                json.dump(doc, fh, indent=1, sort_keys=True)
-            os.replace(tmp, path)
+            write_atomically(path, json.dumps(doc, indent=1, sort_keys=True), prefix=".lkg-")
         except OSError as exc:
             log.warning("config: cannot save last known good to %s: %s", path, exc)
 
     def _load_last_known_good(self, path: Path) -> None:
-        if not path.exists():
+        """Apply the last-known-good file; an unusable one is ignored with one warning."""
+        try:
+            keys = _lkg_keys(read_json_file(path, MAX_LKG_BYTES))
+        except FileNotFoundError:
             log.warning("config: no last known good file at %s; starting from defaults", path)
             return
-        try:
-            doc = json.loads(path.read_text(encoding="utf-8"))
-            keys = doc["keys"]
-            if not isinstance(keys, dict):
-                raise TypeError("keys is not an object")
-            entries = {str(k): KVEntry(str(k), str(v).encode("utf-8"), -1) for k, v in keys.items()}
-        except (OSError, ValueError, KeyError, TypeError) as exc:
-            raise ConfigValidationError(
-                f"unreadable last known good file: {exc}", key=str(path)
-            ) from None
+        except (OSError, ValueError) as exc:
+            log.warning(
+                "config: ignoring the last known good file %s (starting from defaults; it is "
+                "rewritten on the next answer from KV): %.200s",
+                path,
+                exc,
+            )
+            return
+        entries = {k: KVEntry(k, v, -1) for k, v in keys.items()}
         with self._apply_lock:
             saved, self.last_known_good = self.last_known_good, None
             try:
@@ -860,3 +860,17 @@ def _service_view(snapshot: ConfigSnapshot, service: str) -> tuple[Any, ...]:
         eid: snapshot.effective(service, eid).values for eid in snapshot.endpoints(service)
     }
     return (dict(eff.values), dict(eff.provenance), endpoints)
+
+
+def _lkg_keys(doc: Any) -> dict[str, bytes]:
+    """The ``keys`` of a last-known-good document (key -> document, UTF-8).
+
+    Raises:
+        ValueError: ``doc`` is not such a document.
+    """
+    if not isinstance(doc, dict) or doc.get("format") != LKG_FORMAT:
+        raise ValueError(f"not a last known good document (format {LKG_FORMAT})")
+    keys = doc.get("keys")
+    if not isinstance(keys, dict) or not all(isinstance(v, str) for v in keys.values()):
+        raise ValueError("'keys' is not an object of key -> document text")
+    return {k: v.encode("utf-8") for k, v in keys.items()}  # UnicodeEncodeError: ValueError

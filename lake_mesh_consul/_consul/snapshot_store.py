@@ -16,18 +16,16 @@ Format (version 1)::
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import logging
-import math
 import os
 import re
-import tempfile
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any, Protocol
 
+from lake_mesh_consul._consul.files import read_json_file, write_atomically
 from lake_mesh_consul._core.endpoint import ServiceEndpoint, Weights
 from lake_mesh_consul._core.health import HealthStatus
 from lake_mesh_consul._core.registration import is_host
@@ -38,7 +36,6 @@ __all__ = [
     "SnapshotStore",
     "endpoint_from_dict",
     "endpoint_to_dict",
-    "write_atomically",
 ]
 
 log = logging.getLogger("lake_mesh_consul.discovery")
@@ -50,6 +47,8 @@ SNAPSHOT_VERSION = 1
 MAX_SNAPSHOT_BYTES = 64 * 1024 * 1024
 #: Largest weight accepted from a file (Consul stores weights as Go ints; ours are counts).
 _MAX_WEIGHT = 2**31 - 1
+#: Latest save time accepted (the year 9999, in seconds since the epoch).
+_MAX_TIME = 253_402_300_800
 
 
 class _Query(Protocol):
@@ -154,8 +153,8 @@ def _endpoints_of(doc: Any, query: _Query) -> tuple[tuple[ServiceEndpoint, ...],
     saved_at = doc.get("saved_at")
     if isinstance(saved_at, bool) or not isinstance(saved_at, int | float):
         raise ValueError(f"saved_at is not a number: {saved_at!r}")
-    if not math.isfinite(saved_at) or saved_at < 0:
-        raise ValueError(f"saved_at is not a time: {saved_at!r}")
+    if not 0 <= saved_at < _MAX_TIME:  # compared as given: 10**400 fits no float
+        raise ValueError(f"saved_at is not a time: {saved_at!r:.40}")
     raw = doc.get("endpoints")
     if not isinstance(raw, list):
         raise ValueError("endpoints is not a list")
@@ -210,15 +209,10 @@ class SnapshotStore:
         """``query``'s snapshot and its save time, or ``None`` (no file, or not usable)."""
         path = self.path(query)
         try:
-            with path.open("rb") as fh:
-                data = fh.read(MAX_SNAPSHOT_BYTES + 1)
-            if len(data) > MAX_SNAPSHOT_BYTES:
-                raise ValueError(f"larger than {MAX_SNAPSHOT_BYTES} bytes")
-            return _endpoints_of(json.loads(data), query)
+            return _endpoints_of(read_json_file(path, MAX_SNAPSHOT_BYTES), query)
         except FileNotFoundError:
             return None
-        except (OSError, ValueError, RecursionError) as exc:
-            # RecursionError: json's decoder on deeply nested arrays/objects.
+        except (OSError, ValueError) as exc:
             if path not in self._warned:
                 self._warned.add(path)
                 log.warning(
@@ -232,23 +226,3 @@ class SnapshotStore:
 def _short(exc: BaseException) -> str:
     text = str(exc) or type(exc).__name__
     return text if len(text) <= 200 else text[:197] + "..."
-
-
-def write_atomically(target: Path, text: str) -> None:
-    """Write ``text`` to ``target`` through a temporary file in the same directory.
-
-    The temporary file is removed when anything fails (the disk is full, the directory
-    vanished, the write is interrupted), so failed writes leave nothing behind.
-
-    Raises:
-        OSError: the file could not be written.
-    """
-    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=".tmp-", suffix=".json")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-        os.replace(tmp, target)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
