@@ -15,9 +15,10 @@ reset when it goes back     a returned index below the current one (raft snapsho
 a return is no change       an unchanged index is not a change (:attr:`IndexStep.changed` is
                             false); the caller also compares results, so an equal result
                             notifies nobody
-errors back off             :class:`Backoff`: full-jitter exponential backoff
-                            (AWS architecture blog, "Exponential Backoff And Jitter"), from
-                            100 ms, capped at 5 s by default
+errors back off             :class:`~lake_mesh_consul._core.backoff.Backoff` (re-exported):
+                            full-jitter exponential backoff (AWS architecture blog,
+                            "Exponential Backoff And Jitter"), from 100 ms, capped at 5 s by
+                            default
 success is rate-limited     :class:`TokenBucket`: burst 2, a configurable refill rate, so a
                             server that answers at once forever cannot drive a busy loop
 HTTP read timeout           :func:`read_timeout_for_wait`: ``wait + wait/16 + margin``, since
@@ -32,8 +33,9 @@ limits. We follow all of the rules.
 from __future__ import annotations
 
 import math
-import random
 from dataclasses import dataclass
+
+from lake_mesh_consul._core.backoff import Backoff
 
 __all__ = [
     "DEFAULT_WAIT",
@@ -150,52 +152,9 @@ class BlockingIndex:
 
 
 # --- errors: backoff -----------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class Backoff:
-    """Full-jitter exponential backoff: the pause after the n-th consecutive failure.
-
-    ``delay(n) = uniform(0, min(cap, base * multiplier ** (n - 1)))`` for ``n >= 1``
-    ("full jitter": many clients failing together do not retry together).
-
-    Attributes:
-        base: the upper bound of the first pause (seconds).
-        cap: the largest upper bound (seconds); 5 s suits a local agent.
-        multiplier: growth of the upper bound per failure.
-
-    Thread-safety: immutable; the ``rng`` passed to :meth:`delay` is the caller's.
-
-    Example:
-        >>> import random
-        >>> Backoff().ceiling(1), Backoff().ceiling(10)
-        (0.1, 5.0)
-        >>> 0 <= Backoff().delay(3, random.Random(7)) <= 0.4
-        True
-    """
-
-    base: float = 0.1
-    cap: float = 5.0
-    multiplier: float = 2.0
-
-    def __post_init__(self) -> None:
-        if not (self.base > 0 and self.cap >= self.base and self.multiplier >= 1):
-            raise ValueError(f"backoff needs base > 0, cap >= base, multiplier >= 1; got {self!r}")
-
-    def ceiling(self, failures: int) -> float:
-        """The upper bound of the pause after ``failures`` consecutive failures (0 for 0)."""
-        if failures <= 0:
-            return 0.0
-        # Compare exponents rather than compute a power that can overflow.
-        exponent = failures - 1
-        limit = math.log(self.cap / self.base, self.multiplier) if self.multiplier > 1 else 0
-        if self.multiplier == 1 or exponent <= limit:
-            return min(self.cap, self.base * self.multiplier**exponent)
-        return self.cap
-
-    def delay(self, failures: int, rng: random.Random) -> float:
-        """A pause drawn uniformly from ``[0, ceiling(failures)]``."""
-        return rng.uniform(0.0, self.ceiling(failures))
+#
+# The pause after a failed attempt is the library's one Backoff (full jitter by default),
+# re-exported here because it is one of the blocking-query rules.
 
 
 # --- success: the token bucket ---------------------------------------------------------------

@@ -111,7 +111,7 @@ def test_backoff_configurable_cap() -> None:
     assert Backoff(base=1.0, cap=30.0, multiplier=1.0).ceiling(50) == 1.0
 
 
-@pytest.mark.parametrize(("base", "cap", "multiplier"), [(0, 1, 2), (1, 0.5, 2), (0.1, 5, 0.5)])
+@pytest.mark.parametrize(("base", "cap", "multiplier"), [(-1, 1, 2), (1, 0.5, 2), (0.1, 5, 0.5)])
 def test_backoff_rejects_nonsense(base: float, cap: float, multiplier: float) -> None:
     with pytest.raises(ValueError, match="backoff"):
         Backoff(base=base, cap=cap, multiplier=multiplier)
