@@ -29,6 +29,11 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from lake_mesh_consul._consul.client import ConsulClient, ConsulResponse
+from lake_mesh_consul._consul.health_entries import (
+    HealthEntryParser,
+    parse_health_entries,
+    parse_health_entry,
+)
 from lake_mesh_consul._consul.snapshot_store import SnapshotStore as _Store
 from lake_mesh_consul._consul.snapshot_store import endpoint_from_dict, endpoint_to_dict
 from lake_mesh_consul._consul.watch import (
@@ -40,10 +45,10 @@ from lake_mesh_consul._consul.watch import (
 from lake_mesh_consul._core.blocking import DEFAULT_WAIT, Backoff
 from lake_mesh_consul._core.clock import SYSTEM_CLOCK, Clock
 from lake_mesh_consul._core.config import MeshConfig
-from lake_mesh_consul._core.endpoint import ServiceEndpoint, Weights
-from lake_mesh_consul._core.health import HealthStatus, aggregate
+from lake_mesh_consul._core.endpoint import ServiceEndpoint
+from lake_mesh_consul._core.health import HealthStatus
 from lake_mesh_consul._core.ports import SnapshotListener
-from lake_mesh_consul._core.registration import check_service_name, is_host
+from lake_mesh_consul._core.registration import check_service_name
 from lake_mesh_consul.errors import (
     ConsulStatusError,
     DiscoveryError,
@@ -70,9 +75,6 @@ log = logging.getLogger("lake_mesh_consul.discovery")
 #: Seconds the first ``endpoints()`` call for a service waits for Consul's first answer.
 DEFAULT_TIMEOUT = 5.0
 
-#: Check ids Consul uses for maintenance mode (they are reported as ``critical``).
-_MAINTENANCE_PREFIXES = ("_service_maintenance:", "_node_maintenance")
-
 #: Parts of Consul error answers that mean the query itself is wrong: the first call fails
 #: at once instead of waiting out its timeout.
 _HOPELESS_ANSWERS = ("boolean expression", "No path to datacenter", "Bad request")
@@ -83,137 +85,12 @@ _HEALTHY = frozenset({HealthStatus.PASSING, HealthStatus.WARNING})
 Endpoints = tuple[ServiceEndpoint, ...]
 
 
-# --- parsing Consul's answer ------------------------------------------------------------------
-
-
-def _str(value: Any, what: str) -> str:
-    if not isinstance(value, str):
-        raise ValueError(f"{what} is not a string: {value!r}")
-    return value
-
-
-def _str_map(value: Any, what: str) -> dict[str, str]:
-    if value is None:
-        return {}
-    if not isinstance(value, dict):
-        raise ValueError(f"{what} is not an object")
-    return {str(k): str(v) for k, v in value.items()}
-
-
-def _check_status(check: Any) -> HealthStatus:
-    if not isinstance(check, dict):
-        raise ValueError("a check is not an object")
-    check_id = str(check.get("CheckID") or "")
-    if check_id.startswith(_MAINTENANCE_PREFIXES):
-        return HealthStatus.MAINTENANCE
-    return HealthStatus.parse(str(check.get("Status") or ""))
-
-
-def parse_health_entry(entry: Any, *, datacenter: str | None = None) -> ServiceEndpoint:
-    """Turn one element of ``/v1/health/service/<name>``'s answer into a ServiceEndpoint.
-
-    The address is the service's, falling back to the node's (IPv6 brackets removed), and
-    must be an IPv4 or IPv6 address or a host name (Consul stores any text: ``not a host!``
-    cannot be requested); health is the aggregate of every check of the entry (node checks
-    included; Consul's maintenance checks count as maintenance); the zone comes from meta.
-
-    Raises:
-        ValueError: the entry is malformed (missing id, an address that is no host, no
-            valid port...).
-    """
-    if not isinstance(entry, dict):
-        raise ValueError("entry is not an object")
-    node = entry.get("Node")
-    service = entry.get("Service")
-    if not isinstance(node, dict) or not isinstance(service, dict):
-        raise ValueError("entry has no Node or Service object")
-    service_id = _str(service.get("ID"), "Service.ID")
-    name = _str(service.get("Service"), "Service.Service")
-    if not service_id:
-        raise ValueError("Service.ID is empty")
-    address = service.get("Address") or node.get("Address") or ""
-    address = _str(address, "address").strip()
-    if not address:
-        raise ValueError(f"instance {service_id!r} has neither a service nor a node address")
-    if not is_host(address):  # brackets only around IPv6
-        # Consul stores any text; a request to it would fail before being sent (InvalidURL).
-        raise ValueError(
-            f"instance {service_id!r} has an address that is neither an IP nor a host name: "
-            f"{address!r}"
-        )
-    if address.startswith("[") and address.endswith("]"):
-        address = address[1:-1]
-    port = service.get("Port")
-    if not isinstance(port, int) or isinstance(port, bool) or not 0 < port <= 65535:
-        raise ValueError(f"instance {service_id!r} has no usable port: {port!r}")
-    tags = service.get("Tags") or []
-    if not isinstance(tags, list) or not all(isinstance(t, str) for t in tags):
-        raise ValueError(f"instance {service_id!r}: Tags is not a list of strings")
-    weights_raw = service.get("Weights")
-    weights = Weights()
-    if isinstance(weights_raw, dict):
-        try:
-            weights = Weights(
-                passing=int(weights_raw.get("Passing", 1)),
-                warning=int(weights_raw.get("Warning", 1)),
-            )
-        except (TypeError, ValueError):
-            log.warning("instance %r: invalid Weights %r, using 1/1", service_id, weights_raw)
-    checks = entry.get("Checks") or []
-    if not isinstance(checks, list):
-        raise ValueError(f"instance {service_id!r}: Checks is not a list")
-    health = aggregate(_check_status(c) for c in checks)
-    dc = datacenter or (node.get("Datacenter") if isinstance(node.get("Datacenter"), str) else "")
-    return ServiceEndpoint.create(
-        service_id,
-        address,
-        port,
-        service=name,
-        tags=tuple(tags),
-        meta=_str_map(service.get("Meta"), "Service.Meta"),
-        weights=weights,
-        health=health,
-        node=str(node.get("Node") or ""),
-        datacenter=dc or "",
-    )
-
-
-def parse_health_entries(
-    data: Any, *, service: str = "", datacenter: str | None = None, keep_order: bool = False
-) -> Endpoints:
-    """Parse a whole ``/v1/health/service`` answer; malformed entries are skipped and logged.
-
-    Args:
-        data: the decoded JSON (a list; ``None`` counts as empty).
-        service: the service name, for log lines.
-        datacenter: the datacenter queried (else each node's own).
-        keep_order: keep Consul's order (``near``); otherwise sort by (node, id) so that
-            equal sets compare equal.
-
-    Returns:
-        The endpoints, never raising for bad content.
-    """
-    if data is None:
-        return ()
-    if not isinstance(data, list):
-        log.warning("service %r: answer is not a list (%s), ignored", service, type(data).__name__)
-        return ()
-    out: list[ServiceEndpoint] = []
-    for position, entry in enumerate(data):
-        try:
-            out.append(parse_health_entry(entry, datacenter=datacenter))
-        except (ValueError, TypeError, AttributeError) as exc:
-            log.warning(
-                "service %r: skipping malformed entry %d of the answer: %s", service, position, exc
-            )
-    if not keep_order:
-        out.sort(key=lambda e: (e.node, e.id))
-    return tuple(out)
-
-
 def _same_endpoints(a: Endpoints, b: Endpoints) -> bool:
-    """Equality of snapshots on every field, in order (``ServiceEndpoint.__eq__`` is identity)."""
-    return len(a) == len(b) and all(x.same_as(y) for x, y in zip(a, b, strict=True))
+    """Equality of snapshots on every field, in order (``ServiceEndpoint.__eq__`` is identity).
+
+    An endpoint that HealthEntryParser reused is the same object: ``is`` settles it at once.
+    """
+    return len(a) == len(b) and all(x is y or x.same_as(y) for x, y in zip(a, b, strict=True))
 
 
 # --- queries and snapshots ----------------------------------------------------------------------
@@ -457,17 +334,12 @@ class _View:
         self.watches: list[SharedWatch[Endpoints]] = []
         for dc in self.datacenters:
             keep_order = query.near is not None
-            dc_name = dc
+            # One parser per watch: an answer reuses the endpoints of the previous one whose
+            # ModifyIndex did not move (a change costs what changed; see health_entries).
+            parser = HealthEntryParser(service=query.name, datacenter=dc, keep_order=keep_order)
 
-            def decode(
-                response: ConsulResponse, dc_name: str | None = dc_name, keep: bool = keep_order
-            ) -> Endpoints:
-                return parse_health_entries(
-                    response.json() if response.status != 404 else None,
-                    service=query.name,
-                    datacenter=dc_name,
-                    keep_order=keep,
-                )
+            def decode(response: ConsulResponse, parser: HealthEntryParser = parser) -> Endpoints:
+                return parser.parse(response.json() if response.status != 404 else None)
 
             shared = owner._hub.watch(
                 query.path,
