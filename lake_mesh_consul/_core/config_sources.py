@@ -27,6 +27,7 @@ connection settings under ``consul``::
 from __future__ import annotations
 
 import os
+import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -188,17 +189,21 @@ def _read(path: Path, name: str) -> Any:
     except OSError as exc:
         raise ConfigValidationError(f"cannot read: {exc.strerror or exc}", key=name) from None
     if path.suffix.lower() == ".toml":
-        import importlib
-
-        try:
-            tomllib: Any = importlib.import_module("tomllib")  # Python 3.11+
-        except ImportError:  # pragma: no cover - Python 3.10
-            raise ConfigValidationError("TOML needs Python 3.11 or later", key=name) from None
-        try:
-            return tomllib.loads(raw.decode("utf-8"))
-        except (UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
-            raise ConfigValidationError(f"malformed TOML: {exc}", key=name) from None
+        return _decode_toml(raw, name)
     return _decode(raw, name)
+
+
+def _decode_toml(raw: bytes, name: str) -> Any:
+    # tomllib is in the standard library from 3.11; below, tomli (a dependency there) is the
+    # same parser under another name. Imported here: most configurations are JSON or KV.
+    if sys.version_info >= (3, 11):
+        import tomllib
+    else:  # pragma: no cover - exercised by CI's Python 3.10 run
+        import tomli as tomllib
+    try:
+        return tomllib.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+        raise ConfigValidationError(f"malformed TOML: {exc}", key=name) from None
 
 
 def _object(value: Any, name: str, where: str) -> Mapping[str, Any]:
