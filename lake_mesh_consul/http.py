@@ -62,7 +62,7 @@ from requests.sessions import merge_setting as _merge_setting
 from requests.structures import CaseInsensitiveDict
 
 from lake_mesh_consul._core.endpoint import ServiceEndpoint
-from lake_mesh_consul._core.retry import parse_retry_after
+from lake_mesh_consul._core.retry_after import parse_retry_after
 from lake_mesh_consul.errors import (
     CircuitOpen,
     DeadlineExceeded,
