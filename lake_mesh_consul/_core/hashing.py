@@ -54,10 +54,11 @@ def hash128(key: HashKey) -> tuple[int, int]:
     return _from_bytes(digest[:8], "little"), _from_bytes(digest[8:], "little")
 
 
-def endpoint_token(datacenter: str, endpoint_id: str) -> bytes:
+def endpoint_token(datacenter: str, node: str, endpoint_id: str) -> bytes:
     """The bytes that place an endpoint on a ring or in a Maglev table.
 
-    Built from the endpoint's identity ``(datacenter, id)`` (not its address), so an instance
-    that moves to a new address keeps its keys. NUL separates the parts unambiguously.
+    Built from the endpoint's identity ``(datacenter, node, id)`` (not its address), so an
+    instance that moves to a new address keeps its keys, and two instances registered with
+    the same ID on two nodes get their own places. NUL separates the parts unambiguously.
     """
-    return f"{datacenter}\x00{endpoint_id}".encode()
+    return f"{datacenter}\x00{node}\x00{endpoint_id}".encode()

@@ -52,7 +52,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Protocol, TypeVar, runtime_checkable
 
 from lake_mesh_consul._core.clock import SYSTEM_CLOCK, Clock
-from lake_mesh_consul._core.endpoint import ServiceEndpoint
+from lake_mesh_consul._core.endpoint import ServiceEndpoint, settings_for
 from lake_mesh_consul._core.hashing import endpoint_token, hash64, hash128
 from lake_mesh_consul._core.loadstats import (
     DEFAULT_DECAY,
@@ -576,7 +576,10 @@ class Weighted(_PairedStrategy):
         """The override if one applies, else Consul's weight for the endpoint's health."""
         overrides = self._overrides
         if overrides is not None:
-            value = overrides(endpoint) if callable(overrides) else overrides.get(endpoint.id)
+            if callable(overrides):
+                value = overrides(endpoint)
+            else:
+                value = settings_for(endpoint, overrides)  # "<id>@<node>", then "<id>"
             if value is not None:
                 if value < 0:
                     raise ValueError(f"weight override for {endpoint.id!r} is negative")
@@ -932,7 +935,7 @@ class RingHash(_PairedStrategy):
             per_unit >>= 1
         ring: list[tuple[int, int]] = []
         for index, (endpoint, rel) in enumerate(zip(endpoints, relative, strict=True)):
-            token = endpoint_token(endpoint.datacenter, endpoint.id) + b"_"
+            token = endpoint_token(endpoint.datacenter, endpoint.node, endpoint.id) + b"_"
             count = max(1, round(per_unit * rel))
             ring.extend((hash64(token + str(j).encode()), index) for j in range(count))
         ring.sort()
@@ -1029,7 +1032,7 @@ class Maglev(_PairedStrategy):
         offsets: list[int] = []
         skips: list[int] = []
         for endpoint in endpoints:
-            h1, h2 = hash128(endpoint_token(endpoint.datacenter, endpoint.id))
+            h1, h2 = hash128(endpoint_token(endpoint.datacenter, endpoint.node, endpoint.id))
             offsets.append(h1 % size)
             skips.append(h2 % (size - 1) + 1)
         heaviest = max(weights)
