@@ -8,10 +8,19 @@ Everything that talks to Consul goes through :class:`ConsulClient`. It
 * sends the ACL token in the ``X-Consul-Token`` header only (python-consul2 would put it in
   the query string, where it ends up in exception messages and access logs);
 * derives each request's read timeout from its blocking-query ``wait``
-  (:func:`~lake_mesh_consul._core.blocking.read_timeout_for_wait`);
+  (:func:`~lake_mesh_consul._core.blocking.read_timeout_for_wait`), and gives every call an
+  overall deadline as well (:meth:`ConsulClient.deadline_for`): an agent that trickles one
+  byte a second cannot hold a call past it (:mod:`~lake_mesh_consul._consul.client_transport`);
+* never follows a redirect (Consul's API never redirects, and the token, a session header,
+  would follow it to the other host): a 3xx is ConsulProtocolError naming the status and host;
+* streams each answer and stops at ``MeshConfig.max_answer_bytes`` (ConsulAnswerTooLarge);
 * maps every failure to :mod:`lake_mesh_consul.errors` at the boundary, keeping the cause:
-  unreachable or timed out -> ConsulUnavailable, bad TLS -> ConsulTLSError, 403 ->
-  PermissionDenied, 404 -> ConsulNotFound, any other status -> ConsulStatusError;
+  unreachable or timed out -> ConsulUnavailable, a new connection closed unanswered ->
+  ConsulConnectionLimit, bad TLS -> ConsulTLSError, 403 -> PermissionDenied, 404 ->
+  ConsulNotFound, any other status -> ConsulStatusError. The foreign cause is kept for its
+  type and message only: its traceback (whose frames hold the request headers, the token
+  among them, and the failed answer) and its request/response are dropped, and any echo of
+  the token in it or in a quoted body is masked;
 * offers :meth:`ConsulClient.request` for the HTTP endpoints python-consul2 does not cover
   well (service Weights, several checks, ``filter``, response headers), over the *same*
   requests session, token and TLS settings.
@@ -22,13 +31,17 @@ connection pool per host, which urllib3 makes thread-safe).
 
 from __future__ import annotations
 
+import importlib
 import json as _json
 import logging
+import math
 import threading
+import time
 import warnings
-from collections.abc import Mapping
-from dataclasses import dataclass
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import urlsplit
 
 import consul
 import consul.base
@@ -36,15 +49,26 @@ import consul.std
 import requests
 import requests.adapters
 
+from lake_mesh_consul._consul.client_transport import (
+    ConnectHook,
+    ConnectionRegistry,
+    Exchange,
+    current_exchange,
+    exchange,
+    guarded_pool_classes,
+)
 from lake_mesh_consul._core.blocking import read_timeout_for_wait
-from lake_mesh_consul._core.config import MeshConfig
+from lake_mesh_consul._core.config import MeshConfig, Secret
 from lake_mesh_consul.errors import (
+    ConsulAnswerTooLarge,
+    ConsulConnectionLimit,
     ConsulError,
     ConsulNotFound,
     ConsulProtocolError,
     ConsulStatusError,
     ConsulTLSError,
     ConsulUnavailable,
+    InvalidSetting,
     PermissionDenied,
 )
 
@@ -54,6 +78,9 @@ log = logging.getLogger("lake_mesh_consul.consul")
 
 #: Connection pool size per agent: discovery watches hold one connection each while parked.
 POOL_SIZE = 32
+
+#: Bytes read from an answer at a time (the cap is checked after each).
+READ_CHUNK = 64 * 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,27 +104,42 @@ class ConsulResponse:
     cache: str | None = None
     address: str = ""
     operation: str = ""
+    #: masked wherever the body is quoted in an error (an answer may echo the token).
+    token: Secret | None = field(default=None, repr=False, compare=False)
 
     def json(self) -> Any:
         """The body decoded as JSON (``None`` for an empty body).
 
         Raises:
             ConsulProtocolError: the body is not JSON (the address is not a Consul agent).
+                Its cause is a plain ValueError with the parser's message: the parser's own
+                error would keep the whole body alive.
         """
         if not self.body:
             return None
         try:
             return _json.loads(self.body)
         except ValueError as exc:
-            raise ConsulProtocolError(
-                self.address, self.operation or "read answer", _describe_body(self.body)
-            ) from exc
+            reason = str(exc)
+        detail = _mask(_describe_body(self.body), self.token)
+        raise ConsulProtocolError(
+            self.address, self.operation or "read answer", detail
+        ) from ValueError(reason)
 
     @classmethod
     def from_requests(
-        cls, response: requests.Response, *, address: str = "", operation: str = ""
+        cls,
+        response: requests.Response,
+        *,
+        address: str = "",
+        operation: str = "",
+        body: bytes | None = None,
+        token: Secret | None = None,
     ) -> ConsulResponse:
-        """Build from a requests response, parsing Consul's headers defensively."""
+        """Build from a requests response, parsing Consul's headers defensively.
+
+        ``body`` is the answer already read (streamed answers); default ``response.content``.
+        """
         headers = response.headers
         try:
             index = int(headers.get("X-Consul-Index", "0"))
@@ -112,21 +154,25 @@ class ConsulResponse:
             last_contact = None
         return cls(
             status=response.status_code,
-            body=response.content,
+            body=response.content if body is None else body,
             index=index,
             known_leader=known_leader,
             last_contact=last_contact,
             cache=headers.get("X-Cache"),
             address=address,
             operation=operation,
+            token=token,
         )
 
 
 class _ServerNameAdapter(requests.adapters.HTTPAdapter):
-    """Verify the agent's certificate against a fixed name (CONSUL_TLS_SERVER_NAME)."""
+    """Our transport: guarded connections (deadline, registry) and CONSUL_TLS_SERVER_NAME."""
 
-    def __init__(self, server_name: str | None, **kwargs: Any) -> None:
+    def __init__(
+        self, server_name: str | None, registry: ConnectionRegistry, **kwargs: Any
+    ) -> None:
         self._server_name = server_name
+        self._registry = registry
         super().__init__(**kwargs)
 
     def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
@@ -134,13 +180,28 @@ class _ServerNameAdapter(requests.adapters.HTTPAdapter):
             kwargs["server_hostname"] = self._server_name
             kwargs["assert_hostname"] = self._server_name
         super().init_poolmanager(*args, **kwargs)
+        self.poolmanager.pool_classes_by_scheme = guarded_pool_classes(self._registry)
 
 
-def build_session(config: MeshConfig) -> requests.Session:
-    """A requests session carrying the token header and TLS settings of ``config``."""
+def build_session(
+    config: MeshConfig, registry: ConnectionRegistry | None = None
+) -> requests.Session:
+    """A requests session carrying the token header and TLS settings of ``config``.
+
+    Its connections are guarded (overall deadlines, see
+    :mod:`~lake_mesh_consul._consul.client_transport`) and listed in ``registry``; it never
+    follows redirects and refuses an answer announcing more than ``config.max_answer_bytes``.
+    """
     session = requests.Session()
     session.trust_env = False  # proxies from the environment must not see agent traffic
-    adapter = _ServerNameAdapter(config.tls_server_name, pool_connections=4, pool_maxsize=POOL_SIZE)
+    session.max_redirects = 0  # the token is a session header: it must never follow one
+    session.hooks["response"].append(_answer_guard(config))
+    adapter = _ServerNameAdapter(
+        config.tls_server_name,
+        registry or ConnectionRegistry(),
+        pool_connections=4,
+        pool_maxsize=POOL_SIZE,
+    )
     session.mount("http://", adapter)
     session.mount("https://", adapter)
     if config.token:
@@ -164,8 +225,45 @@ def build_session(config: MeshConfig) -> requests.Session:
     return session
 
 
+#: The endpoint groups the adapter builds, by attribute and class name. python-consul2 nests
+#: them in ``consul.base.Consul``; py-consul (the maintained fork, same API family) keeps each
+#: in ``consul.api.<module>``. Only these are built: the rest are never called.
+_GROUPS: tuple[tuple[str, str, str], ...] = (
+    # (attribute, class, py-consul module)
+    ("agent", "Agent", "agent"),
+    ("catalog", "Catalog", "catalog"),
+    ("coordinate", "Coordinate", "coordinates"),
+    ("event", "Event", "event"),
+    ("health", "Health", "health"),
+    ("kv", "KV", "kv"),
+    ("session", "Session", "session"),
+    ("status", "Status", "status"),
+    ("txn", "Txn", "txn"),
+)
+
+#: HTTP 400 from the consul module: in ``consul.base`` (python-consul2) or
+#: ``consul.exceptions`` (py-consul). The other error classes are exported by both packages
+#: at top level (``consul.ACLPermissionDenied``, ``consul.NotFound``, ...).
+_BadRequest: type[Exception] = (
+    getattr(consul.base, "BadRequest", None)
+    or importlib.import_module("consul.exceptions").BadRequest
+)
+
+
+def _endpoint_group(cls_name: str, module: str) -> Any:
+    nested = getattr(consul.base.Consul, cls_name, None)
+    if isinstance(nested, type):
+        return nested  # python-consul2
+    return getattr(importlib.import_module(f"consul.api.{module}"), cls_name)  # py-consul
+
+
 class _HTTPClient(consul.std.HTTPClient):  # type: ignore[misc]
-    """python-consul2's transport over our session, with a timeout derived per request."""
+    """The consul module's transport over our session, with a timeout derived per request.
+
+    Works with python-consul2 and py-consul alike: both subclass ``consul.base.HTTPClient``
+    with the same constructor and ``get/put/delete/post(callback, path, params, ...)``;
+    py-consul adds ``raw`` to ``get`` (snapshots) and an abstract ``close``.
+    """
 
     def __init__(self, owner: ConsulClient) -> None:
         config = owner.config
@@ -177,7 +275,7 @@ class _HTTPClient(consul.std.HTTPClient):  # type: ignore[misc]
             cert=owner.session.cert,
         )
         self.base_uri = config.base_url
-        # python-consul2 opened a session of its own; ours replaces it.
+        # The consul module opened a session of its own; ours replaces it.
         own: requests.Session = self.__dict__["session"]
         own.close()
         self.session = owner.session
@@ -190,10 +288,12 @@ class _HTTPClient(consul.std.HTTPClient):  # type: ignore[misc]
                 wait = value
         return self._owner.timeout_for(wait)
 
-    def get(self, callback: Any, path: str, params: Any = None, headers: Any = None) -> Any:
+    def get(
+        self, callback: Any, path: str, params: Any = None, headers: Any = None, raw: bool = False
+    ) -> Any:
         uri = self.uri(path, params)
         response = self.session.get(uri, headers=headers, timeout=self._timeout_for(params))
-        return callback(self.response(response))
+        return callback(self.response(response, raw=True) if raw else self.response(response))
 
     def put(
         self, callback: Any, path: str, params: Any = None, data: Any = "", headers: Any = None
@@ -222,56 +322,60 @@ class _HTTPClient(consul.std.HTTPClient):  # type: ignore[misc]
         )
         return callback(self.response(response))
 
+    def close(self) -> None:
+        """Nothing to do: the session belongs to the ConsulClient, which closes it."""
+
 
 class _Consul(consul.base.Consul):  # type: ignore[misc]
-    """python-consul2's client, built without reading the environment.
+    """The consul module's client (python-consul2 or py-consul), built without the environment.
 
     ``consul.base.Consul.__init__`` reads CONSUL_HTTP_ADDR, CONSUL_HTTP_SSL(_VERIFY) and lets
-    CONSUL_HTTP_TOKEN override the explicit token. We build the same endpoint groups from
-    MeshConfig instead, and leave ``token`` unset so it is never put in a query string.
+    CONSUL_HTTP_TOKEN override the explicit token (python-consul2 even raises on an address
+    it cannot split). We build the endpoint groups of :data:`_GROUPS` from MeshConfig instead,
+    and leave ``token`` unset so it is never put in a query string.
     """
 
     def __init__(self, owner: ConsulClient) -> None:
         config = owner.config
-        base = consul.base.Consul
+        self.consistency = "default"
+        self.dc = config.datacenter
+        self.http = _HTTPClient(owner)
+        self.scheme = config.scheme
+        self.token = None  # the token travels in the session's X-Consul-Token header
         with warnings.catch_warnings():
-            # python-consul2 warns while building its ACL and discovery-chain groups about
-            # APIs we never call; those warnings say nothing about our use.
+            # python-consul2 warns while building some groups about APIs we never call;
+            # those warnings say nothing about our use.
             warnings.simplefilter("ignore", DeprecationWarning)
-            self.agent = base.Agent(self)
-            self.catalog = base.Catalog(self)
-            self.config = base.Config(self)
-            self.connect = base.Connect(self)
-            self.consistency = "default"
-            self.coordinate = base.Coordinate(self)
-            self.dc = config.datacenter
-            self.discovery_chain = base.DiscoveryChain(self)
-            self.event = base.Event(self)
-            self.health = base.Health(self)
-            self.http = _HTTPClient(owner)
-            self.kv = base.KV(self)
-            self.operator = base.Operator(self)
-            self.query = base.Query(self)
-            self.scheme = config.scheme
-            self.session = base.Session(self)
-            self.snapshot = base.Snapshot(self)
-            self.status = base.Status(self)
-            self.token = None  # the token travels in the session's X-Consul-Token header
-            self.txn = base.Txn(self)
+            for attribute, cls_name, module in _GROUPS:
+                setattr(self, attribute, _endpoint_group(cls_name, module)(self))
+
+    def http_connect(self, *args: Any, **kwargs: Any) -> Any:
+        """py-consul's abstract factory; never called (``http`` is set in ``__init__``)."""
+        return self.http
 
 
 class ConsulClient:
     """The adapter's entry point: one per MeshConfig, shared by registry, discovery and KV.
 
     Use :attr:`consul` (python-consul2) for its well-covered endpoints through :meth:`call`,
-    or :meth:`request` for raw HTTP with headers. Both map errors to our tree.
+    or :meth:`request` for raw HTTP with headers. Both map errors to our tree, and both run
+    under an overall deadline (:meth:`deadline_for`).
 
-    It is a context manager; :meth:`close` closes the connection pool.
+    It is a context manager; :meth:`close` shuts every connection, waking a thread parked in
+    a request (it gets ConsulUnavailable at once), and later calls fail without sending.
+
+    Args:
+        config: how to reach the agent (default :meth:`MeshConfig.from_env`).
+        on_connect: called with each new connection right after it connects, on the thread
+            that opened it (to count or register connections).
     """
 
-    def __init__(self, config: MeshConfig | None = None) -> None:
+    def __init__(
+        self, config: MeshConfig | None = None, *, on_connect: ConnectHook | None = None
+    ) -> None:
         self.config = config or MeshConfig.from_env()
-        self.session = build_session(self.config)
+        self._connections = ConnectionRegistry(on_connect)
+        self.session = build_session(self.config, self._connections)
         self._consul = _Consul(self)
         self._closed = threading.Event()
 
@@ -287,6 +391,11 @@ class ConsulClient:
         """The agent's base URL, for messages."""
         return self.config.base_url
 
+    @property
+    def open_connections(self) -> int:
+        """Connections this client holds open to the agent right now."""
+        return self._connections.count()
+
     def timeout_for(self, wait: Any) -> tuple[float, float]:
         """``(connect, read)`` timeouts for a request with blocking ``wait`` (or none)."""
         read = self.config.read_timeout
@@ -295,26 +404,45 @@ class ConsulClient:
             read = max(read, read_timeout_for_wait(seconds))
         return (self.config.connect_timeout, read)
 
+    def deadline_for(self, wait: Any = None) -> float:
+        """The default overall deadline in seconds of a call with blocking ``wait`` (or none).
+
+        ``connect_timeout + read_timeout`` for a non-blocking call (12 s by default), and
+        ``connect_timeout`` plus the wait-derived read timeout (``wait + wait/16 + 5 s``) for
+        a blocking read: whatever the agent does, the call ends by then.
+        """
+        connect, read = self.timeout_for(wait)
+        return connect + read
+
     def call(self, operation: str, fn: Any, *args: Any, **kwargs: Any) -> Any:
         """Run a python-consul2 call, mapping its and requests' errors to ours.
+
+        The call runs under :meth:`deadline_for` its ``wait`` keyword (if any) and the
+        answer cap; redirects are refused as in :meth:`request`.
 
         Args:
             operation: what is being done, for error messages ("read key 'x'").
             fn: a bound python-consul2 method, e.g. ``client.consul.kv.get``.
         """
-        try:
-            return fn(*args, **kwargs)
-        except consul.base.ACLPermissionDenied as exc:
-            raise PermissionDenied(operation) from exc
-        except consul.base.NotFound as exc:
-            raise ConsulNotFound(404, _clean(str(exc)), operation) from exc
-        except consul.base.ConsulException as exc:
-            raise _status_from_consul_exception(exc, operation) from exc
-        except requests.RequestException as exc:
-            raise self._map_transport_error(exc, operation) from exc
-        except (ValueError, KeyError, TypeError, AttributeError) as exc:
-            # python-consul2 decodes bodies itself; a non-Consul answer breaks its parsing.
-            raise ConsulProtocolError(self.address, operation, type(exc).__name__) from exc
+        self._check_open(operation)
+        seconds = self.deadline_for(kwargs.get("wait"))
+        with exchange(seconds, operation, self._raw_limit()) as current:
+            try:
+                return fn(*args, **kwargs)
+            except consul.ACLPermissionDenied as exc:
+                raise PermissionDenied(operation) from self._detach(exc)
+            except consul.NotFound as exc:
+                body = self._quote(str(exc))
+                raise ConsulNotFound(404, body, operation) from self._detach(exc)
+            except consul.ConsulException as exc:
+                error = _status_from_consul_exception(exc, operation, self.config.token)
+                raise error from self._detach(exc)
+            except requests.RequestException as exc:
+                raise self._map_transport_error(exc, operation, current) from self._detach(exc)
+            except (ValueError, KeyError, TypeError, AttributeError) as exc:
+                # python-consul2 decodes bodies itself; a non-Consul answer breaks its parsing.
+                error = ConsulProtocolError(self.address, operation, type(exc).__name__)
+                raise error from self._detach(exc)
 
     def request(
         self,
@@ -328,6 +456,7 @@ class ConsulClient:
         wait: float | str | None = None,
         allow_404: bool = False,
         dc: bool = True,
+        deadline: float | None = None,
     ) -> ConsulResponse:
         """Send one HTTP request to the agent and return the decoded answer.
 
@@ -342,54 +471,141 @@ class ConsulClient:
                 derives the read timeout.
             allow_404: return a 404 answer instead of raising ConsulNotFound.
             dc: add ``dc=`` from the config when a datacenter is set and none is given.
+            deadline: overall seconds for the whole exchange: connecting, sending, and every
+                read of the status, headers and body (default :meth:`deadline_for`).
 
         Raises:
-            ConsulUnavailable: unreachable or timed out (ConsulTLSError for TLS failures).
+            ConsulUnavailable: unreachable, timed out, past ``deadline``, or the client is
+                closed (ConsulTLSError for TLS failures, ConsulConnectionLimit when the agent
+                closes a new connection unanswered, as it does over its per-client limit).
+            ConsulProtocolError: a redirect (naming status and target host): never followed.
+            ConsulAnswerTooLarge: the answer passed ``max_answer_bytes``; not read further.
             PermissionDenied: HTTP 403.
             ConsulNotFound: HTTP 404 unless ``allow_404``.
             ConsulStatusError: any other status >= 400.
+            InvalidSetting: ``deadline`` is not a positive number of seconds.
         """
+        self._check_open(operation)
+        seconds = self.deadline_for(wait) if deadline is None else _deadline_seconds(deadline)
         query: dict[str, Any] = dict(params or {})
         if wait is not None:
             query["wait"] = f"{_wait_seconds(wait):g}s"
         if dc and self.config.datacenter and "dc" not in query:
             query["dc"] = self.config.datacenter
-        url = self.config.base_url + path
+        with exchange(seconds, operation, self._raw_limit()) as current:
+            raw = self._send(method, path, query, json, data, wait, current)
+            try:
+                body = self._read_capped(raw, current)
+            finally:
+                raw.close()
+        return self._answer(raw, body, operation, allow_404)
+
+    def _send(
+        self,
+        method: str,
+        path: str,
+        query: dict[str, Any],
+        json: Any,
+        data: bytes | str | None,
+        wait: Any,
+        current: Exchange,
+    ) -> requests.Response:
+        connect, read = self.timeout_for(wait)
+        if current.seconds is not None:
+            connect = min(connect, current.seconds)
         try:
-            raw = self.session.request(
+            return self.session.request(
                 method,
-                url,
+                self.config.base_url + path,
                 params=query or None,
                 json=json,
                 data=data,
-                timeout=self.timeout_for(wait),
+                timeout=(connect, read),
+                allow_redirects=False,
+                stream=True,
             )
         except requests.RequestException as exc:
-            raise self._map_transport_error(exc, operation) from exc
-        response = ConsulResponse.from_requests(raw, address=self.address, operation=operation)
+            raise self._map_transport_error(exc, current.operation, current) from self._detach(
+                exc
+            )
+        except UnicodeError:  # a header the HTTP library cannot encode
+            pass  # raised below, outside the handler: the UnicodeEncodeError holds the value
+        raise InvalidSetting("token", "cannot be sent in an HTTP header (not Latin-1)")
+
+    def _read_capped(self, raw: requests.Response, current: Exchange) -> bytes:
+        """The body of ``raw``, read in chunks and refused past ``max_answer_bytes``."""
+        limit = self.config.max_answer_bytes
+        operation = current.operation
+        if raw.raw is None:  # an adapter that answered from memory
+            body = raw.content
+            if len(body) > limit:
+                raise ConsulAnswerTooLarge(self.address, operation, limit, len(body))
+            return body
+        chunks: list[bytes] = []
+        size = 0
+        try:
+            for chunk in raw.iter_content(READ_CHUNK):
+                size += len(chunk)
+                if size > limit:
+                    raise ConsulAnswerTooLarge(self.address, operation, limit)
+                chunks.append(chunk)
+        except requests.RequestException as exc:
+            raise self._map_transport_error(exc, operation, current) from self._detach(exc)
+        return b"".join(chunks)
+
+    def _answer(
+        self, raw: requests.Response, body: bytes, operation: str, allow_404: bool
+    ) -> ConsulResponse:
+        response = ConsulResponse.from_requests(
+            raw, address=self.address, operation=operation, body=body, token=self.config.token
+        )
         if response.status < 400 or (response.status == 404 and allow_404):
             return response
-        body = _clean(raw.text)
+        text = self._quote(body.decode("utf-8", errors="replace"))
         if response.status == 403:
             raise PermissionDenied(operation)
         if response.status == 404:
-            raise ConsulNotFound(404, body, operation)
-        raise ConsulStatusError(response.status, body, operation)
+            raise ConsulNotFound(404, text, operation)
+        if response.status == 429 and "too many concurrent connections" in text.lower():
+            raise ConsulConnectionLimit(self.address, operation, self.open_connections)
+        raise ConsulStatusError(response.status, text, operation)
 
-    def _map_transport_error(self, exc: requests.RequestException, operation: str) -> ConsulError:
+    def _raw_limit(self) -> int:
+        # The socket-level cap counts headers and compressed bytes too: leave room for them.
+        return self.config.max_answer_bytes + READ_CHUNK
+
+    def _check_open(self, operation: str) -> None:
+        if self._closed.is_set():
+            raise ConsulUnavailable(self.address, f"client closed ({operation})")
+
+    def _quote(self, text: str) -> str:
+        """A foreign text, trimmed and with any echo of the token masked, for a message."""
+        return _mask(_clean(text), self.config.token)
+
+    def _detach(self, exc: BaseException) -> BaseException:
+        return _detach(exc, self.config.token)
+
+    def _map_transport_error(
+        self, exc: requests.RequestException, operation: str, current: Exchange | None = None
+    ) -> ConsulError:
         address = self.address
+        if self._closed.is_set():
+            return ConsulUnavailable(address, f"client closed ({operation})")
+        if current is not None and current.oversize:
+            return ConsulAnswerTooLarge(address, operation, self.config.max_answer_bytes)
+        if current is not None and current.expired:
+            detail = f"deadline of {current.seconds or 0:g}s exceeded ({operation})"
+            return ConsulUnavailable(address, detail)
         if isinstance(exc, requests.exceptions.SSLError):
             return ConsulTLSError(address, _tls_hint(exc))
         if isinstance(exc, requests.exceptions.ConnectTimeout):
             detail = f"connect timed out after {self.config.connect_timeout:g}s ({operation})"
         elif isinstance(exc, requests.exceptions.ReadTimeout):
             detail = f"no answer in time ({operation})"
-        elif isinstance(exc, requests.exceptions.ConnectionError):
-            text = str(exc).lower()
-            reason = "connection refused" if "refused" in text else "connection failed"
-            if "reset" in text or "aborted" in text:
-                reason = "connection reset"
-            detail = f"{reason} ({operation})"
+        elif isinstance(exc, requests.exceptions.ConnectionError | requests.exceptions.ChunkedEncodingError):
+            if _refused_new_connection(exc, current):
+                return ConsulConnectionLimit(address, operation, self.open_connections)
+            detail = f"{_connection_failure(exc)} ({operation})"
         else:
             detail = f"{type(exc).__name__} ({operation})"
         return ConsulUnavailable(address, detail)
@@ -408,9 +624,10 @@ class ConsulClient:
         return value if isinstance(value, str) else ""
 
     def close(self) -> None:
-        """Close the connection pool. Idempotent."""
+        """Shut every connection (in-flight ones too), then the pool. Idempotent, immediate."""
         if not self._closed.is_set():
             self._closed.set()
+            self._connections.shut_all()
             self.session.close()
 
     def __enter__(self) -> ConsulClient:
@@ -431,18 +648,153 @@ def _wait_seconds(wait: Any) -> float:
     return parse_duration(str(wait))
 
 
+def _deadline_seconds(deadline: Any) -> float:
+    if (
+        not isinstance(deadline, int | float)
+        or isinstance(deadline, bool)
+        or not 0 < deadline < math.inf
+    ):
+        raise InvalidSetting("deadline", f"must be a positive number of seconds, got {deadline!r}")
+    return float(deadline)
+
+
 def _clean(text: str) -> str:
     return text.strip()[:2000]
 
 
-def _status_from_consul_exception(exc: Exception, operation: str) -> ConsulStatusError:
+def _mask(text: str, token: Secret | None) -> str:
+    """``text`` with every occurrence of the token replaced by ``***``."""
+    secret = token.reveal() if token is not None else ""
+    return text.replace(secret, "***") if secret and secret in text else text
+
+
+#: Attributes of foreign errors that hold the request (its headers carry the token), the
+#: answer, or a pool/connection: dropped from a cause so that it keeps nothing alive.
+_HEAVY_ATTRIBUTES = ("request", "response", "pool", "conn", "_pool")
+
+
+def _detach(exc: BaseException, token: Secret | None) -> BaseException:
+    """Make ``exc`` (and every error it chains) safe to keep as a cause; returns ``exc``.
+
+    Drops tracebacks (their frames hold the request headers, token included, and the failed
+    answer), requests'/urllib3's request, response, pool and connection references, the
+    documents held by decode errors, and masks the token wherever an argument quotes it.
+    """
+    stack: list[BaseException] = [exc]
+    seen: set[int] = set()
+    while stack and len(seen) < 64:
+        item = stack.pop()
+        if id(item) in seen:
+            continue
+        seen.add(id(item))
+        item.__traceback__ = None
+        for name in _HEAVY_ATTRIBUTES:
+            if getattr(item, name, None) is not None:
+                try:
+                    setattr(item, name, None)
+                except (AttributeError, TypeError):
+                    pass
+        if isinstance(item, _json.JSONDecodeError):
+            item.doc = ""
+        if isinstance(item, UnicodeError):
+            item.object = item.object[:0]  # the text being encoded: a header's value
+        item.args = tuple(_mask(a, token) if isinstance(a, str) else a for a in item.args)
+        linked = [item.__cause__, item.__context__, getattr(item, "reason", None), *item.args]
+        stack.extend(x for x in linked if isinstance(x, BaseException))
+    return exc
+
+
+def _refused_new_connection(exc: BaseException, current: Exchange | None) -> bool:
+    """A connection opened for this exchange was closed or reset before any answer byte.
+
+    That is what Consul 1.8 does over ``limits.http_max_conns_per_client``: it accepts the
+    connection and closes it at once (the client sees a reset, a broken pipe, or
+    "Remote end closed connection without response").
+    """
+    if current is None or not current.fresh_connection or current.received:
+        return False
+    return any(
+        isinstance(item, ConnectionResetError | BrokenPipeError) for item in _chain(exc)
+    )
+
+
+def _chain(exc: BaseException) -> Iterator[BaseException]:
+    """``exc`` and the errors it wraps (causes, contexts, arguments, urllib3's ``reason``)."""
+    stack, seen = [exc], 0
+    while stack and seen < 32:
+        item = stack.pop()
+        seen += 1
+        yield item
+        linked = [item.__cause__, item.__context__, getattr(item, "reason", None), *item.args]
+        stack.extend(x for x in linked if isinstance(x, BaseException))
+
+
+def _connection_failure(exc: BaseException) -> str:
+    text = str(exc).lower()
+    if "refused" in text:
+        return "connection refused"
+    if "reset" in text or "aborted" in text:
+        return "connection reset"
+    if "incomplete" in text or "ended prematurely" in text:
+        return "the answer was cut short"
+    return "connection failed"
+
+
+def _answer_guard(config: MeshConfig) -> Any:
+    """A requests response hook: refuse redirects and answers announced over the cap.
+
+    It runs before requests would follow a redirect or read a body, on every path through
+    the session (python-consul2's included).
+    """
+    address, limit, token = config.base_url, config.max_answer_bytes, config.token
+
+    def guard(response: requests.Response, *args: Any, **kwargs: Any) -> requests.Response:
+        current = current_exchange()
+        operation = (current.operation if current is not None else "") or "request"
+        status = response.status_code
+        if 300 <= status < 400:
+            target = _mask(_redirect_target(response.headers.get("Location"), address), token)
+            response.close()
+            raise ConsulProtocolError(
+                address,
+                operation,
+                f"HTTP {status} redirect to {target}; Consul's API never redirects, and the "
+                "ACL token would go along, so it was not followed",
+            )
+        announced = response.headers.get("Content-Length", "")
+        if announced.isdigit() and int(announced) > limit:
+            response.close()
+            raise ConsulAnswerTooLarge(address, operation, limit, int(announced))
+        return response
+
+    return guard
+
+
+def _redirect_target(location: str | None, address: str) -> str:
+    """The host a redirect points at (``host:port``), never its path or query."""
+    if not location:
+        return "nowhere (no Location header)"
+    try:
+        parts = urlsplit(location.strip())
+        host, port = parts.hostname, parts.port
+    except ValueError:
+        return "an unparsable location"
+    if not host:
+        return f"{address} itself (relative Location)"
+    shown = f"{host}:{port}" if port else host
+    return repr(shown[:100])
+
+
+def _status_from_consul_exception(
+    exc: Exception, operation: str, token: Secret | None = None
+) -> ConsulStatusError:
     # python-consul2 formats its errors as "<code> <body>".
-    text = str(exc)
+    text = _mask(str(exc), token)
     head, _, body = text.partition(" ")
     code = int(head) if head.isdigit() else 500
-    if isinstance(exc, consul.base.BadRequest):
+    if isinstance(exc, _BadRequest):
         code = 400
-    elif isinstance(exc, consul.base.ACLDisabled):
+    elif isinstance(exc, consul.ACLDisabled):
         code, body = 401, text
     return ConsulStatusError(code, _clean(body or text), operation)
 
