@@ -49,18 +49,20 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import os
 import random
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from lake_mesh_consul._consul.client import ConsulClient
 from lake_mesh_consul._consul.discovery import ServiceDiscovery, ServiceSnapshot
 from lake_mesh_consul._consul.health import CheckFunction, HealthCheckManager
 from lake_mesh_consul._consul.kvconfig import ConfigChange, ConfigStore, StartMode
 from lake_mesh_consul._consul.registry import ServiceRegistry
+from lake_mesh_consul._consul.watch import Consistency
 from lake_mesh_consul._core.balancer import LoadBalancer
 from lake_mesh_consul._core.breaker import BreakerState
 from lake_mesh_consul._core.clock import SYSTEM_CLOCK, Clock
@@ -78,7 +80,8 @@ from lake_mesh_consul._core.endpoint import ServiceEndpoint, Weights
 from lake_mesh_consul._core.health import HealthStatus
 from lake_mesh_consul._core.registration import Check, ServiceMetadata, check_service_name
 from lake_mesh_consul._core.retry import RetryBudget, RetryPolicy, execute
-from lake_mesh_consul.errors import InvalidSetting, MeshError
+from lake_mesh_consul._shutdown import ShutdownHook
+from lake_mesh_consul.errors import DiscoveryTimeout, InvalidSetting, MeshError
 
 if TYPE_CHECKING:
     from lake_mesh_consul.http import MeshSession
@@ -98,6 +101,11 @@ _T = TypeVar("_T")
 DEFAULT_DISCOVERY_TIMEOUT = 10.0
 #: Most services :meth:`Mesh.status` explains when it lists the catalog.
 MAX_STATUS_SERVICES = 100
+#: Seconds close() may take beyond the drain grace (drain calls, then every thread joined).
+CLOSE_MARGIN = 2.0
+#: Seconds a caller waiting for another thread's first use of a service (or start) waits
+#: beyond that thread's own timeout before giving up.
+FLIGHT_SLACK = 1.0
 
 
 class _DetectorRecorder:
@@ -508,6 +516,39 @@ def _section(values: Mapping[str, Any], *prefixes: str) -> dict[str, Any]:
     return {k: v for k, v in values.items() if k.startswith(prefixes)}
 
 
+class _Flight(Generic[_T]):
+    """One action in progress that other threads may wait for (single-flight).
+
+    The thread that starts the action runs it with no lock held and calls :meth:`land`
+    or :meth:`crash`; the others :meth:`wait` for that outcome instead of repeating the
+    action, so N threads asking for one thing cost one wait, and asking for N different
+    things costs N waits side by side, never in a row.
+    """
+
+    def __init__(self) -> None:
+        self._done = threading.Event()
+        self._value: _T | None = None
+        self._error: BaseException | None = None
+
+    def land(self, value: _T) -> None:
+        """The action succeeded with ``value``."""
+        self._value = value
+        self._done.set()
+
+    def crash(self, error: BaseException) -> None:
+        """The action failed with ``error`` (raised again to every waiter)."""
+        self._error = error
+        self._done.set()
+
+    def wait(self, timeout: float, what: str) -> _T:
+        """The action's value, or its error raised again; DiscoveryTimeout after ``timeout``."""
+        if not self._done.wait(timeout):
+            raise DiscoveryTimeout(what, timeout, "still waiting for another thread's attempt")
+        if self._error is not None:
+            raise self._error
+        return self._value  # type: ignore[return-value]
+
+
 class Mesh:
     """The mesh for one process: register yourself, call others, explain what happens.
 
@@ -520,9 +561,21 @@ class Mesh:
             False only the code/environment levels apply.
         config_start_mode: what :meth:`start` does when KV cannot be read (``"fail"``
             raises; ``"defaults"`` starts without and picks KV up when it returns).
-        discovery_timeout: seconds the first use of a service waits for Consul's answer.
+        discovery_timeout: seconds the first use of a service waits for Consul's answer
+            (and :meth:`start` for the KV configuration's first answer).
         drain_grace: seconds between maintenance-on and deregistration when closing.
         drain_on_close: whether :meth:`close` drains registered instances (default True).
+        drain_on_sigterm: whether the first :meth:`register` made on the main thread installs
+            a SIGTERM handler that closes the mesh (drain included) and then hands the signal
+            on: to the handler the application installed before, or else ends the process
+            with ``SystemExit(143)``. Default True (Spring Cloud Consul deregisters on
+            shutdown too); pass False to keep SIGTERM to yourself, and call
+            :meth:`close` from your own handler.
+        persist_dir, invalidate_after, failover, consistency, max_stale, cached: the
+            :class:`~lake_mesh_consul._consul.discovery.ServiceDiscovery` options of the
+            same names (snapshots kept on disk for a start while Consul is down; how long a
+            stale snapshot is served; failover datacenters; read consistency; re-read from
+            the leader past ``max_stale`` seconds; the agent cache).
         clock: time source for everything the mesh builds.
         rng: randomness (seed it for reproducible balancing and jitter).
         overrides: MeshConfig fields applied over ``config`` (or the environment), e.g.
@@ -530,12 +583,19 @@ class Mesh:
 
     Lifecycle: the constructor does no I/O. :meth:`start` (or entering ``with``) reads the
     KV configuration and starts its watch; the first :meth:`balancer` / :meth:`call` of a
-    service starts that service's discovery. :meth:`close` (leaving ``with``) stops the
-    health heartbeats, drains and deregisters registered instances, then stops every watch
-    thread; it returns within ``drain_grace`` plus about a second.
+    service starts that service's discovery. The KV configuration in force when
+    :meth:`start` returns is applied to every service from its first request. :meth:`close`
+    (leaving ``with``, or SIGTERM) stops the health heartbeats, drains and deregisters
+    registered instances, then stops every thread; it returns within ``drain_grace + 2``
+    seconds even with the agent hung, and no thread of the mesh survives it.
 
-    Thread-safety: every method may be called from any thread. The request path takes no
-    lock of the mesh (only the balancer's, detector's and budget's short ones).
+    Every entry point that takes a service name checks it first (InvalidSetting), before
+    any network call, started or not.
+
+    Thread-safety: every method may be called from any thread. No lock of the mesh is held
+    across I/O: the first uses of N services wait for Consul side by side (each within one
+    ``discovery_timeout``), and :meth:`close` never waits behind them. The request path takes
+    no lock of the mesh (only the balancer's, detector's and budget's short ones).
 
     Example::
 
@@ -558,6 +618,13 @@ class Mesh:
         discovery_timeout: float = DEFAULT_DISCOVERY_TIMEOUT,
         drain_grace: float | None = None,
         drain_on_close: bool = True,
+        drain_on_sigterm: bool = True,
+        persist_dir: str | os.PathLike[str] | None = None,
+        invalidate_after: float | None = None,
+        failover: Sequence[str] = (),
+        consistency: Consistency = "stale",
+        max_stale: float | None = None,
+        cached: bool = False,
         clock: Clock = SYSTEM_CLOCK,
         rng: random.Random | None = None,
         **overrides: Any,
@@ -566,10 +633,16 @@ class Mesh:
             config = MeshConfig.from_env(**overrides)
         elif overrides:
             config = config.replace(**overrides)
+        if isinstance(discovery_timeout, bool) or not (
+            isinstance(discovery_timeout, int | float) and 0 < discovery_timeout <= 3600
+        ):
+            raise InvalidSetting(
+                "discovery_timeout", f"must be seconds in (0, 3600], got {discovery_timeout!r}"
+            )
         self.config = config
         self.clock = clock
         self.rng = rng or random.Random()
-        self.discovery_timeout = discovery_timeout
+        self.discovery_timeout = float(discovery_timeout)
         self.client = ConsulClient(config)
         registry_kwargs: dict[str, Any] = {"drain_on_close": drain_on_close}
         if drain_grace is not None:
@@ -582,7 +655,13 @@ class Mesh:
             self.client,
             clock=clock,
             rng=None if rng is None else random.Random(self.rng.random()),
-            timeout=discovery_timeout,
+            timeout=self.discovery_timeout,
+            persist_dir=persist_dir,
+            invalidate_after=invalidate_after,
+            failover=failover,
+            consistency=consistency,
+            max_stale=max_stale,
+            cached=cached,
         )
         self.store = ConfigStore(
             config,
@@ -590,14 +669,19 @@ class Mesh:
             services=services,
             endpoints=endpoints,
             start_mode=config_start_mode,
+            start_timeout=self.discovery_timeout,
             clock=clock,
         )
         self._watch_config = watch_config
         self._services: dict[str, _Service] = {}
+        self._pending: dict[str, _Flight[_Service]] = {}
         self._health: dict[str, HealthCheckManager] = {}
-        self._lock = threading.RLock()
+        self._lock = threading.RLock()  # held for bookkeeping only, never across I/O
+        self._starting: _Flight[None] | None = None
         self._started = False
         self._closed = False
+        self._drain_on_sigterm = drain_on_sigterm
+        self._sigterm: ShutdownHook | None = None
 
     @classmethod
     def from_env(cls, **kwargs: Any) -> Mesh:
@@ -613,24 +697,49 @@ class Mesh:
     def start(self) -> Mesh:
         """Read the KV configuration and watch it (idempotent; ``with`` calls it).
 
+        Returns once KV's first answer is *applied* (or failed): every service used after
+        this sees the KV configuration from its first request. Threads calling it at once
+        share one attempt (no lock is held while it waits for Consul).
+
         Raises:
             ConsulError: KV could not be read and ``config_start_mode`` is ``"fail"``.
             MeshError: the mesh is closed.
         """
         with self._lock:
-            if self._closed:
-                raise MeshError("the Mesh is closed")
+            self._check_open()
             if self._started:
                 return self
+            flight = self._starting
+            leader = flight is None
+            if flight is None:
+                flight = self._starting = _Flight()
+        if not leader:
+            flight.wait(self.discovery_timeout + FLIGHT_SLACK, "the KV configuration")
+            return self
+        try:
             if self._watch_config:
                 self.store.start()
-            self._started = True
+        except BaseException as exc:
+            with self._lock:
+                self._starting = None
+            flight.crash(exc)
+            raise
+        with self._lock:
+            self._started = not self._closed
+            self._starting = None
+        flight.land(None)
+        self._check_open()
         return self
 
     def close(self) -> None:
         """Stop heartbeats, drain and deregister our instances, stop every thread.
 
-        Idempotent. Errors while draining are logged, not raised.
+        Idempotent; returns within ``drain_grace + 2`` seconds whatever the agent does
+        (down, hung, trickling): the drain's agent calls have a shared deadline, and closing
+        the client wakes any call still parked in the agent. No thread of the mesh survives
+        it, whatever it raced with (a :meth:`register` in flight deregisters its instance
+        again; a first use of a service in flight fails with MeshError). Errors while
+        draining are logged, not raised.
         """
         with self._lock:
             if self._closed:
@@ -640,14 +749,20 @@ class Mesh:
             health = list(self._health.values())
             self._services.clear()
             self._health.clear()
+        end = time.monotonic() + self.registry.drain_grace + CLOSE_MARGIN
         for manager in health:
-            manager.close()
+            manager.stop()  # no waiting here: the drain below gives them time to end
         self.registry.close()
         for service in services:
             service.close()
         self.discovery.close()
         self.store.close()
-        self.client.close()
+        self.client.close()  # wakes a heartbeat or anti-entropy call parked in the agent
+        for manager in health:
+            manager.join(end - time.monotonic())
+        self.registry.join(end - time.monotonic())
+        if self._sigterm is not None:
+            self._sigterm.uninstall()
 
     def __enter__(self) -> Mesh:
         return self.start()
@@ -680,9 +795,14 @@ class Mesh:
         Returns:
             The instance's HealthCheckManager (``report()``, ``snapshot()``).
 
+        On the main thread, the first registration installs the SIGTERM drain (see
+        ``drain_on_sigterm``).
+
         Raises:
             InvalidSetting: an invalid check or option (before any network call).
             ConsulUnavailable, PermissionDenied, ConsulStatusError: registration failed.
+            MeshError: the mesh is closed (or was closed while registering: the instance
+                is then deregistered again and no heartbeat is left running).
         """
         self._check_open()
         if checks:
@@ -696,13 +816,42 @@ class Mesh:
         )
         for fn in functions:
             manager.add_function(fn)
-        manager.start()
+        # Known to close() before it can start a thread: close() stops it, whatever the order.
         with self._lock:
-            old = self._health.pop(metadata.id, None)
+            self._check_open()
+            old = self._health.get(metadata.id)
             self._health[metadata.id] = manager
         if old is not None:
             old.close()
+        try:
+            manager.start()
+        except BaseException:
+            with self._lock:
+                if self._health.get(metadata.id) is manager:
+                    del self._health[metadata.id]
+            manager.close()
+            raise
+        self._install_sigterm()
         return manager
+
+    def _install_sigterm(self) -> None:
+        """Install the SIGTERM drain once (main thread only; see ``drain_on_sigterm``)."""
+        if not self._drain_on_sigterm or self._sigterm is not None:
+            return
+        hook = ShutdownHook(
+            self.close,
+            budget=self.registry.drain_grace + CLOSE_MARGIN + 0.5,
+            name="lake-mesh",
+        )
+        if hook.install():
+            self._sigterm = hook
+        else:
+            _log.warning(
+                "Mesh: register() ran off the main thread, so SIGTERM will not drain this "
+                "process's instances; register once from the main thread, or call "
+                "mesh.close() from your own SIGTERM handler"
+            )
+            self._drain_on_sigterm = False  # say it once
 
     def deregister(self, service_id: str, *, drain: bool = False) -> None:
         """Stop the heartbeat of an instance we registered and remove it from Consul.
@@ -736,22 +885,68 @@ class Mesh:
             raise MeshError("the Mesh is closed")
 
     def _service(self, name: str) -> _Service:
+        """The service's state, created on first use: one attempt per name, no lock across I/O.
+
+        The name is checked before anything else (a Mesh not yet started included). The
+        first caller for a name builds it with no lock held (waiting up to
+        ``discovery_timeout`` for discovery); callers for the same name meanwhile wait for
+        that attempt's outcome; callers for other names go on side by side.
+        """
         service = self._services.get(name)  # lock-free fast path
         if service is not None:
             return service
+        check_service_name(name, "service")
         self._check_open()
         if not self._started:
             self.start()
         with self._lock:
+            self._check_open()
             service = self._services.get(name)
             if service is not None:
                 return service
-            self._check_open()
-            service = _Service(self, name)
+            flight = self._pending.get(name)
+            leader = flight is None
+            if flight is None:
+                flight = self._pending[name] = _Flight()
+        if not leader:
+            return flight.wait(self.discovery_timeout + FLIGHT_SLACK, name)
+        try:
+            service = self._build_service(name)
+        except BaseException as exc:
+            flight.crash(exc)
+            raise
+        finally:
+            with self._lock:
+                self._pending.pop(name, None)
+        flight.land(service)
+        return service
+
+    def _build_service(self, name: str) -> _Service:
+        """Create, follow and publish one service (no lock held while discovery waits).
+
+        Configuration is race-free: the store snapshot is taken before the service reads its
+        settings, and the subscription (after discovery's first answer, so that a change of
+        the service's filters re-subscribes discovery once) catches up on any change since
+        then under the store's apply lock: no KV answer can fall between reading the
+        configuration and subscribing to it.
+        """
+        since = self.store.snapshot
+        service = _Service(self, name)
+        try:
             service.follow(self.discovery_timeout)
-            service.unsubscribe_config = self.store.subscribe(service.on_config, service=name)
-            self._services[name] = service
-            return service
+            service.unsubscribe_config = self.store.subscribe(
+                service.on_config, service=name, since=since
+            )
+            with self._lock:
+                closed = self._closed
+                if not closed:
+                    self._services[name] = service
+            if closed:
+                raise MeshError("the Mesh was closed while starting to follow " + repr(name))
+        except BaseException:
+            service.close()
+            raise
+        return service
 
     def balancer(self, service: str) -> LoadBalancer:
         """The load balancer of ``service``, following discovery and the service's config.

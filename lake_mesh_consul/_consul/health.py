@@ -31,6 +31,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from lake_mesh_consul._consul.registry import ServiceRegistry
+from lake_mesh_consul._core.backoff import Backoff
 from lake_mesh_consul._core.clock import SYSTEM_CLOCK, Clock
 from lake_mesh_consul._core.health import (
     CheckResult,
@@ -45,7 +46,8 @@ from lake_mesh_consul.errors import ConsulError, ConsulNotFound, InvalidSetting
 
 __all__ = ["DEFAULT_IDLE_INTERVAL", "CheckFunction", "HealthCheckManager"]
 
-log = logging.getLogger("lake_mesh_consul.health")
+# Not "lake_mesh_consul.health": that is the Consul-free HealthMetrics' logger.
+log = logging.getLogger("lake_mesh_consul.health_checks")
 
 #: A local check function: no arguments; returns a status, (status, output), bool or None.
 CheckFunction = Callable[[], object]
@@ -211,6 +213,8 @@ class HealthCheckManager:
         self._wake = threading.Event()
         self._thread: threading.Thread | None = None
         self._consecutive_push_failures = 0
+        # The library's one backoff; "equal" jitter so a failed push is never retried at once.
+        self._backoff = Backoff(min(BACKOFF_BASE, self.interval), self.interval, jitter="equal")
 
     # -- configuration ---------------------------------------------------------------------
 
@@ -305,20 +309,38 @@ class HealthCheckManager:
                 self._thread.start()
         return self
 
+    def stop(self) -> None:
+        """Tell the heartbeat and the check threads to stop, without waiting. Idempotent.
+
+        A :class:`~lake_mesh_consul.mesh.Mesh` stops every manager first, drains, then
+        joins them, so that shutting down N services costs one wait, not N.
+        """
+        with self._lock:
+            self._stop.set()
+            runners = [r for s in self._ttl.values() for r in s.runners]
+        self._wake.set()
+        for runner in runners:
+            runner.stop()
+
+    def join(self, timeout: float) -> bool:
+        """Wait up to ``timeout`` seconds for the heartbeat thread to end; True if it did.
+
+        A thread parked in a call to a hung agent ends when that call's deadline expires or
+        when the client is closed (which wakes it at once).
+        """
+        thread = self._thread
+        if thread is None or thread is threading.current_thread():
+            return True
+        thread.join(max(0.0, timeout))
+        return not thread.is_alive()
+
     def close(self) -> None:
         """Stop the heartbeat and the check threads; returns within 1 s. Idempotent.
 
         Does not deregister: the registry does that (its close drains).
         """
-        self._stop.set()
-        self._wake.set()
-        thread = self._thread
-        if thread is not None and thread is not threading.current_thread():
-            thread.join(CLOSE_JOIN_TIMEOUT)
-        with self._lock:
-            runners = [r for s in self._ttl.values() for r in s.runners]
-        for runner in runners:
-            runner.stop()
+        self.stop()
+        self.join(CLOSE_JOIN_TIMEOUT)
 
     def __enter__(self) -> HealthCheckManager:
         return self
@@ -420,10 +442,6 @@ class HealthCheckManager:
                 continue
             self._metrics.record(check_id, CheckResult(status, output), damped=False)
 
-    def _backoff(self) -> float:
-        step = min(self.interval, BACKOFF_BASE * 2.0 ** (self._consecutive_push_failures - 1))
-        return step / 2 + self._rng.uniform(0, step / 2)
-
     def _loop(self) -> None:
         while not self._stop.is_set():
             self._wake.clear()
@@ -437,7 +455,7 @@ class HealthCheckManager:
                 pause = self.interval
             else:
                 self._consecutive_push_failures += 1
-                pause = self._backoff()
+                pause = self._backoff.delay(self._consecutive_push_failures, self._rng)
             if self._stop.is_set():
                 return
             # close() sets _wake too; report() and add_function() set it for a prompt cycle.

@@ -328,6 +328,7 @@ class ConfigStore:
         self._snapshot = self._build({}, index=0, stale=True)
         self._watch: Watch[dict[str, KVEntry]] | None = None
         self._resets = 0
+        self._watch_applied = False  # whether an answer of the watch was applied yet
         self._unavailable = False
         self._closed = False
         #: Real changes applied (listener notifications).
@@ -369,12 +370,21 @@ class ConfigStore:
         return self._watch
 
     def subscribe(
-        self, listener: Callable[[ConfigChange], None], *, service: str | None = None
+        self,
+        listener: Callable[[ConfigChange], None],
+        *,
+        service: str | None = None,
+        since: ConfigSnapshot | None = None,
     ) -> Callable[[], None]:
         """Call ``listener`` on each real change; return a function that unsubscribes.
 
         With ``service``, only changes of that service's effective settings (or of one of
         its endpoints' settings) are passed on.
+
+        With ``since`` (a snapshot the caller built its state from), a change between that
+        snapshot and the one in force now is delivered at once, before any later change:
+        subscribing and catching up happen under the lock that applies KV answers, so no
+        change can fall between reading the configuration and subscribing to it.
         """
         if service is not None:
             inner = listener
@@ -385,8 +395,15 @@ class ConfigStore:
                 ):
                     inner(change)
 
-        with self._listeners_lock:
-            self._listeners = (*self._listeners, listener)
+        with self._apply_lock:
+            with self._listeners_lock:
+                self._listeners = (*self._listeners, listener)
+            current = self._snapshot
+            if since is not None and since is not current and not since.same_settings(current):
+                try:
+                    listener(ConfigChange(since, current, ()))
+                except Exception:
+                    log.exception("config: listener %r failed", listener)
 
         def unsubscribe() -> None:
             with self._listeners_lock:
@@ -433,7 +450,7 @@ class ConfigStore:
             self._watch = watch
         watch.start()
         watch.wait_first(self.start_timeout, or_error=True)
-        if watch.state.has_value:
+        if self._apply_first(watch):
             return self
         error = watch.state.error or ConsulUnavailable(
             self.client.address, f"no answer within {self.start_timeout:g}s (read config)"
@@ -450,6 +467,29 @@ class ConfigStore:
             "the last known good file" if self.start_mode == "last_known_good" else "defaults",
         )
         return self
+
+    def _apply_first(self, watch: Watch[dict[str, KVEntry]]) -> bool:
+        """Put the watch's first answer in force now, if the watch thread has not yet.
+
+        The first answer is applied before :meth:`start` returns, whatever the order in which
+        the watch engine signals "first answer in" and dispatches it to :meth:`_on_entries`:
+        the caller of ``start()`` (a Mesh about to build its first balancer) never sees the
+        store without KV. Returns whether the watch has a value.
+
+        Race-free: the watch thread applies answers one at a time in order, and sets
+        ``_watch_applied`` on its first one. While that is unset, no answer has been applied,
+        so the watch's current value is its first one (an answer is dispatched before the
+        next is fetched) and applying it here cannot go back in time; the watch thread's own
+        application of the same entries then changes nothing.
+        """
+        state = watch.state
+        if not state.has_value or state.value is None:
+            return False
+        with self._apply_lock:
+            if not self._watch_applied:
+                self._watch_applied = True
+                self._apply(state.value, state.index)
+        return True
 
     def refresh(self) -> ConfigSnapshot:
         """Read KV once (no blocking) and apply it; returns the snapshot in force.
@@ -489,7 +529,9 @@ class ConfigStore:
             self._resets = watch.resets
             self._event("reset", None, "the KV index went backwards; re-read the tree")
         index = watch.state.index if watch is not None else 0
-        self._apply(entries, index)
+        with self._apply_lock:
+            self._watch_applied = True
+            self._apply(entries, index)
 
     def _on_error(self, exc: MeshError) -> None:
         if not self._unavailable:

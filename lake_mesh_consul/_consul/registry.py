@@ -24,6 +24,16 @@ The lifecycle it adds over a bare registration call:
 * **drain**: maintenance on -> ``drain_grace`` seconds for consumers' watches to notice ->
   deregister. :meth:`ServiceRegistry.close` and leaving a ``with`` block drain by default;
   :meth:`ServiceRegistry.install_shutdown_hooks` does the same on SIGTERM and at exit.
+  A drain always finishes: its agent calls share a budget of :data:`DRAIN_CALL_BUDGET`
+  seconds beyond the grace (each call gets what is left as its overall deadline), and when no
+  maintenance call got through (agent down or hung) the grace is not waited out, since no
+  consumer could see it. ``close()`` returns within ``drain_grace + 2`` seconds.
+* **deadlines**: every agent call has an overall deadline (the client's, or what is left of
+  ``startup_timeout`` / the drain budget), not only a per-read timeout: an agent that trickles
+  its answer cannot hold :meth:`ServiceRegistry.register` past ``startup_timeout``.
+* **register racing close**: a registration that completes after ``close()`` began is
+  deregistered again at once and raises :class:`~lake_mesh_consul.errors.MeshError`;
+  ``close()`` waits (within its bound) for registrations in flight, so none lands after it.
 
 Consul 1.8 notes (checked against a 1.8.7 agent): an HTTP check's ``TLSServerName`` is
 rejected with HTTP 400 (it arrived in Consul 1.10), so it is only sent when set; script
@@ -35,17 +45,17 @@ treated as "the agent forgot us".
 from __future__ import annotations
 
 import atexit
+import inspect
 import logging
 import random
 import signal
 import threading
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from types import FrameType
 from typing import Any, TypeVar
 from urllib.parse import quote
 
-from lake_mesh_consul._consul.client import ConsulClient
+from lake_mesh_consul._consul.client import ConsulClient, ConsulResponse
 from lake_mesh_consul._core.clock import SYSTEM_CLOCK, Clock
 from lake_mesh_consul._core.config import MeshConfig
 from lake_mesh_consul._core.durations import format_duration
@@ -62,6 +72,7 @@ from lake_mesh_consul._core.registration import (
     check_service_name,
 )
 from lake_mesh_consul._core.retry import retry_until
+from lake_mesh_consul._shutdown import ShutdownHook
 from lake_mesh_consul.errors import (
     ConsulError,
     ConsulNotFound,
@@ -76,6 +87,7 @@ __all__ = [
     "DEFAULT_ANTI_ENTROPY_INTERVAL",
     "DEFAULT_DRAIN_GRACE",
     "DEFAULT_STARTUP_TIMEOUT",
+    "DRAIN_CALL_BUDGET",
     "ServiceRegistry",
     "encode_check",
     "encode_service",
@@ -100,6 +112,14 @@ STARTUP_BACKOFF_CAP = 2.0
 UNAVAILABLE_POLL = 0.5
 #: Longest a close() waits for the background thread.
 CLOSE_JOIN_TIMEOUT = 0.9
+#: Seconds a drain may spend in agent calls beyond its grace: half for turning maintenance
+#: on, half for deregistering (what one phase leaves unused is not carried over).
+DRAIN_CALL_BUDGET = 1.2
+#: Seconds close() waits for registrations in flight (each then deregisters itself).
+CLOSE_REGISTRATION_WAIT = 0.5
+
+# Whether ConsulClient.request takes an overall ``deadline`` (the client's hardening adds it).
+_CLIENT_DEADLINES = "deadline" in inspect.signature(ConsulClient.request).parameters
 
 #: Substrings of Consul's answers that mean "no such check" on a TTL update (1.8 answers
 #: 500 "CheckID ... does not have associated TTL"; newer agents 404 "Unknown check ID").
@@ -261,9 +281,11 @@ class ServiceRegistry:
         self._check_owner: dict[str, str] = {}
         self._closing = threading.Event()
         self._closed = False
+        self._registering = 0  # registrations in flight (close() waits for them)
+        self._idle = threading.Condition(self._lock)
         self._wake = threading.Event()
         self._thread: threading.Thread | None = None
-        self._previous_handlers: dict[int, Any] = {}
+        self._hook: ShutdownHook | None = None
         self._atexit_installed = False
         self._reregistrations = 0
 
@@ -315,60 +337,95 @@ class ServiceRegistry:
 
         Raises:
             ConsulUnavailable: the agent did not answer within ``startup_timeout`` (at once
-                with ``fail_fast``); the message names the address.
+                with ``fail_fast``); the message names the address. ``startup_timeout`` is
+                an overall deadline: an agent that answers slowly cannot stretch it.
             PermissionDenied: the ACL token may not register the service.
             ConsulStatusError: the agent rejected the definition (e.g. script checks
                 disabled, a field unknown to this Consul version).
-            MeshError: the registry is closed.
+            MeshError: the registry is closed, or was closed while registering (the
+                instance is then deregistered again).
         """
         if not isinstance(metadata, ServiceMetadata):
             raise InvalidSetting("metadata", f"expected a ServiceMetadata, got {metadata!r}")
-        if self._closing.is_set():
-            raise MeshError("the ServiceRegistry is closed")
-        self._with_startup_retry(
-            f"register service {metadata.id!r}",
-            lambda: self._put_registration(metadata, {}, replace_existing_checks),
-        )
         with self._lock:
-            owned = self._owned.get(metadata.id)
-            if owned is None:
-                owned = self._owned[metadata.id] = _Owned(metadata)
-            else:
-                for check_id in owned.metadata.check_ids:
-                    self._check_owner.pop(check_id, None)
-                owned.metadata = metadata
-                owned.ttl_status = {
-                    k: v for k, v in owned.ttl_status.items() if k in metadata.check_ids
-                }
-            owned.registrations += 1
-            for check_id in metadata.check_ids:
-                self._check_owner[check_id] = metadata.id
+            if self._closing.is_set():
+                raise MeshError("the ServiceRegistry is closed")
+            self._registering += 1
+        try:
+            self._register_counted(metadata, replace_existing_checks)
+        finally:
+            with self._lock:
+                self._registering -= 1
+                self._idle.notify_all()
         self._ensure_thread()
         log.info("registered service %s (%d checks)", metadata.id, len(metadata.checks))
         return metadata
 
-    def deregister(self, service_id: str) -> None:
+    def _register_counted(self, metadata: ServiceMetadata, replace_existing_checks: bool) -> None:
+        bounded = not self.fail_fast and self.startup_timeout > 0
+        end = self._clock.monotonic() + self.startup_timeout
+
+        def attempt() -> None:
+            # startup_timeout bounds the whole registration, each attempt included.
+            left = end - self._clock.monotonic() if bounded else None
+            self._put_registration(metadata, {}, replace_existing_checks, deadline=left)
+
+        self._with_startup_retry(f"register service {metadata.id!r}", attempt)
+        with self._lock:
+            closing = self._closing.is_set()
+            if not closing:
+                self._remember(metadata)
+        if closing:
+            # close() began while the registration was in flight: its drain did not see this
+            # instance, so take it out again before close() closes the client.
+            try:
+                self.deregister(metadata.id, deadline=DRAIN_CALL_BUDGET)
+            except ConsulError as exc:
+                log.warning("register/close race: deregistering %s failed: %s", metadata.id, exc)
+            raise MeshError(f"the ServiceRegistry was closed while registering {metadata.id!r}")
+
+    def _remember(self, metadata: ServiceMetadata) -> None:
+        """Own ``metadata`` (caller holds the lock)."""
+        owned = self._owned.get(metadata.id)
+        if owned is None:
+            owned = self._owned[metadata.id] = _Owned(metadata)
+        else:
+            for check_id in owned.metadata.check_ids:
+                self._check_owner.pop(check_id, None)
+            owned.metadata = metadata
+            owned.ttl_status = {
+                k: v for k, v in owned.ttl_status.items() if k in metadata.check_ids
+            }
+        owned.registrations += 1
+        for check_id in metadata.check_ids:
+            self._check_owner[check_id] = metadata.id
+
+    def deregister(self, service_id: str, *, deadline: float | None = None) -> None:
         """Deregister ``service_id`` (ours or not); forget it, so it is not re-registered.
 
         Deregistering an id the agent does not know is not an error (Consul answers 200).
+        ``deadline``: overall seconds for the call (default: the client's).
 
         Raises:
             ConsulUnavailable, PermissionDenied, ConsulStatusError: the agent call failed.
         """
         self._forget(service_id)
-        self._client.request(
+        self._agent(
             "PUT",
             f"/v1/agent/service/deregister/{_path(service_id)}",
             operation=f"deregister service {service_id!r}",
-            dc=False,
+            deadline=deadline,
         )
         log.info("deregistered service %s", service_id)
 
-    def maintenance(self, service_id: str, enable: bool, reason: str = "") -> None:
+    def maintenance(
+        self, service_id: str, enable: bool, reason: str = "", *, deadline: float | None = None
+    ) -> None:
         """Turn maintenance mode of ``service_id`` on or off (with a reason shown in Consul).
 
         While on, the instance is critical in every health query (hidden from passing-only
         queries). The registry remembers it and restores it after a re-registration.
+        ``deadline``: overall seconds for the call (default: the client's).
 
         Raises:
             ConsulNotFound: the agent has no service ``service_id``.
@@ -377,12 +434,12 @@ class ServiceRegistry:
         params = {"enable": "true" if enable else "false"}
         if enable and reason:
             params["reason"] = reason
-        self._client.request(
+        self._agent(
             "PUT",
             f"/v1/agent/service/maintenance/{_path(service_id)}",
             operation=f"{'enable' if enable else 'disable'} maintenance of {service_id!r}",
             params=params,
-            dc=False,
+            deadline=deadline,
         )
         with self._lock:
             owned = self._owned.get(service_id)
@@ -400,7 +457,10 @@ class ServiceRegistry:
                 ``drain_grace``): long enough for consumers' watches to see the change.
 
         Errors of the maintenance step are logged and do not stop the deregistration.
-        Blocks the caller for about ``grace`` seconds.
+        Blocks the caller for about ``grace`` seconds, and never longer than ``grace +``
+        :data:`DRAIN_CALL_BUDGET`: the agent calls of each step share half of that budget
+        as their overall deadline. When no maintenance call got through (the agent is down
+        or hung) the grace is skipped: no consumer can see the maintenance anyway.
 
         Raises:
             ConsulError: the last deregistration error, after trying every service.
@@ -414,27 +474,46 @@ class ServiceRegistry:
             ids = list(service_ids)
         if not ids:
             return
+        if self._maintenance_for_drain(ids) > 0:
+            wait = self.drain_grace if grace is None else grace
+            if wait > 0:
+                self._clock.sleep(wait)
+        end = self._clock.monotonic() + DRAIN_CALL_BUDGET / 2
+        error: ConsulError | None = None
+        for service_id in ids:
+            try:
+                self.deregister(service_id, deadline=self._left(end, "deregister", service_id))
+            except ConsulError as exc:
+                log.warning("drain: deregistering %s failed: %s", service_id, exc)
+                error = exc
+        if error is not None:
+            raise error
+
+    def _maintenance_for_drain(self, ids: Sequence[str]) -> int:
+        """Maintenance on for each of ``ids`` within half the drain budget; how many got it."""
+        end = self._clock.monotonic() + DRAIN_CALL_BUDGET / 2
+        done = 0
         for service_id in ids:
             with self._lock:
                 owned = self._owned.get(service_id)
                 if owned is not None:  # stop re-registering it while it drains
                     owned.maintenance = "draining"
             try:
-                self.maintenance(service_id, True, "draining: shutting down")
+                deadline = self._left(end, "maintenance", service_id)
+                self.maintenance(service_id, True, "draining: shutting down", deadline=deadline)
+                done += 1
             except ConsulError as exc:
                 log.warning("drain: maintenance on %s failed: %s", service_id, exc)
-        wait = self.drain_grace if grace is None else grace
-        if wait > 0:
-            self._clock.sleep(wait)
-        error: ConsulError | None = None
-        for service_id in ids:
-            try:
-                self.deregister(service_id)
-            except ConsulError as exc:
-                log.warning("drain: deregistering %s failed: %s", service_id, exc)
-                error = exc
-        if error is not None:
-            raise error
+        return done
+
+    def _left(self, end: float, step: str, service_id: str) -> float:
+        """Seconds left before ``end`` for one drain call; raises when none are."""
+        left = end - self._clock.monotonic()
+        if left <= 0:
+            raise ConsulUnavailable(
+                self.address, f"drain budget spent before {step} of {service_id!r}"
+            )
+        return left
 
     # -- TTL checks ------------------------------------------------------------------------
 
@@ -604,73 +683,82 @@ class ServiceRegistry:
     def close(self, *, drain: bool | None = None) -> None:
         """Stop re-registering, drain (by default) every owned service, stop the thread.
 
-        Idempotent. Without draining it returns within 1 s; with draining, within
-        ``drain_grace`` plus the agent calls. Errors while draining are logged, not raised.
+        Idempotent. Without draining it returns within about 1.5 s; with draining, within
+        ``drain_grace + 2`` seconds whatever the agent does (down, hung, trickling). Errors
+        while draining are logged, not raised. A registration in flight is waited for (it
+        deregisters itself, see :meth:`register`) before a client the registry owns is
+        closed; closing the client wakes a background call parked in a hung agent.
         """
         with self._lock:
             if self._closed:
                 return
             self._closed = True
-        self._closing.set()
+            self._closing.set()  # under the lock: register() and _ensure_thread() check it
         self._wake.set()
-        thread = self._thread
-        if thread is not None and thread is not threading.current_thread():
-            thread.join(CLOSE_JOIN_TIMEOUT)
         if self.drain_on_close if drain is None else drain:
             try:
                 self.drain()
             except ConsulError as exc:
                 log.warning("drain on close failed: %s", exc)
+        with self._idle:
+            self._idle.wait_for(lambda: self._registering == 0, CLOSE_REGISTRATION_WAIT)
         self._uninstall_hooks()
         if self._owns_client:
             self._client.close()
+        self.join(CLOSE_JOIN_TIMEOUT)
+
+    def join(self, timeout: float) -> bool:
+        """Wait up to ``timeout`` seconds for the background thread to end; True if it did.
+
+        After :meth:`close`; a :class:`~lake_mesh_consul.mesh.Mesh` calls it again once it
+        closed the shared client (which wakes a call parked in a hung agent).
+        """
+        with self._lock:
+            thread = self._thread
+        if thread is None or thread is threading.current_thread():
+            return True
+        thread.join(max(0.0, timeout))
+        return not thread.is_alive()
 
     def install_shutdown_hooks(
         self, *, signals: Sequence[int] = (signal.SIGTERM,), at_exit: bool = True
     ) -> None:
         """Drain and close on SIGTERM (and other ``signals``) and at interpreter exit.
 
-        After closing, a signal goes on to the handler that was installed before (if it is
-        a function), is ignored if that was SIG_IGN, and otherwise ends the process with
-        ``SystemExit(128 + signum)`` so that ``finally`` blocks run. Opt-in: call it once,
-        from the main thread. :meth:`close` removes the hooks.
+        After closing (bounded: ``drain_grace + 2`` seconds), a signal goes on to the
+        handler that was installed before (if it is a function), is ignored if that was
+        SIG_IGN, and otherwise ends the process with ``SystemExit(128 + signum)`` so that
+        ``finally`` blocks run (see :class:`~lake_mesh_consul._shutdown.ShutdownHook`).
+        Opt-in for a bare registry (a :class:`~lake_mesh_consul.mesh.Mesh` installs it by
+        default): call it once, from the main thread. :meth:`close` removes the hooks.
 
         Raises:
             InvalidSetting: not called from the main thread (Python only lets the main
                 thread install signal handlers).
         """
-        if signals and threading.current_thread() is not threading.main_thread():
-            raise InvalidSetting(
-                "install_shutdown_hooks",
-                "signal handlers can only be installed from the main thread",
+        if signals:
+            hook = self._hook or ShutdownHook(
+                self.close,
+                budget=self.drain_grace + 2.0,
+                name="lake-mesh-registry",
+                signals=signals,
             )
-        for signum in signals:
-            self._previous_handlers[signum] = signal.signal(signum, self._on_signal)
+            if not hook.install():
+                raise InvalidSetting(
+                    "install_shutdown_hooks",
+                    "signal handlers can only be installed from the main thread",
+                )
+            self._hook = hook
         if at_exit and not self._atexit_installed:
             atexit.register(self.close)
             self._atexit_installed = True
-
-    def _on_signal(self, signum: int, frame: FrameType | None) -> None:
-        previous = self._previous_handlers.get(signum, signal.SIG_DFL)
-        log.info("signal %d: draining before exit", signum)
-        self.close()
-        if callable(previous):
-            previous(signum, frame)
-        elif previous != signal.SIG_IGN:
-            raise SystemExit(128 + signum)
 
     def _uninstall_hooks(self) -> None:
         if self._atexit_installed:
             atexit.unregister(self.close)
             self._atexit_installed = False
-        if self._previous_handlers and threading.current_thread() is threading.main_thread():
-            for signum, previous in self._previous_handlers.items():
-                try:
-                    if signal.getsignal(signum) == self._on_signal:
-                        signal.signal(signum, previous)
-                except (ValueError, TypeError):
-                    pass
-            self._previous_handlers.clear()
+        if self._hook is not None:
+            self._hook.uninstall()
 
     def __enter__(self) -> ServiceRegistry:
         return self
@@ -683,17 +771,30 @@ class ServiceRegistry:
 
     # -- internals -------------------------------------------------------------------------
 
+    def _agent(
+        self, method: str, path: str, *, operation: str, deadline: float | None, **kwargs: Any
+    ) -> ConsulResponse:
+        """One call to the local agent's API (``dc`` never added), with ``deadline``."""
+        if deadline is not None and _CLIENT_DEADLINES:
+            kwargs["deadline"] = max(deadline, 0.001)
+        return self._client.request(method, path, operation=operation, dc=False, **kwargs)
+
     def _put_registration(
-        self, metadata: ServiceMetadata, statuses: Mapping[str, HealthStatus], replace: bool
+        self,
+        metadata: ServiceMetadata,
+        statuses: Mapping[str, HealthStatus],
+        replace: bool,
+        *,
+        deadline: float | None = None,
     ) -> None:
         params = {"replace-existing-checks": "true"} if replace else None
-        self._client.request(
+        self._agent(
             "PUT",
             "/v1/agent/service/register",
             operation=f"register service {metadata.id!r}",
             params=params,
             json=encode_service(metadata, statuses=statuses),
-            dc=False,
+            deadline=deadline,
         )
 
     def _forget(self, service_id: str) -> None:
