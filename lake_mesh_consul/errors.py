@@ -8,8 +8,11 @@ The tree::
     │   └── ConfigValidationError          a config document (KV key, file) is wrong
     ├── ConsulError                        talking to Consul failed
     │   ├── ConsulUnavailable              agent unreachable / timed out: retry later
-    │   │   └── ConsulTLSError             TLS handshake failed: fix CA / certificates
+    │   │   ├── ConsulTLSError             TLS handshake failed: fix CA / certificates
+    │   │   └── ConsulConnectionLimit      agent refused a new connection: over its
+    │   │                                  per-client limit (http_max_conns_per_client)
     │   ├── ConsulProtocolError            the answer is not Consul's: check the address
+    │   ├── ConsulAnswerTooLarge           the answer passed max_answer_bytes: raise the cap
     │   ├── PermissionDenied               ACL said no: grant the token a policy
     │   └── ConsulStatusError              any other non-2xx answer (code, body)
     │       ├── ConsulNotFound             404: the object is not there
@@ -40,6 +43,8 @@ __all__ = [
     "CircuitOpen",
     "ConfigValidationError",
     "ConfigurationError",
+    "ConsulAnswerTooLarge",
+    "ConsulConnectionLimit",
     "ConsulError",
     "ConsulNotFound",
     "ConsulProtocolError",
@@ -144,6 +149,32 @@ class ConsulTLSError(ConsulUnavailable):
         super().__init__(address, detail)
 
 
+class ConsulConnectionLimit(ConsulUnavailable):
+    """The agent closed a new connection without answering: its per-client limit is reached.
+
+    Consul counts HTTP connections per client IP address (``limits.http_max_conns_per_client``,
+    default 200), so every process on a host shares one budget; at the limit Consul 1.8 accepts
+    the connection and closes it at once, which clients see as a reset.
+
+    Attributes:
+        open_connections: connections this client held to the agent at the time.
+    """
+
+    hint = (
+        "the agent refuses connections over its per-client limit "
+        "limits.http_max_conns_per_client (default 200), counted per client IP across every "
+        "process on this host; raise it in the agent's configuration or open fewer connections"
+    )
+
+    def __init__(self, address: str, operation: str, open_connections: int) -> None:
+        self.open_connections = open_connections
+        super().__init__(
+            address,
+            f"closed a new connection without answering ({operation}); this client holds "
+            f"{open_connections} open connection(s) to it",
+        )
+
+
 class ConsulProtocolError(ConsulError):
     """Something answered at the agent's address, but not as Consul does.
 
@@ -161,6 +192,29 @@ class ConsulProtocolError(ConsulError):
         super().__init__(
             f"{operation}: the answer from {address} is not Consul's ({detail}); "
             "check that CONSUL_HTTP_ADDR points at a Consul agent"
+        )
+
+
+class ConsulAnswerTooLarge(ConsulError):
+    """An answer was larger than ``MeshConfig.max_answer_bytes``; it was not read further.
+
+    Attributes:
+        address: the agent address.
+        operation: what was attempted.
+        limit: the cap in bytes.
+        size: the announced size (``Content-Length``), or ``None`` when the body passed the cap
+            while streaming.
+    """
+
+    def __init__(self, address: str, operation: str, limit: int, size: int | None = None) -> None:
+        self.address = address
+        self.operation = operation
+        self.limit = limit
+        self.size = size
+        seen = f"announced {size} bytes" if size is not None else f"passed {limit} bytes"
+        super().__init__(
+            f"{operation}: the answer from {address} {seen}, over the cap of {limit} bytes; "
+            "it was not read further (raise max_answer_bytes if the catalog really is that big)"
         )
 
 

@@ -36,7 +36,6 @@ import json as _json
 import logging
 import math
 import threading
-import time
 import warnings
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
@@ -435,8 +434,8 @@ class ConsulClient:
                 body = self._quote(str(exc))
                 raise ConsulNotFound(404, body, operation) from self._detach(exc)
             except consul.ConsulException as exc:
-                error = _status_from_consul_exception(exc, operation, self.config.token)
-                raise error from self._detach(exc)
+                status = _status_from_consul_exception(exc, operation, self.config.token)
+                raise status from self._detach(exc)
             except requests.RequestException as exc:
                 raise self._map_transport_error(exc, operation, current) from self._detach(exc)
             except (ValueError, KeyError, TypeError, AttributeError) as exc:
@@ -493,7 +492,15 @@ class ConsulClient:
         if dc and self.config.datacenter and "dc" not in query:
             query["dc"] = self.config.datacenter
         with exchange(seconds, operation, self._raw_limit()) as current:
-            raw = self._send(method, path, query, json, data, wait, current)
+            raw = self._send(
+                method=method,
+                path=path,
+                query=query,
+                json=json,
+                data=data,
+                wait=wait,
+                current=current,
+            )
             try:
                 body = self._read_capped(raw, current)
             finally:
@@ -502,6 +509,7 @@ class ConsulClient:
 
     def _send(
         self,
+        *,
         method: str,
         path: str,
         query: dict[str, Any],
@@ -525,9 +533,7 @@ class ConsulClient:
                 stream=True,
             )
         except requests.RequestException as exc:
-            raise self._map_transport_error(exc, current.operation, current) from self._detach(
-                exc
-            )
+            raise self._map_transport_error(exc, current.operation, current) from self._detach(exc)
         except UnicodeError:  # a header the HTTP library cannot encode
             pass  # raised below, outside the handler: the UnicodeEncodeError holds the value
         raise InvalidSetting("token", "cannot be sent in an HTTP header (not Latin-1)")
@@ -602,7 +608,7 @@ class ConsulClient:
             detail = f"connect timed out after {self.config.connect_timeout:g}s ({operation})"
         elif isinstance(exc, requests.exceptions.ReadTimeout):
             detail = f"no answer in time ({operation})"
-        elif isinstance(exc, requests.exceptions.ConnectionError | requests.exceptions.ChunkedEncodingError):
+        elif isinstance(exc, _CONNECTION_ERRORS):
             if _refused_new_connection(exc, current):
                 return ConsulConnectionLimit(address, operation, self.open_connections)
             detail = f"{_connection_failure(exc)} ({operation})"
@@ -640,6 +646,10 @@ class ConsulClient:
         return f"ConsulClient({self.config.base_url!r})"
 
 
+#: Transport failures after the connection was made (reset, closed, cut short).
+_CONNECTION_ERRORS = (requests.exceptions.ConnectionError, requests.exceptions.ChunkedEncodingError)
+
+
 def _wait_seconds(wait: Any) -> float:
     if isinstance(wait, int | float):
         return float(wait)
@@ -670,7 +680,7 @@ def _mask(text: str, token: Secret | None) -> str:
 
 #: Attributes of foreign errors that hold the request (its headers carry the token), the
 #: answer, or a pool/connection: dropped from a cause so that it keeps nothing alive.
-_HEAVY_ATTRIBUTES = ("request", "response", "pool", "conn", "_pool")
+_HEAVY_ATTRIBUTES = ("request", "response", "pool", "conn", "_pool", "_connection")
 
 
 def _detach(exc: BaseException, token: Secret | None) -> BaseException:
@@ -688,16 +698,15 @@ def _detach(exc: BaseException, token: Secret | None) -> BaseException:
             continue
         seen.add(id(item))
         item.__traceback__ = None
+        fields = getattr(item, "__dict__", {})  # plain attributes only, never properties
         for name in _HEAVY_ATTRIBUTES:
-            if getattr(item, name, None) is not None:
-                try:
-                    setattr(item, name, None)
-                except (AttributeError, TypeError):
-                    pass
+            if fields.get(name) is not None:
+                fields[name] = None
         if isinstance(item, _json.JSONDecodeError):
             item.doc = ""
         if isinstance(item, UnicodeError):
-            item.object = item.object[:0]  # the text being encoded: a header's value
+            # The text being encoded: a header's value.
+            setattr(item, "object", getattr(item, "object", "")[:0])  # noqa: B010
         item.args = tuple(_mask(a, token) if isinstance(a, str) else a for a in item.args)
         linked = [item.__cause__, item.__context__, getattr(item, "reason", None), *item.args]
         stack.extend(x for x in linked if isinstance(x, BaseException))
@@ -713,9 +722,7 @@ def _refused_new_connection(exc: BaseException, current: Exchange | None) -> boo
     """
     if current is None or not current.fresh_connection or current.received:
         return False
-    return any(
-        isinstance(item, ConnectionResetError | BrokenPipeError) for item in _chain(exc)
-    )
+    return any(isinstance(item, ConnectionResetError | BrokenPipeError) for item in _chain(exc))
 
 
 def _chain(exc: BaseException) -> Iterator[BaseException]:

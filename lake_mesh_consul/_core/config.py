@@ -31,6 +31,7 @@ from lake_mesh_consul._core.durations import parse_duration
 from lake_mesh_consul.errors import InvalidSetting
 
 __all__ = [
+    "DEFAULT_MAX_ANSWER_BYTES",
     "ENV_VARS",
     "BreakerSettings",
     "DetectorSettings",
@@ -39,7 +40,9 @@ __all__ = [
     "RetrySettings",
     "Secret",
     "ServiceConfig",
+    "check_token",
     "parse_address",
+    "read_token_file",
 ]
 
 #: The environment variables MeshConfig.from_env reads, as Consul's CLI names them.
@@ -61,6 +64,12 @@ ENV_VARS = (
 
 #: Consul's default agent address.
 DEFAULT_ADDRESS = "127.0.0.1:8500"
+
+#: Largest answer read from the agent (``max_answer_bytes``): 64 MiB. A health answer costs
+#: about 1.5-3 KB per instance (node, service and checks), so this holds over 20,000 instances
+#: of one service, or a catalog of tens of thousands of services, while bounding what one
+#: bad answer (a proxy's endless page, a wrong address) can cost the process.
+DEFAULT_MAX_ANSWER_BYTES = 64 * 1024 * 1024
 
 _HOST_RE = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9\-._]*[A-Za-z0-9])?$")
 
@@ -186,6 +195,80 @@ def _require_path(setting: str, value: str | None, *, directory: bool = False) -
     return str(path)
 
 
+#: Go's ``unicode.IsSpace`` (what ``strings.TrimSpace`` trims): Consul trims a token file so.
+_GO_SPACE = (
+    "\t\n\v\f\r \x85\xa0\u1680\u2000\u2001\u2002\u2003\u2004\u2005\u2006\u2007\u2008\u2009"
+    "\u200a\u2028\u2029\u202f\u205f\u3000"
+)
+
+
+def check_token(setting: str, value: str) -> None:
+    """Refuse a token that cannot travel in an HTTP header as Consul expects it.
+
+    ACL tokens are printable ASCII (Consul's are UUIDs). Whitespace (a trailing newline from a
+    secret mounted into an environment variable), control or non-ASCII characters (a pasted
+    zero-width space) would make the HTTP library fail *during* a request, with the token in
+    its message; so they are refused here, before any request.
+
+    Raises:
+        InvalidSetting: naming ``setting`` and the kind and position of the first bad
+            character, never the value.
+    """
+    for position, char in enumerate(value, start=1):
+        if "!" <= char <= "~":
+            continue
+        if char.isspace() or char in _GO_SPACE:
+            kind = "whitespace"
+        elif char.isascii():
+            kind = "a control character"
+        else:
+            kind = "a non-ASCII character"
+        raise InvalidSetting(
+            setting,
+            f"the ACL token contains {kind} (character {position} of {len(value)}); "
+            "tokens are printable ASCII. Remove it, or put the token in a file and use "
+            "CONSUL_HTTP_TOKEN_FILE / token_file, whose surrounding whitespace is trimmed",
+        )
+
+
+def read_token_file(path_text: str) -> Secret:
+    """Read a token file as Consul does: the file's text with surrounding whitespace trimmed.
+
+    Raises:
+        InvalidSetting: naming ``token_file``: missing, unreadable, not UTF-8, empty, or a
+            token :func:`check_token` refuses (never quoting the file's content).
+    """
+    path = _require_path("token_file", path_text)
+    assert path is not None
+    try:
+        raw = Path(path).read_bytes()
+    except OSError as exc:
+        raise InvalidSetting("token_file", f"cannot read {path!r}: {exc.strerror}") from None
+    try:
+        text: str | None = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        text = None  # raised below, outside the handler: the error's .object holds the bytes
+    if text is None:
+        raise InvalidSetting("token_file", f"{path!r} is not UTF-8 text")
+    text = text.strip(_GO_SPACE)
+    if not text:
+        raise InvalidSetting("token_file", f"{path!r} is empty")
+    check_token("token_file", text)
+    return Secret(text)
+
+
+def _resolve_token(token: Any, token_file: str | None) -> Secret | None:
+    """The token from the ``token`` argument (str or Secret), else from ``token_file``."""
+    if isinstance(token, str):
+        token = Secret(token) if token else None
+    if isinstance(token, Secret):
+        check_token("token", token.reveal())
+        return token
+    if token is not None:
+        raise InvalidSetting("token", "expected a string")
+    return read_token_file(token_file) if token_file else None
+
+
 @dataclass(frozen=True)
 class MeshConfig:
     """Global configuration: how to reach Consul, and mesh-wide defaults.
@@ -213,6 +296,8 @@ class MeshConfig:
         partition: Consul Enterprise admin partition.
         connect_timeout: seconds to wait for a TCP connection to the agent.
         read_timeout: seconds to wait for a non-blocking answer.
+        max_answer_bytes: largest answer read from the agent (default 64 MiB); a larger one
+            fails with :class:`~lake_mesh_consul.errors.ConsulAnswerTooLarge`, unread.
 
     Mesh-wide defaults (the global level of configuration; ``None`` = built-in default,
     overridden per service and per endpoint, see :mod:`lake_mesh_consul._core.config_schema`):
@@ -246,6 +331,7 @@ class MeshConfig:
     partition: str | None = None
     connect_timeout: float = 2.0
     read_timeout: float = 10.0
+    max_answer_bytes: int = DEFAULT_MAX_ANSWER_BYTES
     # -- mesh-wide defaults: the global level (None = built-in default) --------------------
     strategy: str | None = None
     breaker: BreakerSettings = field(default_factory=BreakerSettings)
@@ -272,23 +358,7 @@ class MeshConfig:
         if scheme not in ("http", "https"):
             raise InvalidSetting("scheme", f"expected 'http' or 'https', got {scheme!r}")
         set_(self, "scheme", scheme)
-        token: Any = self.token
-        if isinstance(token, str):
-            token = Secret(token) if token else None
-        elif token is not None and not isinstance(token, Secret):
-            raise InvalidSetting("token", "expected a string")
-        if token is None and self.token_file:
-            path = _require_path("token_file", self.token_file)
-            assert path is not None
-            try:
-                text = Path(path).read_text(encoding="utf-8").strip()
-            except OSError as exc:
-                reason = f"cannot read {path!r}: {exc.strerror}"
-                raise InvalidSetting("token_file", reason) from None
-            if not text:
-                raise InvalidSetting("token_file", f"{path!r} is empty")
-            token = Secret(text)
-        set_(self, "token", token)
+        set_(self, "token", _resolve_token(self.token, self.token_file))
         set_(self, "ca_file", _require_path("ca_file", self.ca_file))
         set_(self, "ca_path", _require_path("ca_path", self.ca_path, directory=True))
         set_(self, "client_cert", _require_path("client_cert", self.client_cert))
@@ -305,6 +375,11 @@ class MeshConfig:
                 set_(self, name, value)
             if not isinstance(value, int | float) or isinstance(value, bool) or value <= 0:
                 raise InvalidSetting(name, f"must be a positive number of seconds, got {value!r}")
+        limit = self.max_answer_bytes
+        if not isinstance(limit, int) or isinstance(limit, bool) or not 1024 <= limit <= 2**40:
+            raise InvalidSetting(
+                "max_answer_bytes", f"must be a whole number of bytes in 1024..2**40, got {limit!r}"
+            )
         if self.datacenter is not None and not self.datacenter.strip():
             raise InvalidSetting("datacenter", "is empty")
         normalise_global(self)  # mesh-wide defaults and bootstrap settings (config_schema)

@@ -76,6 +76,7 @@ CONNECTION_FIELDS: tuple[str, ...] = (
     "partition",
     "connect_timeout",
     "read_timeout",
+    "max_answer_bytes",
 )
 
 #: The CONSUL_* variables that set each connection field (an env var beats the file).
