@@ -4,16 +4,24 @@ from __future__ import annotations
 
 import os
 import shutil
+import statistics
 import subprocess
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
+
+#: The fewest samples a p99 may be printed from (below it, the "p99" is the maximum).
+MIN_P99_SAMPLES = 200
 
 
 @dataclass
 class Row:
-    """One printed figure. ``baseline``/``ratio`` are set for side-by-side comparisons."""
+    """One printed figure. ``baseline``/``ratio`` are set for side-by-side comparisons.
+
+    ``n`` is the sample size behind the figure (trials, rounds or pairs) for a comparison or
+    a percentile; ``baseline_is`` says what the baseline is. Both go into the JSON.
+    """
 
     name: str
     value: float
@@ -21,12 +29,15 @@ class Row:
     baseline: float | None = None
     ratio: float | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    n: int | None = None
 
     def as_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {"name": self.name, "value": self.value, "unit": self.unit}
         if self.baseline is not None:
             out["baseline"] = self.baseline
             out["ratio"] = self.ratio
+        if self.n is not None:
+            out["n"] = self.n
         out.update(self.extra)
         return out
 
@@ -36,9 +47,77 @@ class Row:
         return f"{self.name:<58} {self.value:>12.4g} {self.unit:<8} {base} {ratio}"
 
 
-def compare(name: str, value: float, baseline: float, unit: str, **extra: Any) -> Row:
-    """A row comparing ``value`` with ``baseline`` measured in the same run."""
-    return Row(name, value, unit, baseline, value / baseline if baseline else None, extra)
+def compare(
+    name: str, value: float, baseline: float, unit: str, *, n: int | None = None, **extra: Any
+) -> Row:
+    """A row comparing ``value`` with ``baseline`` measured in the same run (``n`` samples)."""
+    return Row(name, value, unit, baseline, value / baseline if baseline else None, extra, n)
+
+
+def quantiles_for(samples: int) -> tuple[int, ...]:
+    """The percentiles ``samples`` trials support: p99 only from MIN_P99_SAMPLES on."""
+    return (50, 90, 99) if samples >= MIN_P99_SAMPLES else (50, 90)
+
+
+def percentile_rows(
+    name: str,
+    values: Sequence[float],
+    baseline: Sequence[float] | None,
+    unit: str,
+    *,
+    scale: float = 1.0,
+    **extra: Any,
+) -> list[Row]:
+    """``name.p50``, ``name.p90`` (and ``name.p99`` from 200 samples on), each with ``n``.
+
+    With ``baseline`` (the same trials, measured side by side) each row is a comparison.
+    Never prints a p99 from fewer samples: with 20 trials the "p99" is the maximum.
+    """
+    n = min(len(values), len(baseline)) if baseline is not None else len(values)
+    rows = []
+    for q in quantiles_for(n):
+        ours = percentile(list(values), q) * scale
+        if baseline is None:
+            rows.append(Row(f"{name}.p{q}", ours, unit, extra=dict(extra), n=n))
+        else:
+            theirs = percentile(list(baseline), q) * scale
+            rows.append(compare(f"{name}.p{q}", ours, theirs, unit, n=n, **extra))
+    return rows
+
+
+def alternate(
+    a: Callable[[], float], b: Callable[[], float], rounds: int
+) -> tuple[list[float], list[float]]:
+    """Run ``a`` and ``b`` in alternated pairs (a-b, b-a, ...); each returns one measurement.
+
+    Drift of a shared machine then hits both sides alike; compare with :func:`paired_ratio`
+    or the medians of the two lists.
+    """
+    xs: list[float] = []
+    ys: list[float] = []
+    for i in range(rounds):
+        if i % 2:
+            ys.append(b())
+            xs.append(a())
+        else:
+            xs.append(a())
+            ys.append(b())
+    return xs, ys
+
+
+def paired_ratio(xs: Sequence[float], ys: Sequence[float]) -> float:
+    """Median over pairs of ``x / y``: the ratio of two alternated series."""
+    return statistics.median(x / y for x, y in zip(xs, ys, strict=True) if y)
+
+
+def compare_alternated(
+    name: str, xs: Sequence[float], ys: Sequence[float], unit: str, **extra: Any
+) -> Row:
+    """A comparison row from alternated pairs: medians, and the median of pair ratios."""
+    row = compare(name, statistics.median(xs), statistics.median(ys), unit, n=len(xs), **extra)
+    row.ratio = paired_ratio(xs, ys)
+    row.extra.setdefault("ratio_is", "median of per-pair ratios (alternated pairs)")
+    return row
 
 
 def per_call(fn: Callable[[], object], *, n: int, repeat: int = 5) -> float:
