@@ -1,10 +1,17 @@
 """ServiceDiscovery: healthy instances of services, from memory kept current by Consul.
 
 Each distinct query (service, tags, node meta, ``filter``, datacenter, ``passing``, ``near``)
-is one blocking query on ``/v1/health/service/<name>``, shared through the single-flight
+is one watch of ``/v1/health/service/<name>``, shared through the single-flight
 :class:`~lake_mesh_consul._consul.watch.WatchHub` by every consumer in the process. Filters
 that Consul cannot apply exactly (service meta, "passing or warning") are applied to the
 decoded answer in memory, so they share the query too.
+
+**Bounded cost, whatever the number of services**: the first ``dedicated_watches`` local
+queries (default 1) each get a blocking query of their own (one thread, one agent
+connection); every further one is followed by the hub's multiplexed watcher (two blocking
+queries whose indexes cover every check and catalog change, then a read of only the
+services that changed: two threads and two connections in all). Queries with ``near``,
+``node_meta``, ``filter`` or another datacenter keep a dedicated watch.
 
 * ``endpoints(name)`` waits for the first answer once (bounded by ``timeout``, then
   :class:`~lake_mesh_consul.errors.DiscoveryTimeout`); every later call returns the
@@ -37,6 +44,7 @@ from lake_mesh_consul._consul.health_entries import (
 from lake_mesh_consul._consul.snapshot_store import SnapshotStore as _Store
 from lake_mesh_consul._consul.snapshot_store import endpoint_from_dict, endpoint_to_dict
 from lake_mesh_consul._consul.watch import (
+    DEFAULT_DEDICATED,
     Consistency,
     ParamValue,
     SharedWatch,
@@ -419,9 +427,7 @@ class _View:
             if self._clock.monotonic() >= deadline or primary.watch.closed:
                 break
             # a transient failure: wait for the next outcome (the watch keeps retrying)
-            self._clock.wait(
-                primary.watch._first, min(0.05, max(0.0, deadline - self._clock.monotonic()))
-            )
+            primary.wait_first(min(0.05, max(0.0, deadline - self._clock.monotonic())))
         if ServiceDiscovery._hopeless(primary.state.error) and not primary.state.has_value:
             raise DiscoveryError(
                 f"Consul rejected the query for service {self.query.name!r}: {primary.state.error}"
@@ -556,6 +562,13 @@ class ServiceDiscovery:
             per service).
         timeout: default of ``endpoints(timeout=)``.
         backoff, rate: the watch engine's error backoff and request rate limit.
+        dedicated_watches: how many local queries get a blocking query of their own
+            before the rest are multiplexed (see the module docstring); given, it makes
+            the discovery use a private hub. ``None``: the process-wide hub's budget
+            (:data:`~lake_mesh_consul._consul.watch.DEFAULT_DEDICATED`, 1).
+
+    Raises:
+        ValueError: ``dedicated_watches`` is negative.
 
     Thread-safety: every method may be called from any thread; reads (``endpoints`` after
     the first answer, ``ServiceSource.snapshot``) never lock and never call Consul.
@@ -583,6 +596,7 @@ class ServiceDiscovery:
         timeout: float = DEFAULT_TIMEOUT,
         backoff: Backoff | None = None,
         rate: float | None = None,
+        dedicated_watches: int | None = None,
     ) -> None:
         if config_or_client is None:
             config_or_client = MeshConfig.from_env()
@@ -594,10 +608,11 @@ class ServiceDiscovery:
         self._clock = clock
         self._own_hub = False
         if hub is None:
-            if clock is SYSTEM_CLOCK and rng is None:
+            if clock is SYSTEM_CLOCK and rng is None and dedicated_watches is None:
                 hub = WatchHub.shared(self.config)
             else:
-                hub = WatchHub(self.config, clock=clock, rng=rng)
+                budget = DEFAULT_DEDICATED if dedicated_watches is None else dedicated_watches
+                hub = WatchHub(self.config, clock=clock, rng=rng, dedicated=budget)
                 self._own_hub = True
         self._hub = hub
         options: dict[str, Any] = {

@@ -73,10 +73,13 @@ from lake_mesh_consul._core.config import MeshConfig
 from lake_mesh_consul.errors import ConsulError, ConsulUnavailable, MeshError
 
 __all__ = [
+    "DEFAULT_DEDICATED",
     "DEFAULT_RATE",
     "Consistency",
+    "PollClient",
     "SharedWatch",
     "Watch",
+    "WatchBase",
     "WatchHub",
     "WatchState",
     "decode_json",
@@ -216,111 +219,98 @@ def _poll_client(config: MeshConfig, sockets: _Sockets) -> ConsulClient:
     return client
 
 
-# --- the watch -----------------------------------------------------------------------------
+class PollClient:
+    """A ConsulClient of one owner whose in-flight requests can be interrupted.
+
+    A parked long poll holds its socket for up to the whole wait; :meth:`interrupt`
+    shuts every socket of this client (a blocked read returns at once with an error) and
+    refuses new connections, so the owner's :meth:`close` returns within a second.
+
+    Thread-safety: :meth:`request` from the owner's thread, :meth:`interrupt` from any.
+    """
+
+    def __init__(self, config: MeshConfig) -> None:
+        self._sockets = _Sockets()
+        self._client = _poll_client(config, self._sockets)
+
+    def request(
+        self,
+        method: str,
+        path: str,
+        *,
+        operation: str,
+        params: Mapping[str, Any] | None = None,
+        wait: float | None = None,
+        allow_404: bool = False,
+    ) -> ConsulResponse:
+        """See :meth:`ConsulClient.request`."""
+        return self._client.request(
+            method, path, operation=operation, params=params, wait=wait, allow_404=allow_404
+        )
+
+    def interrupt(self) -> None:
+        """Shut every socket (waking a parked read) and refuse new connections."""
+        self._sockets.shut_all()
+
+    def close(self) -> None:
+        """Close the connection pool. Idempotent."""
+        self._client.close()
 
 
-class Watch(Generic[T]):
-    """Keep one blocking endpoint's decoded answer current, on a daemon thread.
+# --- what every watch keeps: state, listeners, first-answer events ----------------------------
 
-    Args:
-        client: the agent to ask (a ConsulClient or a MeshConfig). The watch opens a
-            connection pool of its own from its configuration, so that :meth:`close` can
-            interrupt a parked long poll without touching anyone else's connections.
-        path: the API path, e.g. ``/v1/health/service/web``.
-        params: query parameters (a sequence value repeats the parameter: ``tag``).
-            ``index``, ``wait`` and the consistency flags are added by the watch.
-        decode: turns an answer (status 200, or 404 with ``allow_404``) into the value;
-            runs on the watch thread; an exception counts as a failed attempt (the index
-            does not advance, the last good value stays).
-        on_change: called with each new value (the first included) on the watch thread.
-        on_error: called with each failure on the watch thread (for logging/metrics).
-        wait: the blocking wait in seconds, ``0 < wait <= 600``.
-        consistency: ``"stale"`` (default), ``"default"`` or ``"consistent"``.
-        max_stale: with ``"stale"``: when an answer's ``X-Consul-LastContact`` exceeds this
-            many seconds, read again from the leader (the stale answer is kept if that fails).
-        cached: ask the agent cache (``?cached``) where the endpoint supports it.
-        equal: decides whether a new value equals the current one (no notification).
-        backoff: pauses between failed attempts.
-        rate: token refill rate (requests per second) once the burst is used.
-        burst: token bucket capacity.
-        invalidate_after: drop the last good value once Consul has failed for longer than
-            this many seconds since the last good answer (``None``: keep it forever).
-        invalidated_value: the value that replaces a dropped one (listeners are told);
-            ``None`` leaves :attr:`current` ``None`` and tells nobody.
-        allow_404: pass 404 answers to ``decode`` (a KV prefix with no keys).
-        name: shown in logs and the thread name.
-        clock: time source (backoff pauses and ages use it).
-        rng: randomness for jitter.
+
+class WatchBase(Generic[T]):
+    """One watched query's state, listeners and "first answer" events, fed by some loop.
+
+    :class:`Watch` feeds it from a blocking query of its own; a member of the multiplexed
+    watcher (:mod:`lake_mesh_consul._consul.watch_mux`) is fed by targeted reads. Both
+    apply the same rules here: an unchanged index or an equal decoded value notifies
+    nobody; a failure keeps the last good value (marked stale) and, with
+    ``invalidate_after``, drops it once it is too old; the first value is given to every
+    listener *before* :meth:`wait_first` returns; a failure keeps nothing of the attempt
+    alive (tracebacks are cleared, so no frame holding an old answer or state survives).
 
     Thread-safety: every public method may be called from any thread. :attr:`current` and
-    :attr:`state` read one reference (no lock). Listeners run one at a time, in order, on
-    the watch thread; they must not block for long.
-
-    Raises:
-        ValueError: from the constructor for an invalid wait, rate or burst.
+    :attr:`state` read one reference (no lock). Listeners run one at a time, in order.
     """
 
     def __init__(
         self,
-        client: ConsulClient | MeshConfig,
         path: str,
-        params: Mapping[str, ParamValue] | None = None,
+        params: Mapping[str, ParamValue] | None,
         *,
         decode: Callable[[ConsulResponse], T],
-        on_change: Callable[[T], None] | None = None,
-        on_error: Callable[[MeshError], None] | None = None,
-        wait: float = DEFAULT_WAIT,
-        consistency: Consistency = "stale",
-        max_stale: float | None = None,
-        cached: bool = False,
-        equal: Callable[[T, T], bool] | None = None,
-        backoff: Backoff | None = None,
-        rate: float = DEFAULT_RATE,
-        burst: int = DEFAULT_BURST,
-        invalidate_after: float | None = None,
-        invalidated_value: T | None = None,
-        allow_404: bool = True,
-        name: str | None = None,
-        clock: Clock = SYSTEM_CLOCK,
-        rng: random.Random | None = None,
+        on_change: Callable[[T], None] | None,
+        on_error: Callable[[MeshError], None] | None,
+        equal: Callable[[T, T], bool] | None,
+        invalidate_after: float | None,
+        invalidated_value: T | None,
+        name: str | None,
+        clock: Clock,
     ) -> None:
-        if consistency not in ("stale", "default", "consistent"):
-            raise ValueError(f"consistency must be stale, default or consistent: {consistency!r}")
         if invalidate_after is not None and invalidate_after < 0:
             raise ValueError("invalidate_after must be >= 0 seconds")
-        self.config = client.config if isinstance(client, ConsulClient) else client
         self.path = path
         self.params: dict[str, ParamValue] = dict(params or {})
         self.name = name or path
-        self.wait = validate_wait(wait)
-        self.consistency: Consistency = consistency
-        self.max_stale = max_stale
-        self.cached = cached
         self.invalidate_after = invalidate_after
-        self.allow_404 = allow_404
         self._decode = decode
         self._equal: Callable[[T, T], bool] = equal or _default_equal
         self._on_error = on_error
         self._invalidated_value = invalidated_value
-        self._backoff = backoff or Backoff()
-        self._bucket = TokenBucket(rate=rate, burst=burst)
         self._clock = clock
-        self._rng = rng or random.Random()
         self._state: WatchState[T] = WatchState()
         self._index = BlockingIndex()
         self._listeners: tuple[Callable[[T], None], ...] = (on_change,) if on_change else ()
         self._listeners_lock = threading.Lock()
+        # Held while a new value is installed and given to the listeners (and by subscribe),
+        # so a listener never sees a newer value before an older one.
         self._dispatch_lock = threading.RLock()
         self._closed = threading.Event()
-        self._wake = threading.Event()
         self._first = threading.Event()
         self._first_outcome = threading.Event()
-        self._start_lock = threading.Lock()
-        self._close_started = False
-        self._thread: threading.Thread | None = None
-        self._sockets = _Sockets()
-        self._poll = _poll_client(self.config, self._sockets)
-        #: HTTP requests sent so far (every attempt, successful or not).
+        #: HTTP requests sent for this watch so far (every attempt, successful or not).
         self.requests = 0
         #: Answers whose decoded value changed (notifications sent).
         self.changes = 0
@@ -353,8 +343,27 @@ class Watch(Generic[T]):
         """Whether :meth:`close` was called."""
         return self._closed.is_set()
 
+    def start(self) -> WatchBase[T]:
+        """Start following the query (idempotent); returns ``self``."""
+        return self
+
+    def close(self) -> None:
+        """Stop following the query; no callback starts afterwards. Idempotent."""
+        self._interrupt()
+
+    def interrupt(self) -> None:
+        """Mark closed and wake whatever waits, without waiting; :meth:`close` still follows.
+
+        Closing many watches is fastest as: interrupt each, then close each.
+        """
+        self._interrupt()
+
+    def _interrupt(self) -> None:
+        self._closed.set()
+        self._first_outcome.set()
+
     def wait_first(self, timeout: float | None, *, or_error: bool = False) -> bool:
-        """Wait until the first answer is in (starting the watch if needed).
+        """Wait until the first answer is in and given to every listener (starts the watch).
 
         Args:
             timeout: seconds to wait at most (``None``: forever).
@@ -395,6 +404,246 @@ class Watch(Generic[T]):
 
         return unsubscribe
 
+    # -- applying answers and failures ------------------------------------------------------------
+
+    def _apply_answer(self, response: ConsulResponse) -> None:
+        """Apply one answer under Consul's index rules (decode only when it may have changed).
+
+        Raises:
+            ConsulError: the answer could not be decoded (the index does not move).
+        """
+        previous = self._index
+        step = previous.observe(response.index)
+        if step.reset:
+            self.resets += 1
+            log.info(
+                "watch %s: index went backwards (%d -> %d), reset",
+                self.name,
+                previous.value,
+                response.index,
+            )
+        now = self._clock.monotonic()
+        state = self._state
+        if state.failures:
+            log.info("watch %s: recovered after %d failed attempt(s)", self.name, state.failures)
+        if not step.changed and state.has_value and not state.invalidated and not state.failures:
+            self._index = step.index
+            self._state = _fresh(state, response, now, step.index.value)
+            return
+        value = self._decoded(response)
+        with self._dispatch_lock:
+            self._install(value, step.index, response, now)
+
+    def _decoded(self, response: ConsulResponse) -> T:
+        try:
+            return self._decode(response)
+        except Exception as exc:  # a corrupt answer: keep the old index, read it again
+            # (_apply_failure clears the tracebacks, so the answer is not kept alive)
+            raise ConsulError(f"watch {self.name}: undecodable answer: {exc}") from exc
+
+    def _install(
+        self, value: T, index: BlockingIndex, response: ConsulResponse, now: float
+    ) -> None:
+        """Swap in ``value`` and give it to the listeners, then release first-answer waiters.
+
+        Runs under the dispatch lock: a subscriber with ``replay`` sees either the old value
+        followed by this one, or only this one.
+        """
+        self._index = index
+        state = self._state
+        if state.has_value and not state.invalidated and self._equal(cast(T, state.value), value):
+            self._state = _fresh(state, response, now, index.value)
+            self._first.set()
+            self._first_outcome.set()
+            return
+        self._state = _fresh(
+            dataclasses.replace(
+                state, value=value, has_value=True, invalidated=False, changed_at=now
+            ),
+            response,
+            now,
+            index.value,
+        )
+        self.changes += 1
+        self._dispatch(value)
+        # Only now: whoever waited for the first answer finds it applied everywhere.
+        self._first.set()
+        self._first_outcome.set()
+
+    def _apply_failure(self, exc: MeshError, *, quiet: bool = False) -> None:
+        """Record a failed attempt: stale, error kept (without its frames), maybe invalidate."""
+        _forget_frames(exc)
+        state = self._state
+        failures = state.failures + 1
+        if failures == 1 and not quiet:
+            log.warning("watch %s: %s (serving the last known value)", self.name, exc)
+        else:
+            log.debug("watch %s: attempt %d failed: %s", self.name, failures, exc)
+        if isinstance(exc, ConsulUnavailable) and self._index.value:
+            # The agent may come back restarted with its state wiped, and then an equal
+            # index can carry a different result: start over with a non-blocking read
+            # (and the next answer is always decoded and compared: see _apply_answer).
+            self._index = BlockingIndex()
+        new = dataclasses.replace(state, stale=True, error=exc, failures=failures)
+        invalidate = self._should_invalidate(state)
+        if invalidate:
+            log.warning(
+                "watch %s: last value older than %gs, invalidated", self.name, self.invalidate_after
+            )
+            replacement = self._invalidated_value
+            new = dataclasses.replace(
+                new,
+                value=replacement,
+                has_value=replacement is not None,
+                invalidated=True,
+                changed_at=self._clock.monotonic(),
+            )
+        self._state = new
+        self._first_outcome.set()
+        if self._on_error is not None:
+            try:
+                self._on_error(exc)
+            except Exception:
+                log.exception("watch %s: on_error callback failed", self.name)
+        if invalidate and self._invalidated_value is not None:
+            with self._dispatch_lock:
+                self._dispatch(self._invalidated_value)
+
+    def _should_invalidate(self, state: WatchState[T]) -> bool:
+        return (
+            self.invalidate_after is not None
+            and state.has_value
+            and not state.invalidated
+            and state.updated_at is not None
+            and self._clock.monotonic() - state.updated_at > self.invalidate_after
+        )
+
+    def _dispatch(self, value: T) -> None:
+        with self._dispatch_lock:
+            for listener in self._listeners:
+                if self._closed.is_set():
+                    return
+                _call(listener, value, self.name)
+
+
+def _forget_frames(exc: BaseException) -> None:
+    """Drop the tracebacks of ``exc`` and its whole cause/context chain.
+
+    A traceback holds the frames it passed through, and a frame holds its locals: the old
+    state, the previous answer's body. An error kept as ``WatchState.error`` must keep none
+    of that alive (a watch failing against an HTML error page would otherwise keep every
+    attempt in memory).
+    """
+    seen: set[int] = set()
+    pending: list[BaseException | None] = [exc]
+    while pending:
+        current = pending.pop()
+        if current is None or id(current) in seen:
+            continue
+        seen.add(id(current))
+        current.__traceback__ = None
+        pending.append(current.__cause__)
+        pending.append(current.__context__)
+
+
+# --- the watch -----------------------------------------------------------------------------
+
+
+class Watch(WatchBase[T]):
+    """Keep one blocking endpoint's decoded answer current, on a daemon thread.
+
+    Args:
+        client: the agent to ask (a ConsulClient or a MeshConfig). The watch opens a
+            connection pool of its own from its configuration, so that :meth:`close` can
+            interrupt a parked long poll without touching anyone else's connections.
+        path: the API path, e.g. ``/v1/health/service/web``.
+        params: query parameters (a sequence value repeats the parameter: ``tag``).
+            ``index``, ``wait`` and the consistency flags are added by the watch.
+        decode: turns an answer (status 200, or 404 with ``allow_404``) into the value;
+            runs on the watch thread; an exception counts as a failed attempt (the index
+            does not advance, the last good value stays).
+        on_change: called with each new value (the first included) on the watch thread.
+        on_error: called with each failure on the watch thread (for logging/metrics).
+        wait: the blocking wait in seconds, ``0 < wait <= 600``.
+        consistency: ``"stale"`` (default), ``"default"`` or ``"consistent"``.
+        max_stale: with ``"stale"``: when an answer's ``X-Consul-LastContact`` exceeds this
+            many seconds, read again from the leader (the stale answer is kept if that fails).
+        cached: ask the agent cache (``?cached``) where the endpoint supports it.
+        equal: decides whether a new value equals the current one (no notification).
+        backoff: pauses between failed attempts.
+        rate: token refill rate (requests per second) once the burst is used.
+        burst: token bucket capacity.
+        invalidate_after: drop the last good value once Consul has failed for longer than
+            this many seconds since the last good answer (``None``: keep it forever).
+        invalidated_value: the value that replaces a dropped one (listeners are told);
+            ``None`` leaves :attr:`current` ``None`` and tells nobody.
+        allow_404: pass 404 answers to ``decode`` (a KV prefix with no keys).
+        name: shown in logs and the thread name.
+        clock: time source (backoff pauses and ages use it).
+        rng: randomness for jitter.
+
+    Thread-safety: every public method may be called from any thread. :attr:`current` and
+    :attr:`state` read one reference (no lock). Listeners run one at a time, in order, on
+    the watch thread; they must not block for long. :meth:`wait_first` returns only once the
+    first value has been given to every listener subscribed before it arrived.
+
+    Raises:
+        ValueError: from the constructor for an invalid wait, rate or burst.
+    """
+
+    def __init__(
+        self,
+        client: ConsulClient | MeshConfig,
+        path: str,
+        params: Mapping[str, ParamValue] | None = None,
+        *,
+        decode: Callable[[ConsulResponse], T],
+        on_change: Callable[[T], None] | None = None,
+        on_error: Callable[[MeshError], None] | None = None,
+        wait: float = DEFAULT_WAIT,
+        consistency: Consistency = "stale",
+        max_stale: float | None = None,
+        cached: bool = False,
+        equal: Callable[[T, T], bool] | None = None,
+        backoff: Backoff | None = None,
+        rate: float = DEFAULT_RATE,
+        burst: int = DEFAULT_BURST,
+        invalidate_after: float | None = None,
+        invalidated_value: T | None = None,
+        allow_404: bool = True,
+        name: str | None = None,
+        clock: Clock = SYSTEM_CLOCK,
+        rng: random.Random | None = None,
+    ) -> None:
+        if consistency not in ("stale", "default", "consistent"):
+            raise ValueError(f"consistency must be stale, default or consistent: {consistency!r}")
+        super().__init__(
+            path,
+            params,
+            decode=decode,
+            on_change=on_change,
+            on_error=on_error,
+            equal=equal,
+            invalidate_after=invalidate_after,
+            invalidated_value=invalidated_value,
+            name=name,
+            clock=clock,
+        )
+        self.config = client.config if isinstance(client, ConsulClient) else client
+        self.wait = validate_wait(wait)
+        self.consistency: Consistency = consistency
+        self.max_stale = max_stale
+        self.cached = cached
+        self.allow_404 = allow_404
+        self._backoff = backoff or Backoff()
+        self._bucket = TokenBucket(rate=rate, burst=burst)
+        self._rng = rng or random.Random()
+        self._wake = threading.Event()
+        self._start_lock = threading.Lock()
+        self._close_started = False
+        self._thread: threading.Thread | None = None
+        self._poll = PollClient(self.config)
+
     # -- life cycle ------------------------------------------------------------------------------
 
     def start(self) -> Watch[T]:
@@ -430,10 +679,9 @@ class Watch(Generic[T]):
 
     def _interrupt(self) -> None:
         """Mark closed and wake the thread wherever it is parked (no waiting)."""
-        self._closed.set()
+        super()._interrupt()
         self._wake.set()
-        self._first_outcome.set()
-        self._sockets.shut_all()
+        self._poll.interrupt()
 
     def __enter__(self) -> Watch[T]:
         return self.start()
@@ -448,6 +696,24 @@ class Watch(Generic[T]):
             f"requests={self.requests}, closed={self.closed})"
         )
 
+    # -- reads on this watch's own connection -------------------------------------------
+
+    def read(
+        self, path: str, params: Mapping[str, Any], *, operation: str, allow_404: bool = True
+    ) -> ConsulResponse:
+        """One non-blocking GET over this watch's own connection (from its listeners).
+
+        The multiplexed watcher reads the services that changed this way, so a wake costs
+        no extra connection. Counted in :attr:`requests`.
+
+        Raises:
+            MeshError: as :meth:`ConsulClient.request`.
+        """
+        self.requests += 1
+        return self._poll.request(
+            "GET", path, operation=operation, params=params, allow_404=allow_404
+        )
+
     # -- the loop ---------------------------------------------------------------------------------
 
     def _pause(self, seconds: float) -> bool:
@@ -460,22 +726,26 @@ class Watch(Generic[T]):
         try:
             while not self._closed.is_set():
                 self._bucket, delay = self._bucket.reserve(self._clock.monotonic())
-                if self._pause(delay):
+                if self._pause(delay) or not self._attempt():
                     return
-                try:
-                    response = self._fetch()
-                    if self._closed.is_set():
-                        return
-                    self._on_answer(response)
-                except MeshError as exc:
-                    if self._closed.is_set():
-                        return
-                    self._on_failure(exc)
-                    if self._pause(self._backoff.delay(self._state.failures, self._rng)):
-                        return
         except Exception:  # a bug: log it, keep the last good value, stop the thread
             log.exception("watch %s stopped by an unexpected error", self.name)
             self._state = dataclasses.replace(self._state, stale=True)
+
+    def _attempt(self) -> bool:
+        """One blocking query and its outcome; False when the watch closed meanwhile."""
+        try:
+            response = self._fetch()
+            if self._closed.is_set():
+                return False
+            self._apply_answer(response)
+            return True
+        except MeshError as exc:
+            if self._closed.is_set():
+                return False
+            self._apply_failure(exc)
+        # Outside the except block: the pause holds no reference to the failed attempt.
+        return not self._pause(self._backoff.delay(self._state.failures, self._rng))
 
     def _query(self, *, blocking: bool, consistency: Consistency) -> dict[str, Any]:
         query: dict[str, Any] = {
@@ -520,95 +790,6 @@ class Watch(Generic[T]):
                     "watch %s: leader re-read failed, keeping stale answer: %s", self.name, exc
                 )
         return response
-
-    def _on_answer(self, response: ConsulResponse) -> None:
-        previous = self._index
-        step = previous.observe(response.index)
-        if step.reset:
-            self.resets += 1
-            log.info(
-                "watch %s: index went backwards (%d -> %d), reset",
-                self.name,
-                previous.value,
-                response.index,
-            )
-        now = self._clock.monotonic()
-        state = self._state
-        if state.failures:
-            log.info("watch %s: recovered after %d failed attempt(s)", self.name, state.failures)
-        if not step.changed and state.has_value and not state.invalidated and not state.failures:
-            self._index = step.index
-            self._state = _fresh(state, response, now, step.index.value)
-            return
-        try:
-            value = self._decode(response)
-        except Exception as exc:  # a corrupt answer: keep the old index, read it again
-            raise ConsulError(f"watch {self.name}: undecodable answer: {exc}") from exc
-        self._index = step.index
-        if state.has_value and not state.invalidated and self._equal(cast(T, state.value), value):
-            self._state = _fresh(state, response, now, step.index.value)
-            return
-        self._state = _fresh(
-            dataclasses.replace(
-                state, value=value, has_value=True, invalidated=False, changed_at=now
-            ),
-            response,
-            now,
-            step.index.value,
-        )
-        self.changes += 1
-        self._first.set()
-        self._first_outcome.set()
-        self._dispatch(value)
-
-    def _on_failure(self, exc: MeshError) -> None:
-        state = self._state
-        failures = state.failures + 1
-        if failures == 1:
-            log.warning("watch %s: %s (serving the last known value)", self.name, exc)
-        else:
-            log.debug("watch %s: attempt %d failed: %s", self.name, failures, exc)
-        if isinstance(exc, ConsulUnavailable) and self._index.value:
-            # The agent may come back restarted with its state wiped, and then an equal
-            # index can carry a different result: start over with a non-blocking read
-            # (and the next answer is always decoded and compared: see _on_answer).
-            self._index = BlockingIndex()
-        new = dataclasses.replace(state, stale=True, error=exc, failures=failures)
-        invalidate = (
-            self.invalidate_after is not None
-            and state.has_value
-            and not state.invalidated
-            and state.updated_at is not None
-            and self._clock.monotonic() - state.updated_at > self.invalidate_after
-        )
-        if invalidate:
-            log.warning(
-                "watch %s: last value older than %gs, invalidated", self.name, self.invalidate_after
-            )
-            replacement = self._invalidated_value
-            new = dataclasses.replace(
-                new,
-                value=replacement,
-                has_value=replacement is not None,
-                invalidated=True,
-                changed_at=self._clock.monotonic(),
-            )
-        self._state = new
-        self._first_outcome.set()
-        if self._on_error is not None:
-            try:
-                self._on_error(exc)
-            except Exception:
-                log.exception("watch %s: on_error callback failed", self.name)
-        if invalidate and self._invalidated_value is not None:
-            self._dispatch(self._invalidated_value)
-
-    def _dispatch(self, value: T) -> None:
-        with self._dispatch_lock:
-            for listener in self._listeners:
-                if self._closed.is_set():
-                    return
-                _call(listener, value, self.name)
 
 
 def _fresh(state: WatchState[T], response: ConsulResponse, now: float, index: int) -> WatchState[T]:
@@ -657,7 +838,7 @@ class SharedWatch(Generic[T]):
     Thread-safety: like :class:`Watch`.
     """
 
-    def __init__(self, hub: WatchHub, key: tuple[Any, ...], watch: Watch[T]) -> None:
+    def __init__(self, hub: WatchHub, key: tuple[Any, ...], watch: WatchBase[T]) -> None:
         self._hub = hub
         self._key = key
         self.watch = watch
@@ -710,17 +891,35 @@ class SharedWatch(Generic[T]):
         self.close()
 
 
+#: Dedicated watches (a thread and a connection each) a hub gives eligible health queries
+#: before it multiplexes the rest; see :class:`WatchHub`.
+DEFAULT_DEDICATED = 1
+
+
 class WatchHub:
-    """Single flight: one :class:`Watch` per (path, parameters, options), shared by handles.
+    """Single flight: one watch per (path, parameters, options), shared by handles.
 
     :meth:`watch` returns a :class:`SharedWatch`; consumers asking for the same path,
-    parameters (order does not matter) and options share one blocking query. The ``decode``
-    of the first consumer is used for everyone: it must depend only on the answer.
+    parameters (order does not matter) and options share one watch. The ``decode`` of the
+    first consumer is used for everyone: it must depend only on the answer.
+
+    **A bounded cost per process.** The first ``dedicated`` service health queries
+    (``/v1/health/service/<name>`` with at most ``tag``/``passing``) each get a
+    :class:`Watch` of their own (one thread and one agent connection: the fastest
+    propagation). Every further one is served by the hub's multiplexer
+    (:mod:`lake_mesh_consul._consul.watch_mux`): two threads and two connections in all,
+    however many services are watched. Other queries (KV, ``near``, ``filter``,
+    ``node-meta``, another datacenter, ``cached``, ``max_stale``) always get a dedicated
+    watch. With the defaults, a process watching 1,000 services runs 3 watch threads and
+    holds 3 agent connections (Consul's ``limits.http_max_conns_per_client``, 200 by
+    default, counts connections per client IP, shared by every process on the host).
 
     Args:
         client: the agent (ConsulClient or MeshConfig).
         clock: time source of the watches.
         rng: randomness for jitter (one per hub; watches get their own seeded from it).
+        dedicated: how many eligible health queries get a dedicated watch (>= 0; 0
+            multiplexes all of them).
         defaults: default keyword arguments for every :class:`Watch` (``wait``, ``rate``,
             ``backoff``...), overridden per call.
 
@@ -743,14 +942,21 @@ class WatchHub:
         *,
         clock: Clock = SYSTEM_CLOCK,
         rng: random.Random | None = None,
+        dedicated: int = DEFAULT_DEDICATED,
         **defaults: Any,
     ) -> None:
+        if not isinstance(dedicated, int) or isinstance(dedicated, bool) or dedicated < 0:
+            raise ValueError(f"dedicated must be an integer >= 0, got {dedicated!r}")
         self.config = client.config if isinstance(client, ConsulClient) else client
+        #: Eligible health queries that get a dedicated watch before multiplexing starts.
+        self.dedicated = dedicated
         self._clock = clock
         self._rng = rng or random.Random()
         self._defaults = defaults
         self._lock = threading.Lock()
-        self._entries: dict[tuple[Any, ...], tuple[Watch[Any], int]] = {}
+        self._entries: dict[tuple[Any, ...], tuple[WatchBase[Any], int]] = {}
+        self._dedicated_keys: set[tuple[Any, ...]] = set()
+        self._mux: Any = None  # a watch_mux.Multiplexer, created with the first member
         self._closed_requests = 0
         self._closed = False
 
@@ -799,15 +1005,8 @@ class WatchHub:
                 raise ConsulError("the watch hub is closed")
             entry = self._entries.get(key)
             if entry is None or entry[0].closed:
-                watch: Watch[Any] = Watch(
-                    self.config,
-                    path,
-                    params,
-                    decode=decode,
-                    name=name,
-                    clock=self._clock,
-                    rng=random.Random(self._rng.random()),
-                    **merged,
+                watch = self._new_watch(
+                    key, path=path, params=params, decode=decode, name=name, options=merged
                 )
                 self._entries[key] = (watch, 1)
             else:
@@ -816,8 +1015,52 @@ class WatchHub:
         watch.start()
         return SharedWatch(self, key, watch)
 
+    def _new_watch(
+        self,
+        key: tuple[Any, ...],
+        *,
+        path: str,
+        params: Mapping[str, ParamValue] | None,
+        decode: Callable[[ConsulResponse], Any],
+        name: str | None,
+        options: dict[str, Any],
+    ) -> WatchBase[Any]:
+        """A dedicated Watch, or a multiplexed member once the budget is used (lock held)."""
+        from lake_mesh_consul._consul import watch_mux
+
+        eligible = watch_mux.muxable(path, params, options)
+        if not eligible or len(self._dedicated_keys) < self.dedicated:
+            if eligible:
+                self._dedicated_keys.add(key)
+            return Watch(
+                self.config,
+                path,
+                params,
+                decode=decode,
+                name=name,
+                clock=self._clock,
+                rng=random.Random(self._rng.random()),
+                **options,
+            )
+        if self._mux is None:
+            self._mux = watch_mux.Multiplexer(
+                self.config,
+                clock=self._clock,
+                rng=random.Random(self._rng.random()),
+                loop_options=options,
+            )
+        return watch_mux.MuxMember(
+            self._mux,
+            path,
+            params,
+            decode=decode,
+            name=name,
+            clock=self._clock,
+            **{k: v for k, v in options.items() if k in _MEMBER_OPTIONS},
+        )
+
     def _release(self, key: tuple[Any, ...]) -> None:
-        to_close: Watch[Any] | None = None
+        to_close: WatchBase[Any] | None = None
         with self._lock:
             entry = self._entries.get(key)
             if entry is None:
@@ -825,15 +1068,17 @@ class WatchHub:
             watch, refs = entry
             if refs <= 1:
                 del self._entries[key]
-                self._closed_requests += watch.requests
+                self._dedicated_keys.discard(key)
+                if isinstance(watch, Watch):
+                    self._closed_requests += watch.requests
                 to_close = watch
             else:
                 self._entries[key] = (watch, refs - 1)
         if to_close is not None:
             to_close.close()
 
-    def watches(self) -> Iterator[Watch[Any]]:
-        """The live watches (a snapshot of the list)."""
+    def watches(self) -> Iterator[WatchBase[Any]]:
+        """The live watches, dedicated and multiplexed (a snapshot of the list)."""
         with self._lock:
             entries = list(self._entries.values())
         return iter([watch for watch, _ in entries])
@@ -843,20 +1088,41 @@ class WatchHub:
             return len(self._entries)
 
     @property
+    def multiplexed(self) -> int:
+        """How many of the live watches the multiplexer serves."""
+        mux = self._mux
+        return 0 if mux is None else len(mux)
+
+    @property
+    def threads(self) -> int:
+        """Threads the hub's watches run now (dedicated ones plus the multiplexer's)."""
+        with self._lock:
+            dedicated = sum(1 for w, _ in self._entries.values() if isinstance(w, Watch))
+        mux = self._mux
+        return dedicated + (0 if mux is None else mux.threads)
+
+    @property
     def requests(self) -> int:
         """HTTP requests sent by every watch of this hub, closed ones included."""
         with self._lock:
-            return self._closed_requests + sum(w.requests for w, _ in self._entries.values())
+            dedicated = sum(w.requests for w, _ in self._entries.values() if isinstance(w, Watch))
+            closed = self._closed_requests
+        mux = self._mux
+        return closed + dedicated + (0 if mux is None else mux.requests)
 
     def close(self) -> None:
         """Close every watch (within about a second each, in parallel). Idempotent."""
         with self._lock:
             self._closed = True
             watches = [w for w, _ in self._entries.values()]
-            self._closed_requests += sum(w.requests for w in watches)
+            self._closed_requests += sum(w.requests for w in watches if isinstance(w, Watch))
             self._entries.clear()
+            self._dedicated_keys.clear()
+            mux = self._mux
         for watch in watches:  # wake every parked poll first, then wait for each
-            watch._interrupt()
+            watch.interrupt()
+        if mux is not None:
+            mux.close()
         for watch in watches:
             watch.close()
 
@@ -865,3 +1131,17 @@ class WatchHub:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+#: The Watch options a multiplexed member takes (the loops take wait/backoff/rate).
+_MEMBER_OPTIONS = frozenset(
+    {
+        "consistency",
+        "allow_404",
+        "on_change",
+        "on_error",
+        "equal",
+        "invalidate_after",
+        "invalidated_value",
+    }
+)
