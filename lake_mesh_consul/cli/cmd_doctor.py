@@ -137,6 +137,10 @@ def run(args: argparse.Namespace, out: Output) -> int:
     config = config_from_args(args)
     with ConsulClient(config) as client:
         report = diagnose(client)
+    from lake_mesh_consul._consul.distribution import consul_client_report  # G: packaging
+
+    consul_client = consul_client_report()
+    report["consul_client"] = consul_client.to_json()
     if out.json_mode:
         out.json(report)
     else:
@@ -169,8 +173,11 @@ def run(args: argparse.Namespace, out: Output) -> int:
                     if tls["in_use"]
                     else "no (http)"
                 ),
+                "consul client": consul_client.summary,
             }
         )
+        for warning in consul_client.warnings:
+            out.info(f"warning: {warning}")
         for problem in report["problems"]:
             out.info(f"problem: {problem}")
         out.line("ok" if report["ok"] else f"{len(report['problems'])} problem(s) found")
