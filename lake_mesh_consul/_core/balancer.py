@@ -63,7 +63,7 @@ from types import TracebackType
 from lake_mesh_consul._core.clock import SYSTEM_CLOCK, Clock, SystemClock
 from lake_mesh_consul._core.endpoint import ServiceEndpoint
 from lake_mesh_consul._core.health import HealthStatus
-from lake_mesh_consul._core.loadstats import EndpointStats, StatsRegistry
+from lake_mesh_consul._core.loadstats import EndpointKey, EndpointStats, StatsRegistry
 from lake_mesh_consul._core.ports import EndpointGate, EndpointSource, OutcomeRecorder
 from lake_mesh_consul._core.strategies import (
     BalancerStrategy,
@@ -83,6 +83,7 @@ from lake_mesh_consul.errors import InvalidSetting, NoEndpointsAvailable
 __all__ = [
     "DEFAULT_GATE_REFRESH",
     "DEFAULT_PANIC_THRESHOLD",
+    "Admission",
     "BalancerStats",
     "EndpointState",
     "LoadBalancer",
@@ -212,7 +213,7 @@ class _Snapshot:
         eligible: tuple[ServiceEndpoint, ...],
         weights: tuple[float, ...],
         stats: tuple[EndpointStats, ...],
-        stats_by_key: dict[tuple[str, str], EndpointStats],
+        stats_by_key: dict[EndpointKey, EndpointStats],
         routable: tuple[ServiceEndpoint, ...],
         prepared: Prepared | None,
         panic: bool,
@@ -237,7 +238,7 @@ class _Snapshot:
             self.picker if refresh_at == _INF and (panic or not gated) else None
         )
         #: Picker and walker over gate-filtered subsets, keyed by the refused endpoint keys.
-        self.gated: dict[frozenset[tuple[str, str]], Prepared] = {}
+        self.gated: dict[frozenset[EndpointKey], Prepared] = {}
         #: Built on first need: the picker and walker over every routable endpoint (panic).
         self.panic_prepared: Prepared | None = prepared if panic else None
 
@@ -266,12 +267,29 @@ class _Census:
         self.available = available
 
 
+class _Cancelled(BaseException):
+    """Ends a RequestContext without an outcome (the endpoint was picked but not used)."""
+
+
+_CANCELLED = _Cancelled()
+
+#: A route's admission: ``(key, exclude) -> a started request`` (see ``admit_through``).
+Admission = Callable[[Key, frozenset[ServiceEndpoint]], "RequestContext"]
+
+
 def _salted(key: Key, attempt: int) -> Key:
     if key is None:
         return None
     if isinstance(key, bytes):
         return key + b"\x00" + str(attempt).encode()
     return f"{key}\x00{attempt}"
+
+
+def _same_endpoints(a: tuple[ServiceEndpoint, ...], b: tuple[ServiceEndpoint, ...]) -> bool:
+    """Whether two snapshots are the same for picking: members, order, health, weights."""
+    if len(a) != len(b):
+        return False
+    return all(x is y or x.same_as(y) for x, y in zip(a, b, strict=True))
 
 
 def _covers(exclude: frozenset[ServiceEndpoint], candidates: tuple[ServiceEndpoint, ...]) -> bool:
@@ -327,6 +345,7 @@ class RequestContext:
         "_record",
         "_stats",
         "_status",
+        "ended",
         "endpoint",
         "started",
     )
@@ -350,12 +369,14 @@ class RequestContext:
         self.endpoint = endpoint
         stats.begin()
         #: Monotonic time the request started.
-        self.started = lb._monotonic()
+        self.started = lb.monotonic()
+        #: Monotonic time it finished (None while in flight).
+        self.ended: float | None = None
 
     @property
     def elapsed(self) -> float:
         """Seconds since the request started."""
-        return self._lb._monotonic() - self.started
+        return self._lb.monotonic() - self.started
 
     def succeed(self, status: int | None = None) -> None:
         """Mark the request successful (overrides the exception rule)."""
@@ -368,13 +389,17 @@ class RequestContext:
         self._status = status
         self._error = error
 
+    def cancel(self) -> None:
+        """End the request without an outcome (picked, but never sent)."""
+        self.finish(_CANCELLED)
+
     def finish(self, error: BaseException | None = None) -> None:
         """End the request now (as leaving the ``with`` block with ``error`` would)."""
         if self._done:
             return
         self._done = True
         lb = self._lb
-        now = lb._monotonic()
+        now = self.ended = lb.monotonic()
         duration = max(now - self.started, 0.0)
         if error is not None and not isinstance(error, Exception) and self._outcome is None:
             self._stats.end(now, None)  # cancelled by the caller: says nothing of the endpoint
@@ -484,9 +509,12 @@ class LoadBalancer:
         self.service = service
         self.clock = clock
         # time.monotonic itself for the real clock: skips a Python-level wrapper per read.
-        self._monotonic: Callable[[], float] = (
+        #: The clock's monotonic reading (``time.monotonic`` itself for the system clock).
+        self.monotonic: Callable[[], float] = (
             time.monotonic if isinstance(clock, SystemClock) else clock.monotonic
         )
+        #: Set by the owning route (:meth:`admit_through`): ``request()`` goes through it.
+        self._admission: Admission | None = None
         self._gates: tuple[EndpointGate, ...] = tuple(gates)
         self.recorders: tuple[OutcomeRecorder, ...] = tuple(recorders)
         self.panic_threshold = panic_threshold
@@ -498,8 +526,8 @@ class LoadBalancer:
         self._rng = rng or random.Random()
         self._registry = StatsRegistry(clock)
         self._update_lock = threading.Lock()
-        self._warm_since: dict[tuple[str, str], float] = {}
-        self._was_eligible: frozenset[tuple[str, str]] = frozenset()
+        self._warm_since: dict[EndpointKey, float] = {}
+        self._was_eligible: frozenset[EndpointKey] = frozenset()
         self._initialised = False
         self._version = itertools.count()
         self._census: _Census | None = None
@@ -556,7 +584,7 @@ class LoadBalancer:
 
     @staticmethod
     def _dedupe(endpoints: Iterable[ServiceEndpoint]) -> tuple[ServiceEndpoint, ...]:
-        seen: dict[tuple[str, str], ServiceEndpoint] = {}
+        seen: dict[EndpointKey, ServiceEndpoint] = {}
         for endpoint in endpoints:
             seen.setdefault(endpoint.key, endpoint)  # keep discovery's order, first wins
         return tuple(seen.values())
@@ -570,6 +598,9 @@ class LoadBalancer:
         """
         frozen = self._dedupe(endpoints)
         with self._update_lock:
+            current = self._snap
+            if _same_endpoints(current.endpoints, frozen) and current.refresh_at == _INF:
+                return  # nothing a pick depends on changed: keep the prepared snapshot
             self._snap = self._build(frozen, self.clock.monotonic())
 
     def follow(self, source: EndpointSource) -> Callable[[], None]:
@@ -656,7 +687,7 @@ class LoadBalancer:
     def _prepare_all(
         self,
         routable: tuple[ServiceEndpoint, ...],
-        stats_by_key: dict[tuple[str, str], EndpointStats],
+        stats_by_key: dict[EndpointKey, EndpointStats],
     ) -> Prepared:
         """The panic-mode picker and walker over every routable endpoint (health ignored)."""
         weights = []
@@ -678,9 +709,7 @@ class LoadBalancer:
             min_weight=self.slow_start_min_weight,
         )
 
-    def _track_slow_start(
-        self, keys: frozenset[tuple[str, str]], now: float, *, rebuild: bool
-    ) -> None:
+    def _track_slow_start(self, keys: frozenset[EndpointKey], now: float, *, rebuild: bool) -> None:
         """Start the clock of endpoints that just became eligible; forget finished ones."""
         warm = self._warm_since
         window = self.slow_start_window
@@ -862,7 +891,7 @@ class LoadBalancer:
         now = self.clock.monotonic()
         expires = now + self.gate_refresh
         admitted: list[int] = []
-        refused: list[tuple[str, str]] = []
+        refused: list[EndpointKey] = []
         for i, endpoint in enumerate(snap.eligible):
             if self._admits(endpoint):
                 admitted.append(i)
@@ -913,9 +942,17 @@ class LoadBalancer:
         ``exclude`` is as for :meth:`pick`; ``record=False`` tracks load and latency but
         leaves reporting the outcome to the recorders (detector, breakers) to the caller.
 
+        When the balancer belongs to a route (:meth:`admit_through`), a recorded request
+        goes through the route's admission: the endpoint's breaker permit is taken with
+        the pick (a half-open breaker admits its probe here too), and the outcome reaches
+        the detector and the breaker once. ``record=False`` bypasses it.
+
         Raises:
             NoEndpointsAvailable: as :meth:`pick`.
         """
+        admission = self._admission
+        if admission is not None and record:
+            return admission(key, exclude)
         snap = self._snap
         direct = snap.direct
         if exclude:
@@ -943,6 +980,18 @@ class LoadBalancer:
         if stats is None:  # the endpoint left between the pick and now: track it detached
             stats = EndpointStats(key_, now=self.clock.monotonic())
         return RequestContext(self, endpoint, stats, record=record)
+
+    def admit_through(self, admission: Admission | None) -> None:
+        """Send every recorded :meth:`request` through ``admission`` (a route's), or stop."""
+        self._admission = admission
+
+    def stats_of(self, endpoint: ServiceEndpoint) -> EndpointStats:
+        """The load figures of ``endpoint`` (detached ones if it left the snapshot)."""
+        key = endpoint.key
+        stats = self._snap.stats_by_key.get(key) or self._registry.peek(key)
+        if stats is None:  # the endpoint left between the pick and now: track it detached
+            stats = EndpointStats(key, now=self.monotonic())
+        return stats
 
     # --- introspection ----------------------------------------------------------------------
 

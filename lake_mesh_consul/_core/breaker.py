@@ -578,6 +578,10 @@ class CircuitBreaker:
         policy: thresholds and timings (:class:`BreakerPolicy`).
         clock: the time source for the reset timeout, windows and durations.
         listeners: called with every :class:`BreakerTransition`.
+        may_trip: asked before each trip, under the breaker's lock; False keeps the breaker
+            closed (its consecutive count starts again). The failure detector passes its
+            shared cap: breakers and ejections together take at most
+            ``max_ejection_percent`` of a service's endpoints out of rotation.
 
     Thread-safe: decisions and records take a short re-entrant lock; in closed, disabled
     and metrics_only states, acquire takes no lock at all.
@@ -596,8 +600,10 @@ class CircuitBreaker:
         *,
         clock: Clock = SYSTEM_CLOCK,
         listeners: tuple[BreakerListener, ...] | list[BreakerListener] = (),
+        may_trip: Callable[[], bool] | None = None,
     ) -> None:
         self.name = name
+        self._may_trip = may_trip
         self._policy = policy = policy or BreakerPolicy()
         self._clock = clock
         self._now = monotonic_of(clock)
@@ -845,7 +851,12 @@ class CircuitBreaker:
                 if failure:
                     self._counting = True
                     if self._feed_pybreaker(error or _Failure()):
-                        self._apply(BreakerEvent.TRIP, "consecutive_failures", synced=True)
+                        if self._trip_allowed():
+                            self._apply(BreakerEvent.TRIP, "consecutive_failures", synced=True)
+                        else:
+                            self._pb.close()  # refused by the cap: pybreaker starts again
+                            self._relay.changes.clear()
+                            self._counting = False
                         return
                 elif self._counting:
                     self._counting = False
@@ -854,7 +865,7 @@ class CircuitBreaker:
                 # the check (SlidingWindow.exceeded_after's rule, inlined).
                 if window is not None and not window.quiet:
                     reason = window.exceeded(now)
-                    if reason is not None:
+                    if reason is not None and self._trip_allowed():
                         self._apply(BreakerEvent.TRIP, reason)
             elif state is BreakerState.HALF_OPEN:
                 if not permit.probe:
@@ -874,6 +885,10 @@ class CircuitBreaker:
                 else:
                     self._storage.reset_counter()
 
+    def _trip_allowed(self) -> bool:
+        guard = self._may_trip
+        return guard is None or guard()
+
     def _feed_pybreaker(self, error: BaseException | None) -> bool:
         """Let pybreaker count one outcome (no-op call: its lock is held for microseconds).
 
@@ -891,6 +906,39 @@ class CircuitBreaker:
         changed = bool(relay.changes)
         relay.changes.clear()
         return changed
+
+    def report(
+        self,
+        permit: Permit,
+        *,
+        failure: bool,
+        duration: float | None = None,
+        error: BaseException | None = None,
+        now: float | None = None,
+    ) -> None:
+        """Report ``permit``'s outcome in one call (the request path's recorder uses it).
+
+        ``now`` is this breaker's clock reading when the call ended, if the caller has one
+        (saves a clock read); ``duration`` defaults to the time since acquire.
+        """
+        self._record(permit, failure, duration, error, now)
+
+    @property
+    def clock(self) -> Clock:
+        """The breaker's clock (reset timeout, windows, durations)."""
+        return self._clock
+
+    def probe_now(self, reason: str = "probe requested") -> bool:
+        """An open breaker goes half-open now: the next acquire is a probe.
+
+        For an endpoint known to be healthy again (Consul reports it passing after it was
+        critical). Returns whether the breaker was open. Thread-safe.
+        """
+        with self._lock:
+            if self._state is not BreakerState.OPEN:
+                return False
+            self._apply(BreakerEvent.TIMEOUT_ELAPSED, reason)
+            return True
 
     # --- operator commands ---------------------------------------------------------------
 

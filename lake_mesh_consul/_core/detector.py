@@ -31,11 +31,10 @@ the detector's own accrual and ejection and to every breaker it already owns (th
 
 from __future__ import annotations
 
-import enum
+import functools
 import logging
 import math
 import random
-import socket
 import threading
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
@@ -45,6 +44,7 @@ from lake_mesh_consul._core.breaker import (
     BreakerListener,
     BreakerPolicy,
     BreakerSnapshot,
+    BreakerState,
     CircuitBreaker,
     Permit,
     SlidingWindow,
@@ -53,7 +53,14 @@ from lake_mesh_consul._core.breaker import (
 )
 from lake_mesh_consul._core.clock import SYSTEM_CLOCK, Clock
 from lake_mesh_consul._core.endpoint import ServiceEndpoint
-from lake_mesh_consul.errors import DeadlineExceeded, InvalidSetting
+from lake_mesh_consul._core.outcome import (
+    ClassificationPolicy,
+    Classifier,
+    Outcome,
+    OutcomeKind,
+    classify,
+)
+from lake_mesh_consul.errors import InvalidSetting
 
 __all__ = [
     "ClassificationPolicy",
@@ -90,150 +97,6 @@ DEFAULT_SUCCESS_RATE_MINIMUM_HOSTS = 5
 DEFAULT_SUCCESS_RATE_REQUEST_VOLUME = 100
 #: Envoy's ``success_rate_stdev_factor`` (1900 / 1000).
 DEFAULT_SUCCESS_RATE_STDEV_FACTOR = 1.9
-#: The gateway errors: 502, 503, 504 (Envoy's ``consecutive_gateway_failure``).
-GATEWAY_STATUSES = frozenset({502, 503, 504})
-#: Statuses meaning "throttled": not the endpoint's fault alone, but a failure by default.
-THROTTLE_STATUSES = frozenset({429})
-#: How far down ``__cause__``/``__context__`` classification looks.
-MAX_CAUSE_DEPTH = 8
-
-
-class OutcomeKind(str, enum.Enum):
-    """How a request ended, as far as failure detection and retries care.
-
-    ``CONNECT_FAILURE`` means the request was never sent (refused, unreachable, DNS,
-    connect timeout): safe to retry even for non-idempotent methods. ``RESET`` means the
-    connection broke after it may have been sent.
-    """
-
-    SUCCESS = "success"
-    CLIENT_ERROR = "client_error"
-    THROTTLED = "throttled"
-    SERVER_ERROR = "server_error"
-    GATEWAY_ERROR = "gateway_error"
-    CONNECT_FAILURE = "connect_failure"
-    RESET = "reset"
-    TIMEOUT = "timeout"
-    ERROR = "error"
-    IGNORED = "ignored"
-
-
-#: The kinds counted as failures by default: 4xx other than 429 are the caller's fault.
-DEFAULT_FAILURE_KINDS = frozenset(
-    {
-        OutcomeKind.THROTTLED,
-        OutcomeKind.SERVER_ERROR,
-        OutcomeKind.GATEWAY_ERROR,
-        OutcomeKind.CONNECT_FAILURE,
-        OutcomeKind.RESET,
-        OutcomeKind.TIMEOUT,
-        OutcomeKind.ERROR,
-    }
-)
-
-
-@dataclass(frozen=True, slots=True)
-class ClassificationPolicy:
-    """Which outcomes are failures.
-
-    Attributes:
-        failure_kinds: kinds counted as failures (default: everything but success,
-            client errors and ignored; remove ``THROTTLED`` to not count 429).
-        gateway_statuses: statuses classified ``GATEWAY_ERROR``.
-        throttle_statuses: statuses classified ``THROTTLED``.
-        failure_statuses: further statuses below 500 to classify ``SERVER_ERROR`` (e.g. 408).
-        ignore_exceptions: exceptions classified ``IGNORED`` (business errors).
-        timeout_exceptions: further exception types classified ``TIMEOUT``.
-        connect_exceptions: further exception types classified ``CONNECT_FAILURE``.
-    """
-
-    failure_kinds: frozenset[OutcomeKind] = DEFAULT_FAILURE_KINDS
-    gateway_statuses: frozenset[int] = GATEWAY_STATUSES
-    throttle_statuses: frozenset[int] = THROTTLE_STATUSES
-    failure_statuses: frozenset[int] = frozenset()
-    ignore_exceptions: tuple[type[BaseException], ...] = ()
-    timeout_exceptions: tuple[type[BaseException], ...] = ()
-    connect_exceptions: tuple[type[BaseException], ...] = ()
-
-    def is_failure(self, kind: OutcomeKind) -> bool:
-        """Whether ``kind`` counts as a failure under this policy."""
-        return kind in self.failure_kinds
-
-
-_DEFAULT_CLASSIFICATION = ClassificationPolicy()
-
-
-def _classify_status(status: int, p: ClassificationPolicy) -> OutcomeKind:
-    if status in p.gateway_statuses:
-        return OutcomeKind.GATEWAY_ERROR
-    if status in p.throttle_statuses:
-        return OutcomeKind.THROTTLED
-    if status >= 500 or status in p.failure_statuses:
-        return OutcomeKind.SERVER_ERROR
-    if status >= 400:
-        return OutcomeKind.CLIENT_ERROR
-    return OutcomeKind.SUCCESS
-
-
-def _classify_one(exc: BaseException, p: ClassificationPolicy) -> OutcomeKind | None:
-    if p.ignore_exceptions and isinstance(exc, p.ignore_exceptions):
-        return OutcomeKind.IGNORED
-    if p.connect_exceptions and isinstance(exc, p.connect_exceptions):
-        return OutcomeKind.CONNECT_FAILURE
-    if p.timeout_exceptions and isinstance(exc, p.timeout_exceptions):
-        return OutcomeKind.TIMEOUT
-    if isinstance(exc, (ConnectionRefusedError, socket.gaierror)):
-        return OutcomeKind.CONNECT_FAILURE
-    if isinstance(exc, (ConnectionResetError, ConnectionAbortedError, BrokenPipeError)):
-        return OutcomeKind.RESET
-    if isinstance(exc, (TimeoutError, DeadlineExceeded)):
-        return OutcomeKind.TIMEOUT
-    # Foreign libraries we may not import in the core (requests, urllib3): by class name.
-    names = [c.__name__ for c in type(exc).__mro__]
-    if "ConnectTimeout" in names or "ConnectTimeoutError" in names:
-        return OutcomeKind.CONNECT_FAILURE
-    if any("Timeout" in n for n in names):
-        return OutcomeKind.TIMEOUT
-    if "NewConnectionError" in names or "NameResolutionError" in names:
-        return OutcomeKind.CONNECT_FAILURE
-    for attr in ("status", "status_code", "code"):
-        value = getattr(exc, attr, None)
-        if isinstance(value, int) and 100 <= value <= 599:
-            return _classify_status(value, p)
-    return None
-
-
-def classify(
-    *,
-    error: BaseException | None = None,
-    status: int | None = None,
-    policy: ClassificationPolicy = _DEFAULT_CLASSIFICATION,
-) -> OutcomeKind:
-    """Classify one outcome: an exception (with its causes) or an HTTP status.
-
-    Exceptions: refused/unreachable/DNS/connect-timeout -> ``CONNECT_FAILURE``;
-    reset/aborted/broken pipe -> ``RESET``; timeouts (also foreign ``*Timeout*`` classes)
-    -> ``TIMEOUT``; an exception carrying an HTTP ``status``/``status_code``/``code`` -> by
-    status; ``__cause__``/``__context__`` are followed (requests wraps urllib3 wraps the
-    socket error); anything else -> ``ERROR``. Statuses: 502/503/504 ->
-    ``GATEWAY_ERROR``, 429 -> ``THROTTLED``, other 5xx -> ``SERVER_ERROR``, other 4xx ->
-    ``CLIENT_ERROR``, else ``SUCCESS``. Pure function.
-    """
-    if error is not None:
-        seen: set[int] = set()
-        exc: BaseException | None = error
-        depth = 0
-        while exc is not None and depth < MAX_CAUSE_DEPTH and id(exc) not in seen:
-            seen.add(id(exc))
-            kind = _classify_one(exc, policy)
-            if kind is not None:
-                return kind
-            exc = exc.__cause__ or exc.__context__
-            depth += 1
-        return OutcomeKind.ERROR
-    if status is not None:
-        return _classify_status(status, policy)
-    return OutcomeKind.SUCCESS
 
 
 @dataclass(frozen=True, slots=True)
@@ -307,7 +170,7 @@ class DetectorPolicy:
     interval: float = DEFAULT_INTERVAL
     ejection: EjectionPolicy = field(default_factory=EjectionPolicy)
     outlier: OutlierPolicy = field(default_factory=OutlierPolicy)
-    classification: ClassificationPolicy = _DEFAULT_CLASSIFICATION
+    classification: ClassificationPolicy = field(default_factory=ClassificationPolicy)
     breaker: BreakerPolicy | None = None
 
     def __post_init__(self) -> None:
@@ -417,6 +280,15 @@ class _Stats:
         self.breaker: CircuitBreaker | None = None
 
 
+#: Breaker states that take an endpoint out of rotation (for the shared accrual cap).
+_OUT_STATES = frozenset({BreakerState.OPEN, BreakerState.HALF_OPEN, BreakerState.FORCED_OPEN})
+
+
+def _is_out(st: _Stats) -> bool:
+    br = st.breaker
+    return st.ejected_until is not None or (br is not None and br.state in _OUT_STATES)
+
+
 class FailureDetector:
     """Per-endpoint failure accrual, outlier ejection and (optionally) circuit breakers.
 
@@ -459,10 +331,7 @@ class FailureDetector:
         self._stats: dict[ServiceEndpoint, _Stats] = {}
         self._members: dict[str, dict[ServiceEndpoint, _Stats]] = {}
         self._breakers: dict[ServiceEndpoint, CircuitBreaker] = {}
-        self._classification = policy.classification
-        self._failure_kinds = policy.classification.failure_kinds
-        #: HTTP status -> (kind, is a failure) under the current classification.
-        self._by_status: dict[int, tuple[OutcomeKind, bool]] = {}
+        self._classifier = Classifier(policy.classification)
         self._slow_after = policy.window.slow_call_duration if policy.window else math.inf
         self._next_sweep = self._now() + policy.interval
 
@@ -492,9 +361,8 @@ class FailureDetector:
         with self._lock:
             old = self._policy
             self._policy = policy
-            self._classification = policy.classification
-            self._failure_kinds = policy.classification.failure_kinds
-            self._by_status = {}
+            if policy.classification != old.classification:
+                self._classifier = Classifier(policy.classification)
             self._slow_after = policy.window.slow_call_duration if policy.window else math.inf
             if policy.window != old.window:
                 for st in self._stats.values():
@@ -580,6 +448,7 @@ class FailureDetector:
                         policy,
                         clock=self._clock,
                         listeners=self._breaker_listeners,
+                        may_trip=functools.partial(self._breaker_may_trip, endpoint),
                     )
                     self._breakers[endpoint] = br
                     st = self._stats.get(endpoint)
@@ -609,32 +478,34 @@ class FailureDetector:
         br = st.breaker
         return br is None or br.allows()
 
+    @property
+    def classifier(self) -> Classifier:
+        """The :class:`~lake_mesh_consul._core.outcome.Classifier` of the current policy."""
+        return self._classifier
+
+    @property
+    def clock(self) -> Clock:
+        """The clock of windows, ejections and the breakers the detector creates."""
+        return self._clock
+
     def classify(
         self, *, error: BaseException | None = None, status: int | None = None
     ) -> OutcomeKind:
         """:func:`classify` with this detector's classification policy."""
-        return classify(error=error, status=status, policy=self._classification)
+        return classify(error=error, status=status, policy=self._classifier.policy)
 
     def is_failure(self, kind: OutcomeKind) -> bool:
         """Whether ``kind`` counts as a failure under this detector's policy."""
-        return kind in self._failure_kinds
+        return self._classifier.is_failure(kind)
 
     def is_failure_status(self, status: int) -> bool:
         """Whether an HTTP ``status`` counts as a failure (classified once per status)."""
-        cached = self._by_status.get(status)
-        return (cached or self._status_outcome(status))[1]
+        return self._classifier.of_status(status).failure
 
     def status_outcome(self, status: int) -> tuple[OutcomeKind, bool]:
         """``(kind, is_failure)`` of an HTTP ``status`` under this detector's policy (cached)."""
-        return self._by_status.get(status) or self._status_outcome(status)
-
-    def _status_outcome(self, status: int) -> tuple[OutcomeKind, bool]:
-        by_status = self._by_status
-        kind = _classify_status(status, self._classification)
-        outcome = (kind, kind in self._failure_kinds)
-        if 100 <= status <= 599:
-            by_status[status] = outcome
-        return outcome
+        outcome = self._classifier.of_status(status)
+        return outcome.kind, outcome.failure
 
     def record(
         self,
@@ -660,31 +531,45 @@ class FailureDetector:
 
         Thread-safe; ejection listeners run after the lock is released.
         """
+        outcome = self._classifier.of(success=success, error=error, status=status)
+        self.record_outcome(endpoint, outcome, duration, permit=permit, now=now)
+
+    def record_outcome(
+        self,
+        endpoint: ServiceEndpoint,
+        outcome: Outcome,
+        duration: float,
+        *,
+        permit: Permit | None = None,
+        now: float | None = None,
+    ) -> None:
+        """Record one finished request already classified into ``outcome``.
+
+        The request path classifies each result once (:class:`Classifier`) and reports
+        the value here. ``IGNORED`` outcomes count nowhere (the permit is released). The
+        outcome reaches the endpoint's breaker through ``permit`` when the call was
+        admitted with one, otherwise as an observation. ``now`` is as for :meth:`record`.
+
+        Thread-safe; ejection listeners run after the lock is released.
+        """
         if now is None:
             now = self._now()
-        if error is None:
-            if status is None:
-                kind = OutcomeKind.SUCCESS if success else OutcomeKind.ERROR
-                failure = not success
-            else:
-                kind, failure = self._by_status.get(status) or self._status_outcome(status)
-        else:
-            kind = classify(error=error, status=status, policy=self._classification)
-            if kind is OutcomeKind.IGNORED:
-                if permit is not None:
-                    permit.release()
-                return
-            failure = kind in self._failure_kinds
+        if outcome.kind is OutcomeKind.IGNORED:
+            if permit is not None:
+                permit.release()
+            return
+        failure = outcome.failure
+        kind = outcome.kind
+        error = outcome.error if failure else None
         if permit is not None:
-            # Permit.success/failure without their two wrapper calls (the same _record).
             pbr = permit.breaker
             # Our clock's reading is the breaker's too when it runs on the same clock.
-            pbr._record(
+            pbr.report(
                 permit,
-                failure,
-                duration,
-                error if failure else None,
-                now if pbr._clock is self._clock else None,
+                failure=failure,
+                duration=duration,
+                error=error,
+                now=now if pbr.clock is self._clock else None,
             )
         elif self._policy.breaker is not None:
             br = self.breaker(endpoint)
@@ -757,9 +642,7 @@ class FailureDetector:
         for other in members.values():
             if other.ejected_until is not None:
                 self._return_if_due(other, now, events)
-        ejected = sum(1 for other in members.values() if other.ejected_until is not None)
-        total = max(len(members), 1)
-        if ejected > 0 and 100.0 * (ejected + 1) > e.max_ejection_percent * total:
+        if not self._may_take_out(st, members):
             events.append(EjectionEvent("overflow", st.endpoint, reason, now, None, st.ejections))
             return False
         if st.returned_at is not None and st.ejections:
@@ -779,6 +662,49 @@ class FailureDetector:
             EjectionEvent("ejected", st.endpoint, reason, now, st.ejected_until, st.ejections)
         )
         return True
+
+    def _may_take_out(self, st: _Stats, members: dict[ServiceEndpoint, _Stats]) -> bool:
+        """Whether failure accrual may take ``st`` out of rotation (lock held).
+
+        Breakers and ejections count together: at most ``max_ejection_percent`` of the
+        service's endpoints are out at once (ejected, or breaker open, half-open or forced
+        open), but always at least one (Envoy's rule). An endpoint already out may be
+        taken out by the other mechanism too.
+        """
+        if _is_out(st):
+            return True
+        out = sum(1 for other in members.values() if other is not st and _is_out(other))
+        total = max(len(members), 1)
+        return out == 0 or 100.0 * (out + 1) <= self._policy.ejection.max_ejection_percent * total
+
+    def _breaker_may_trip(self, endpoint: ServiceEndpoint) -> bool:
+        """The guard of the endpoint's breaker: a trip is one more endpoint out of rotation."""
+        with self._lock:
+            st = self._stats.get(endpoint)
+            if st is None:
+                return True
+            members = self._members.get(endpoint.service, {})
+            return self._may_take_out(st, members)
+
+    def restore(self, endpoint: ServiceEndpoint, reason: str = "passing again") -> bool:
+        """Return ``endpoint`` to rotation now: end its ejection, half-open its breaker.
+
+        For an instance Consul reports passing again after it was critical (Envoy
+        un-ejects on a successful active health check): the next request to it is a
+        half-open probe, which closes the breaker or opens it again. Returns whether
+        anything changed. Thread-safe.
+        """
+        events: list[EjectionEvent] = []
+        now = self._now()
+        with self._lock:
+            st = self._stats.get(endpoint)
+            if st is not None and st.ejected_until is not None:
+                st.ejected_until = now
+                self._return_if_due(st, now, events)
+            br = self._breakers.get(endpoint)
+        self._emit(events)
+        probed = br is not None and br.probe_now(reason)
+        return bool(events) or probed
 
     def _sweep(self, now: float, events: list[EjectionEvent]) -> None:
         """Per-interval work: returns, success-rate outliers, fresh interval counters."""

@@ -26,7 +26,10 @@ from collections.abc import Iterable
 
 from lake_mesh_consul._core.endpoint import ServiceEndpoint
 
-__all__ = ["DEFAULT_DECAY", "DEFAULT_RTT", "EndpointStats", "StatsRegistry"]
+#: An endpoint's identity, :attr:`ServiceEndpoint.key`: ``(datacenter, node, id)``.
+EndpointKey = tuple[str, str, str]
+
+__all__ = ["DEFAULT_DECAY", "DEFAULT_RTT", "EndpointKey", "EndpointStats", "StatsRegistry"]
 
 #: Finagle's and Linkerd's peak-EWMA decay time constant, in seconds.
 DEFAULT_DECAY = 10.0
@@ -40,7 +43,7 @@ class EndpointStats:
     """Outstanding requests and peak-EWMA latency of one endpoint.
 
     Attributes (read them freely; write them only through the methods):
-        key: the endpoint identity ``(datacenter, id)``.
+        key: the endpoint identity ``(datacenter, node, id)``.
         outstanding: requests started and not yet finished.
         rtt: the peak-EWMA estimate in seconds, as of ``stamp``.
         stamp: monotonic time of the last observation (or of creation).
@@ -56,7 +59,7 @@ class EndpointStats:
 
     def __init__(
         self,
-        key: tuple[str, str],
+        key: EndpointKey,
         *,
         now: float,
         default_rtt: float = DEFAULT_RTT,
@@ -146,7 +149,7 @@ class StatsRegistry:
         if not callable(monotonic):
             raise TypeError("clock must have a monotonic() method")
         self._monotonic = monotonic
-        self._by_key: dict[tuple[str, str], EndpointStats] = {}
+        self._by_key: dict[EndpointKey, EndpointStats] = {}
         self._lock = threading.Lock()
         self.default_rtt = default_rtt
         self.decay = decay
@@ -185,11 +188,11 @@ class StatsRegistry:
                 self._by_key[endpoint.key] = stats
             return stats
 
-    def peek(self, key: tuple[str, str]) -> EndpointStats | None:
+    def peek(self, key: EndpointKey) -> EndpointStats | None:
         """The stats for ``key`` if known, without creating them."""
         return self._by_key.get(key)
 
-    def retain(self, keys: Iterable[tuple[str, str]]) -> None:
+    def retain(self, keys: Iterable[EndpointKey]) -> None:
         """Forget every endpoint whose key is not in ``keys`` (it left the service).
 
         A request in flight to a forgotten endpoint still holds its stats object and

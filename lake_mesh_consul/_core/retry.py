@@ -1,71 +1,67 @@
-"""Retries: :class:`RetryPolicy`, :class:`RetryBudget` and the composed call path :func:`execute`.
+"""Retries: :class:`RetryPolicy`, :class:`RetryState`, :class:`RetryBudget`, Retry-After.
 
-The request path is ``retry( pick(exclude=tried) -> breaker( call(endpoint) ) )``:
+* :class:`RetryPolicy` (frozen): how many attempts, which failure kinds, which methods are
+  idempotent, per-try timeout and deadline, backoff bounds, Retry-After handling.
+* :class:`RetryState` (immutable, urllib3's ``Retry.increment`` model): one call's history;
+  ``increment(endpoint, outcome, ...)`` returns the next state, which says how long to wait
+  or why to stop. The backoff is the library's one
+  :class:`~lake_mesh_consul._core.backoff.Backoff` (full jitter, Envoy's 25 ms .. 250 ms).
+* :class:`RetryBudget` (Finagle's): retries bounded to a share of requests plus a reserve;
+  :class:`BudgetPolicy` is its settings as a value.
+* :func:`parse_retry_after`: a ``Retry-After`` header in seconds.
+* :func:`retry_until`: one operation against one target until a deadline (the agent at
+  start-up), on tenacity with the equal-jitter :class:`Backoff`.
+* :func:`execute`: a thin wrapper running the route's retry loop
+  (:func:`lake_mesh_consul._core.route.run_call`) over a pick function and breakers, for
+  code without a :class:`~lake_mesh_consul._core.route.Route`.
 
-1. Deposit one request in the budget; pick an endpoint, excluding those already tried.
-2. Acquire the endpoint's breaker permit (``CircuitOpen`` -> re-pick, nothing was sent).
-3. Run the call with no lock held, with a timeout of ``min(per_try_timeout, time left)``.
-4. Record the outcome (detector and breaker). Done unless it failed in a retriable way.
-5. Retry only if: the failure kind is in ``retry_on``; the call is idempotent, or the
-   request was never sent (connect failure, open breaker: urllib3 retries connect errors for
-   any method too); attempts remain; the budget allows a retry; and the backoff (full
-   jitter, or the server's Retry-After if longer) ends before the deadline.
-
-The first attempt runs without tenacity, so the success path does not pay its set-up cost
-(about 10-15 us). On the first failure a fresh ``tenacity.Retrying`` and ``RetryCallState``
-are built for this call alone (never shared between calls or threads, unlike a decorated
-function: tenacity issues #93 and #701); its ``stop`` and ``wait`` strategies compute when to
-give up and how long to back off, on the injected clock.
-
-When attempts run out on a *response* with a retriable status, that last response is
-returned (as Envoy does); when they run out on an *exception*,
-:class:`~lake_mesh_consul.errors.RetryExhausted` is raised with every
-:class:`~lake_mesh_consul.errors.Attempt`, chained to the last error. Exceptions that are not
-a retriable kind at all (a business error) are re-raised unchanged.
+Retry rules (the loop is in ``route.py``): retry only a failure kind in ``retry_on``; only
+when the call is idempotent, or the request was never sent (a connect failure: urllib3
+retries connect errors for any method too); while attempts remain, the budget allows it and
+the backoff (or the server's longer Retry-After) ends before the deadline. When attempts run
+out on a *response* with a retriable status, that response is returned (as Envoy does); on
+an *exception*, :class:`~lake_mesh_consul.errors.RetryExhausted` is raised with every
+:class:`~lake_mesh_consul.errors.Attempt`, chained to the last error.
 
 tenacity is imported only in this module.
 """
 
 from __future__ import annotations
 
-import email.utils
 import math
 import random
 import threading
-import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Protocol, TypeVar
+from dataclasses import dataclass, replace
+from typing import Protocol, TypeVar
 
 import tenacity
 
+from lake_mesh_consul._core.backoff import Backoff
+from lake_mesh_consul._core.balancer import LoadBalancer, RequestContext
 from lake_mesh_consul._core.breaker import CircuitBreaker, Permit, monotonic_of
-from lake_mesh_consul._core.clock import SYSTEM_CLOCK, Clock, SystemClock
-from lake_mesh_consul._core.detector import (
-    ClassificationPolicy,
-    FailureDetector,
-    OutcomeKind,
-    classify,
-)
+from lake_mesh_consul._core.clock import SYSTEM_CLOCK, Clock
+from lake_mesh_consul._core.detector import FailureDetector
 from lake_mesh_consul._core.endpoint import ServiceEndpoint
+from lake_mesh_consul._core.outcome import ClassificationPolicy, Classifier, Outcome, OutcomeKind
+from lake_mesh_consul._core.retry_after import parse_retry_after
+from lake_mesh_consul._core.strategies import Key
 from lake_mesh_consul.errors import (
     Attempt,
     CircuitOpen,
     DeadlineExceeded,
     InvalidSetting,
     NoEndpointsAvailable,
-    RetryExhausted,
 )
-
-if TYPE_CHECKING:
-    from lake_mesh_consul._core.balancer import LoadBalancer, RequestContext
 
 __all__ = [
     "DEFAULT_ALLOWED_METHODS",
     "DEFAULT_RETRY_ON",
-    "Picker",
+    "BudgetPolicy",
+    "PickFunction",
     "RetryBudget",
     "RetryPolicy",
+    "RetryState",
     "execute",
     "parse_retry_after",
     "retry_until",
@@ -104,19 +100,8 @@ DEFAULT_BUDGET_MIN_RETRIES_PER_SEC = 10
 DEFAULT_BUDGET_PERCENT_CAN_RETRY = 0.2
 
 _EMPTY: frozenset[ServiceEndpoint] = frozenset()
-#: No attempt yet (never appended to: the first failure makes the call's own list).
-_NO_ATTEMPTS: list[Attempt] = []
+#: The jitter of calls made without an rng of their own.
 _RNG = random.Random()
-#: Outcomes where the request never reached the endpoint: safe to retry for any method.
-_NOT_SENT = frozenset({OutcomeKind.CONNECT_FAILURE})
-
-
-class _Cancelled(BaseException):
-    """Ends a RequestContext without an outcome (the endpoint was picked but not used)."""
-
-
-#: Finishing a balancer context with this records nothing (a pick the breaker refused).
-_CANCELLED = _Cancelled()
 
 
 @dataclass(frozen=True, slots=True)
@@ -168,6 +153,145 @@ class RetryPolicy:
         return method is not None and method.upper() in self.allowed_methods
 
 
+@dataclass(frozen=True, slots=True)
+class RetryState:
+    """Where one call's retries stand: an immutable value, like urllib3's ``Retry``.
+
+    :meth:`increment` takes the outcome of the attempt that just ended and returns the
+    next state, which answers "wait how long, or stop, and why": :attr:`stop` is ``None``
+    to go on after :attr:`wait` seconds, else the reason. The history of attempts and the
+    endpoints already tried travel with it. The backoff is the library's one
+    :class:`~lake_mesh_consul._core.backoff.Backoff` (full jitter, ``backoff_base`` ..
+    ``backoff_max``).
+
+    Attributes:
+        policy: the call's policy.
+        started: monotonic time the call started (the deadline counts from it).
+        history: every attempt so far (:class:`~lake_mesh_consul.errors.Attempt`).
+        tried: the endpoints already tried.
+        wait: seconds to wait before the next attempt (when :attr:`stop` is None).
+        stop: why no further attempt is made, or None.
+
+    Example:
+        >>> import random
+        >>> from lake_mesh_consul._core.outcome import Classifier
+        >>> ep = ServiceEndpoint.create("w1", "10.0.0.1", 80)
+        >>> state = RetryState.begin(RetryPolicy(attempts=2), now=0.0)
+        >>> state = state.increment(ep, Classifier().of_status(503), duration=0.1, now=0.1,
+        ...                         idempotent=True, rng=random.Random(1))
+        >>> state.stop is None, state.wait <= 0.025
+        (True, True)
+        >>> state.increment(ep, Classifier().of_status(503), duration=0.1, now=0.2,
+        ...                 idempotent=True, rng=random.Random(1)).stop
+        'attempts exhausted'
+    """
+
+    policy: RetryPolicy
+    started: float
+    history: tuple[Attempt, ...] = ()
+    tried: frozenset[ServiceEndpoint] = frozenset()
+    wait: float = 0.0
+    stop: str | None = None
+
+    @classmethod
+    def begin(cls, policy: RetryPolicy, *, now: float) -> RetryState:
+        """The state before the first attempt of a call starting at ``now``."""
+        return cls(policy, now)
+
+    @property
+    def deadline_at(self) -> float:
+        """Monotonic time the call's deadline ends (``inf`` without a deadline)."""
+        deadline = self.policy.deadline
+        return math.inf if deadline is None else self.started + deadline
+
+    @property
+    def exclude(self) -> frozenset[ServiceEndpoint]:
+        """What the next pick avoids: the endpoints tried (if the policy says so)."""
+        return self.tried if self.policy.different_endpoint else _EMPTY
+
+    def timeout(self, now: float, cap: float | None = None) -> float | None:
+        """Seconds the next attempt may take: per-try timeout, time left, ``cap``.
+
+        Raises:
+            DeadlineExceeded: no time is left.
+        """
+        remaining = self.deadline_at - now
+        if remaining <= 0:
+            last = self.history[-1].error if self.history else None
+            raise DeadlineExceeded(self.policy.deadline or 0.0, self.history) from last
+        per_try = self.policy.per_try_timeout
+        timeout: float | None = remaining if per_try is None else min(per_try, remaining)
+        if timeout == math.inf:
+            timeout = None
+        if cap is not None:
+            timeout = cap if timeout is None else min(timeout, cap)
+        return timeout
+
+    def increment(
+        self,
+        endpoint: ServiceEndpoint,
+        outcome: Outcome,
+        *,
+        duration: float,
+        now: float,
+        idempotent: bool,
+        retry_after: float | None = None,
+        rng: random.Random | None = None,
+    ) -> RetryState:
+        """The state after an attempt to ``endpoint`` that ended with ``outcome``.
+
+        Stops (with the reason) when: the outcome's kind is not retried; the request may
+        have been sent and the call is not idempotent; the attempts are used up; the
+        server's Retry-After is longer than ``max_retry_after``; or the backoff (at least
+        the Retry-After) would end past the deadline (``"deadline"``). The retry budget is
+        the caller's to consult (it is shared state, not part of this value).
+        """
+        p = self.policy
+        history = (
+            *self.history,
+            Attempt(len(self.history) + 1, endpoint.id, outcome.error, duration),
+        )
+        tried = self.tried | {endpoint}
+        reason: str | None = None
+        wait = 0.0
+        floor = 0.0
+        if outcome.kind not in p.retry_on:
+            reason = f"{outcome.kind.value} is not retried"
+        elif outcome.sent and not idempotent:
+            reason = "not idempotent"
+        elif p.respect_retry_after and retry_after is not None:
+            if retry_after > p.max_retry_after:
+                reason = f"Retry-After {retry_after:g}s exceeds {p.max_retry_after:g}s"
+            floor = retry_after
+        if reason is None and len(history) >= p.attempts:
+            reason = "attempts exhausted"
+        if reason is None:
+            backoff = Backoff(p.backoff_base, p.backoff_max)
+            wait = max(backoff.delay(len(history), rng or _RNG), floor)
+            if now + wait >= self.deadline_at:
+                reason = "deadline"
+        return RetryState(p, self.started, history, tried, wait, reason)
+
+    def stopped(self, reason: str) -> RetryState:
+        """This state, stopped for ``reason`` (e.g. the retry budget is empty)."""
+        return replace(self, stop=reason, wait=0.0)
+
+
+@dataclass(frozen=True, slots=True)
+class BudgetPolicy:
+    """The settings of a :class:`RetryBudget` (Finagle's), as a value.
+
+    Attributes:
+        ttl: seconds deposits and withdrawals count, within [1, 60].
+        min_retries_per_sec: retries always allowed per second (the reserve).
+        percent_can_retry: share of requests that may be retried, in [0, 1000].
+    """
+
+    ttl: float = DEFAULT_BUDGET_TTL
+    min_retries_per_sec: int = DEFAULT_BUDGET_MIN_RETRIES_PER_SEC
+    percent_can_retry: float = DEFAULT_BUDGET_PERCENT_CAN_RETRY
+
+
 class RetryBudget:
     """Finagle's retry budget: bounds retries to a share of requests plus a small reserve.
 
@@ -210,6 +334,21 @@ class RetryBudget:
         self._deposits = 0
         self._withdrawals = 0
         self._head = -1
+
+    @classmethod
+    def from_policy(cls, policy: BudgetPolicy, *, clock: Clock = SYSTEM_CLOCK) -> RetryBudget:
+        """A budget with ``policy``'s settings."""
+        return cls(
+            ttl=policy.ttl,
+            min_retries_per_sec=policy.min_retries_per_sec,
+            percent_can_retry=policy.percent_can_retry,
+            clock=clock,
+        )
+
+    @property
+    def policy(self) -> BudgetPolicy:
+        """The budget's settings as a value."""
+        return BudgetPolicy(self.ttl, self.min_retries_per_sec, self.percent_can_retry)
 
     def _advance(self, now: float) -> None:
         sec = int(now)
@@ -269,25 +408,7 @@ class RetryBudget:
         )
 
 
-def parse_retry_after(value: str | None, *, now: float) -> float | None:
-    """Seconds to wait from a ``Retry-After`` header value (delta-seconds or an HTTP-date).
-
-    ``now`` is the wall-clock time (``clock.time()``) to measure an HTTP-date against.
-    Returns ``None`` for a missing or malformed value; never negative.
-    """
-    if value is None:
-        return None
-    value = value.strip()
-    if value.isdigit():
-        return float(value)
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError, IndexError):
-        return None
-    return max(0.0, when.timestamp() - now)
-
-
-class Picker(Protocol):
+class PickFunction(Protocol):
     """Picks an endpoint not in ``exclude``; raises NoEndpointsAvailable when none is left."""
 
     def __call__(self, *, exclude: frozenset[ServiceEndpoint]) -> ServiceEndpoint:
@@ -295,59 +416,100 @@ class Picker(Protocol):
         ...
 
 
-class _FullJitter(tenacity.wait_exponential):
-    """tenacity's exponential interval, then AWS "full jitter" with an injected RNG."""
+class _PickedAttempt:
+    """An attempt admitted by :func:`execute`'s pick function and breaker (no route)."""
 
-    def __init__(self, base: float, cap: float, rng: random.Random) -> None:
-        super().__init__(multiplier=base, max=cap)
-        self._rng = rng
+    __slots__ = ("_ctx", "_detector", "_now", "ended", "endpoint", "permit", "started")
 
-    def __call__(self, retry_state: tenacity.RetryCallState) -> float:
-        return self._rng.uniform(0.0, super().__call__(retry_state))
+    def __init__(
+        self,
+        endpoint: ServiceEndpoint,
+        permit: Permit | None,
+        detector: FailureDetector | None,
+        ctx: RequestContext | None,
+        now: Callable[[], float],
+    ) -> None:
+        self.endpoint = endpoint
+        self.permit = permit
+        self._detector = detector
+        self._ctx = ctx
+        self._now = now
+        self.started = now()
+        self.ended: float | None = None
+
+    @property
+    def duration(self) -> float:
+        """Seconds from the start to the finish (to now while in flight)."""
+        return (self.ended if self.ended is not None else self._now()) - self.started
+
+    def report(self, outcome: Outcome) -> None:
+        """Finish with ``outcome``: balancer figures, detector, breaker (once each)."""
+        if self.ended is not None:
+            return
+        end = self.ended = self._now()
+        ctx = self._ctx
+        if ctx is not None:
+            if outcome.failure:
+                ctx.fail(status=outcome.status, error=outcome.error)
+            ctx.finish(None)
+        duration = end - self.started
+        if self._detector is not None:
+            self._detector.record_outcome(self.endpoint, outcome, duration, permit=self.permit)
+        elif self.permit is not None:
+            if outcome.ignored:
+                self.permit.release()
+            else:
+                self.permit.breaker.report(
+                    self.permit, failure=outcome.failure, duration=duration, error=outcome.error
+                )
+
+    def cancel(self) -> None:
+        """End without an outcome (never sent)."""
+        if self.ended is not None:
+            return
+        self.ended = self._now()
+        if self._ctx is not None:
+            self._ctx.cancel()
+        if self.permit is not None:
+            self.permit.release()
 
 
-class _RetryState:
-    """One call's tenacity state: built on the first failure, never shared."""
+def _pick_admission(
+    pick: PickFunction | None,
+    balancer: LoadBalancer | None,
+    detector: FailureDetector | None,
+    breaker_for: Callable[[ServiceEndpoint], CircuitBreaker | None] | None,
+    now: Callable[[], float],
+) -> Callable[..., _PickedAttempt]:
+    """Admission from a pick function (or a bare balancer) and a breaker lookup."""
+    if breaker_for is None and detector is not None:
+        breaker_for = detector.breaker
 
-    __slots__ = ("_attempts", "_deadline", "_state", "_wait")
+    def admit(key: Key, *, exclude: frozenset[ServiceEndpoint]) -> _PickedAttempt:
+        refused = exclude
+        while True:
+            if balancer is not None:
+                endpoint = balancer.pick(key, exclude=refused)
+            else:
+                endpoint = pick(exclude=refused)  # type: ignore[misc]  # pick or balancer
+            breaker = breaker_for(endpoint) if breaker_for is not None else None
+            try:
+                permit = breaker.acquire() if breaker is not None else None
+            except CircuitOpen as exc:
+                if endpoint in refused:  # a pick function that ignores exclude
+                    raise NoEndpointsAvailable(endpoint.service, "breakers open") from exc
+                refused = refused | {endpoint}
+                continue
+            ctx = None
+            if balancer is not None:
+                ctx = RequestContext(balancer, endpoint, balancer.stats_of(endpoint), record=False)
+            return _PickedAttempt(endpoint, permit, detector, ctx, now)
 
-    def __init__(self, policy: RetryPolicy, start: float, rng: random.Random) -> None:
-        self._attempts = tenacity.stop_after_attempt(policy.attempts)
-        self._deadline: tenacity.stop.stop_base | None = (
-            tenacity.stop_before_delay(policy.deadline) if policy.deadline is not None else None
-        )
-        self._wait = _FullJitter(policy.backoff_base, policy.backoff_max, rng)
-        retrying = tenacity.Retrying(
-            stop=self._attempts | self._deadline if self._deadline else self._attempts,
-            wait=self._wait,
-            reraise=True,
-        )
-        self._state = tenacity.RetryCallState(retrying, None, (), {})
-        self._state.start_time = start
-
-    def decide(self, number: int, now: float, floor: float) -> tuple[str | None, float]:
-        """After failed attempt ``number``: ``(stop reason or None, seconds to wait)``."""
-        state = self._state
-        state.attempt_number = number
-        state.outcome_timestamp = now
-        if self._attempts(state):
-            return "attempts exhausted", 0.0
-        delay = max(self._wait(state), floor)
-        state.upcoming_sleep = delay
-        if self._deadline is not None and self._deadline(state):
-            return "deadline", delay
-        return None, delay
-
-
-def _retry_after_from(error: BaseException | None) -> float | None:
-    if error is None or isinstance(error, CircuitOpen):
-        return None
-    value = getattr(error, "retry_after", None)
-    return float(value) if isinstance(value, (int, float)) else None
+    return admit
 
 
 def execute(
-    pick: Picker | None,
+    pick: PickFunction | None,
     call: Callable[[ServiceEndpoint, float | None], _T],
     *,
     policy: RetryPolicy | None = None,
@@ -366,308 +528,51 @@ def execute(
     key: str | bytes | None = None,
     per_try: Mapping[str, float] | None = None,
 ) -> _T:
-    """Run ``call(endpoint, timeout)`` on picked endpoints with breakers, detection and retries.
+    """Run ``call(endpoint, timeout)`` with breakers, detection and retries, without a route.
 
-    Args:
-        pick: ``pick(exclude=...)`` returns an endpoint; ``None`` with ``balancer``.
-        call: does the request; ``timeout`` is the seconds it may take (or ``None``).
-        policy: the retry policy (default :class:`RetryPolicy`).
-        budget: a shared :class:`RetryBudget`; ``None`` means unlimited.
-        detector: records every outcome; its per-endpoint breakers are used unless
-            ``breaker_for`` is given.
-        breaker_for: the breaker of an endpoint (or ``None`` for none).
-        clock: time for the deadline and durations.
-        sleep: how to wait between attempts (default ``clock.sleep``).
-        rng: randomness for the back-off jitter.
-        method: the HTTP method, to decide idempotency per ``policy.allowed_methods``.
-        idempotent: overrides ``method``; with neither, the call is not idempotent.
-        status_of: the HTTP status of a result (then 5xx/429 results are failures).
-        retry_after_of: the Retry-After of a result, in seconds.
-        classification: how outcomes are classified (default: the detector's).
-        balancer: pick through ``balancer.request(key, exclude=..., record=False)``
-            instead of ``pick``: each attempt is tracked by the balancer (outstanding
-            count, latency, request and failure counts; a status the classification counts
-            as a failure fails it) and its outcome is still recorded once, here, to the
-            detector and the breaker's permit. A pick the breaker refuses is finished
-            without an outcome. This is the mesh's request path, with no wrapper calls.
-        key: the hash key for ``balancer`` (ring hash, Maglev).
-        per_try: per-endpoint timeouts by endpoint id, each capping that endpoint's
-            attempts.
+    A thin wrapper over the route's retry loop
+    (:func:`~lake_mesh_consul._core.route.run_call`) for code that has a pick function
+    (``pick(exclude=...)``) or a bare balancer, and breakers (``breaker_for``, else the
+    detector's) instead of a :class:`~lake_mesh_consul._core.route.Route`. Prefer
+    ``Route.call``. Outcomes are classified with ``classification`` (default: the
+    detector's) and recorded once to the detector (with the breaker's permit). A breaker
+    that refuses its endpoint makes the pick go elsewhere; nothing is sent there.
 
-    Returns:
-        The first successful (or non-retriable) result, or the last response when attempts
-        ran out on a retriable status.
-
-    Raises:
-        RetryExhausted: attempts, budget or idempotency stopped the retries after an
-            exception; ``.attempts`` has every attempt; chained to the last error.
-        DeadlineExceeded: the deadline ran out; ``.attempts`` has every attempt.
-        NoEndpointsAvailable: nothing could be picked for the first attempt.
-        Exception: an error of a kind not in ``retry_on`` is re-raised unchanged.
-
-    Thread-safe if ``pick``, ``call`` and the shared objects are; keeps no state between
-    calls.
+    Returns and raises as :meth:`~lake_mesh_consul._core.route.Route.call`; ``TypeError``
+    without ``pick`` or ``balancer``.
     """
+    from lake_mesh_consul._core.route import CallOptions, run_call
+
     if pick is None and balancer is None:
         raise TypeError("execute() needs pick or balancer")
     p = policy or _DEFAULT_POLICY
-    now = time.monotonic if clock.__class__ is SystemClock else monotonic_of(clock)
-    start = now()
-    deadline_at = start + p.deadline if p.deadline is not None else math.inf
-    # With the detector's own classification, a status is classified once, by the
-    # detector's per-status cache, and the detector records it without classifying again.
-    status_outcome = None
-    by_status: dict[int, tuple[OutcomeKind, bool]] = {}
-    # The detector's breaker of an endpoint, read from its dict (no call) when it exists.
-    breakers_get: Callable[[ServiceEndpoint], CircuitBreaker | None] | None = None
-    if classification is None:
-        if detector is not None:
-            # The detector's own fields, read directly: the request path is measured in
-            # function calls (same package; see FailureDetector.status_outcome/.breaker).
-            dpolicy = detector._policy
-            classification = dpolicy.classification
-            status_outcome = detector.status_outcome
-            by_status = detector._by_status
-            if breaker_for is None and dpolicy.breaker is not None:
-                breaker_for = detector.breaker
-                breakers_get = detector._breakers.get
-        else:
-            classification = _DEFAULT_CLASSES
-    elif breaker_for is None and detector is not None and detector.policy.breaker is not None:
-        breaker_for = detector.breaker
-    if budget is not None:
-        budget.deposit()
-    # The detector may take our clock reading of an attempt's end instead of its own.
-    same_clock = detector is not None and detector._clock is clock
-    request = balancer.request if balancer is not None else None
-    ctx: RequestContext | None = None
-    retry_on = p.retry_on
-    # Created on the first failure: the success path allocates neither.
-    attempts: list[Attempt] = _NO_ATTEMPTS
-    tried: set[ServiceEndpoint] | None = None
-    retry_state: _RetryState | None = None
-    last_result: _T | None = None
-    has_result = False
-    number = 0
-    while True:
-        number += 1
-        remaining = deadline_at - (now() if number > 1 else start)
-        error: BaseException | None = None
-        if remaining <= 0:
-            raise DeadlineExceeded(p.deadline or 0.0, list(attempts)) from _last_error(attempts)
-        exclude = frozenset(tried) if (tried and p.different_endpoint) else _EMPTY
-        try:
-            if request is not None:
-                ctx = request(key, exclude=exclude, record=False)
-                endpoint = ctx.endpoint
-            else:
-                endpoint = pick(exclude=exclude)  # type: ignore[misc]  # pick or balancer
-        except NoEndpointsAvailable as exc:
-            if not exclude:
-                if attempts:
-                    raise RetryExhausted(attempts, "no endpoint to retry on") from exc
-                raise
-            if not p.reuse_endpoints:
-                raise RetryExhausted(attempts, "no untried endpoint left") from exc
-            if request is not None:
-                ctx = request(key, exclude=_EMPTY, record=False)
-                endpoint = ctx.endpoint
-            else:
-                endpoint = pick(exclude=_EMPTY)  # type: ignore[misc]
-        permit: Permit | None = None
-        try:
-            if breakers_get is not None:
-                breaker = breakers_get(endpoint) or breaker_for(endpoint)  # type: ignore[misc]
-            else:
-                breaker = breaker_for(endpoint) if breaker_for is not None else None
-            t0 = now()
-            if breaker is not None:
-                try:
-                    permit = breaker.acquire()
-                except CircuitOpen as exc:
-                    error = exc
-                    kind = OutcomeKind.CONNECT_FAILURE  # never sent: re-pick elsewhere
-                    if ctx is not None:
-                        ctx.finish(_CANCELLED)  # picked, not sent: no outcome
-            if error is None:
-                timeout: float | None = (
-                    remaining if p.per_try_timeout is None else min(p.per_try_timeout, remaining)
-                )
-                if timeout == math.inf:
-                    timeout = None
-                if per_try:
-                    override = per_try.get(endpoint.id)
-                    if override is not None:
-                        timeout = override if timeout is None else min(timeout, override)
-        except BaseException:
-            if ctx is not None:
-                ctx.finish(_CANCELLED)
-            raise
-        if error is None:
-            try:
-                result = call(endpoint, timeout)
-            except Exception as exc:
-                if ctx is not None:
-                    ctx.finish(exc)
-                duration = now() - t0
-                error = exc
-                kind = classify(error=exc, policy=classification)
-                _record(
-                    detector,
-                    permit,
-                    endpoint,
-                    classification,
-                    kind,
-                    duration=duration,
-                    error=exc,
-                    status=None,
-                )
-            except BaseException as exc:
-                if ctx is not None:
-                    ctx.finish(exc)
-                if permit is not None:
-                    permit.release()
-                raise
-            else:
-                status = status_of(result) if status_of is not None else None
-                if status is None:
-                    if ctx is not None:
-                        ctx.finish(None)
-                    end = now()
-                    duration = end - t0
-                    kind = OutcomeKind.SUCCESS
-                    if detector is not None:
-                        detector.record(
-                            endpoint,
-                            success=True,
-                            duration=duration,
-                            permit=permit,
-                            now=end if same_clock else None,
-                        )
-                    elif permit is not None:
-                        permit.success(duration)
-                    return result
-                if status_outcome is not None:  # detector is not None
-                    kind, failed = by_status.get(status) or status_outcome(status)
-                    if ctx is not None:
-                        if failed:
-                            ctx.fail(status=status)
-                        ctx.finish(None)
-                    end = now()
-                    duration = end - t0
-                    detector.record(  # type: ignore[union-attr]
-                        endpoint,
-                        success=not failed,
-                        duration=duration,
-                        status=status,
-                        permit=permit,
-                        now=end if same_clock else None,
-                    )
-                    if kind not in retry_on:
-                        return result
-                    last_result, has_result = result, True
-                else:
-                    kind = classify(status=status, policy=classification)
-                    if ctx is not None:
-                        if classification.is_failure(kind):
-                            ctx.fail(status=status)
-                        ctx.finish(None)
-                    duration = now() - t0
-                    _record(
-                        detector,
-                        permit,
-                        endpoint,
-                        classification,
-                        kind,
-                        duration=duration,
-                        error=None,
-                        status=status,
-                    )
-                    if kind not in retry_on:
-                        return result
-                    last_result, has_result = result, True
-        if tried is None:  # the first failure: only failures get here
-            tried = set()
-            attempts = []
-        tried.add(endpoint)
-        attempts.append(Attempt(number, endpoint.id, error, now() - t0))
-        if error is not None:
-            has_result = False
-            if kind not in p.retry_on and not isinstance(error, CircuitOpen):
-                raise error
-        # Decide whether to try again.
-        if not (kind in _NOT_SENT or p.is_idempotent(method, idempotent)):
-            reason: str | None = "not idempotent"
-        else:
-            reason = None
-        floor = 0.0
-        if reason is None and p.respect_retry_after:
-            after = _retry_after_from(error)
-            if after is None and has_result and retry_after_of is not None:
-                after = retry_after_of(last_result)  # type: ignore[arg-type]
-            if after is not None:
-                if after > p.max_retry_after:
-                    reason = f"Retry-After {after:g}s exceeds {p.max_retry_after:g}s"
-                floor = after
-        delay = 0.0
-        if reason is None:
-            if retry_state is None:
-                retry_state = _RetryState(p, start, rng or _RNG)
-            reason, delay = retry_state.decide(number, now(), floor)
-            if reason == "deadline":
-                if has_result:
-                    return last_result  # type: ignore[return-value]
-                raise DeadlineExceeded(p.deadline or 0.0, attempts) from error
-        if (
-            reason is None
-            and budget is not None
-            and not isinstance(error, CircuitOpen)
-            and not budget.try_withdraw()
-        ):
-            reason = "retry budget exhausted"
-        if reason is not None:
-            if has_result:
-                return last_result  # type: ignore[return-value]
-            raise RetryExhausted(attempts, reason) from error
-        if delay > 0:
-            (sleep or clock.sleep)(delay)
-
-
-def _record(
-    detector: FailureDetector | None,
-    permit: Permit | None,
-    endpoint: ServiceEndpoint,
-    classification: ClassificationPolicy,
-    kind: OutcomeKind,
-    *,
-    duration: float,
-    error: BaseException | None,
-    status: int | None,
-) -> None:
-    if detector is not None:
-        detector.record(
-            endpoint,
-            success=not classification.is_failure(kind),
-            duration=duration,
-            error=error,
-            status=status,
-            permit=permit,
-        )
-    elif permit is not None:
-        if kind is OutcomeKind.IGNORED:
-            permit.release()
-        elif classification.is_failure(kind):
-            permit.failure(error, duration)
-        else:
-            permit.success(duration)
-
-
-def _last_error(attempts: list[Attempt]) -> BaseException | None:
-    return attempts[-1].error if attempts else None
+    if classification is not None:
+        classifier = Classifier(classification)
+    else:
+        classifier = detector.classifier if detector is not None else _DEFAULT_CLASSIFIER
+    admit = _pick_admission(pick, balancer, detector, breaker_for, monotonic_of(clock))
+    options = CallOptions(
+        key=key,
+        idempotent=p.is_idempotent(method, idempotent),
+        status_of=status_of,
+        retry_after_of=retry_after_of,
+    )
+    return run_call(
+        admit,  # type: ignore[arg-type]  # same duck type as RouteRequest
+        call,
+        options,
+        policy=p,
+        budget=budget,
+        classifier=classifier,
+        clock=clock,
+        sleep=sleep,
+        rng=rng,
+        cap_of=(lambda endpoint: per_try.get(endpoint.id)) if per_try else None,
+    )
 
 
 _DEFAULT_POLICY = RetryPolicy()
-_DEFAULT_CLASSES = ClassificationPolicy()
+_DEFAULT_CLASSIFIER = Classifier()
 
 
 def retry_until(
@@ -717,9 +622,10 @@ def retry_until(
     def stop(_: tenacity.RetryCallState) -> bool:
         return stop_event.is_set() or clock.monotonic() >= deadline
 
+    backoff = Backoff(base, max(cap, base), jitter="equal")
+
     def wait(state: tenacity.RetryCallState) -> float:
-        step = min(cap, base * 2.0 ** (int(state.attempt_number) - 1))
-        delay = step / 2 + jitter.uniform(0, step / 2)
+        delay = backoff.delay(int(state.attempt_number), jitter)
         return max(0.0, min(delay, deadline - clock.monotonic()))
 
     def before_sleep(state: tenacity.RetryCallState) -> None:

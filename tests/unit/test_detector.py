@@ -362,6 +362,8 @@ def test_set_policy_reaches_breakers_that_exist_and_keeps_their_state() -> None:
         consecutive_failures=None,
         window=None,
         breaker=BreakerPolicy(consecutive_failures=5, window=None, reset_timeout=30.0),
+        # Breakers count against the ejection cap (issue 13): let both of these open.
+        ejection=EjectionPolicy(max_ejection_percent=100.0),
     )
     d, clock, _, endpoints = make(old)
     a, b = endpoints[0], endpoints[1]

@@ -1,0 +1,768 @@
+"""Route: one service's request path, without Consul: admission, recording, retries, explain.
+
+A :class:`Route` owns everything a request to one service goes through: the
+:class:`~lake_mesh_consul._core.balancer.LoadBalancer` (strategy, panic threshold, slow
+start, load figures), the :class:`~lake_mesh_consul._core.detector.FailureDetector` (outlier
+ejection and one circuit breaker per endpoint), the retry policy and budget, and the
+endpoint-level settings (weight, drained, disabled, per-try timeout). Its API is small:
+
+* :meth:`Route.update` takes discovery's endpoints; :meth:`Route.configure` new settings.
+* :meth:`Route.request` is *admission*: the pick and the endpoint's breaker permit in one
+  step, returning a :class:`RouteRequest` to finish with an outcome (for callers that send
+  themselves). ``route.balancer.request()`` comes here too.
+* :meth:`Route.call` runs ``fn(endpoint, timeout)`` with retries: each attempt is admitted,
+  its result classified once into an :class:`~lake_mesh_consul._core.outcome.Outcome`, the
+  attempt finished with it, and the immutable
+  :class:`~lake_mesh_consul._core.retry.RetryState` says whether to wait and try again.
+* :meth:`Route.explain` reports every endpoint with the reasons it is or is not eligible:
+  the balancer's own census (health, weight, gates, panic, slow start) plus the settings.
+
+Recording has one path: :meth:`RouteRequest.report` ends the balancer's load tracking and
+hands the outcome to the detector, which feeds ejection and, through the permit, the
+breaker. So half-open probing works through every entry point.
+
+Availability rules (Finagle's "pick among all when all are marked dead", Envoy's panic):
+
+============================== ===============================================================
+nothing eligible because        what a request does
+============================== ===============================================================
+none registered                 fails: ``NoEndpointsAvailable("none registered")``
+all maintenance / disabled      fails fast, saying so (``"all maintenance"``...)
+all drained                     fails fast (``"all drained"``)
+critical, ejected, breaker open goes to the best candidate (healthiest, least loaded)
+============================== ===============================================================
+
+Breakers and ejections together take at most ``max_ejection_percent`` of the endpoints out
+of rotation (see :class:`~lake_mesh_consul._core.detector.FailureDetector`), and an endpoint
+Consul reports passing again after it was critical returns to rotation at once (its
+ejection ends; an open breaker goes half-open, so the next request is the probe).
+
+No I/O: time, sleep and randomness are injected.
+"""
+
+from __future__ import annotations
+
+import itertools
+import random
+import threading
+from collections import Counter
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field, replace
+from typing import Any, TypeVar
+
+from lake_mesh_consul._core.balancer import (
+    DEFAULT_PANIC_THRESHOLD,
+    EndpointState,
+    LoadBalancer,
+    RequestContext,
+)
+from lake_mesh_consul._core.breaker import BreakerPolicy, BreakerSnapshot, BreakerState, Permit
+from lake_mesh_consul._core.clock import SYSTEM_CLOCK, Clock
+from lake_mesh_consul._core.detector import DetectorPolicy, FailureDetector
+from lake_mesh_consul._core.endpoint import ServiceEndpoint, Weights, settings_for
+from lake_mesh_consul._core.health import HealthStatus
+from lake_mesh_consul._core.outcome import SUCCESS, Classifier, Outcome, OutcomeKind
+from lake_mesh_consul._core.retry import BudgetPolicy, RetryBudget, RetryPolicy, RetryState
+from lake_mesh_consul._core.strategies import Key, StrategyLike
+from lake_mesh_consul.errors import (
+    CircuitOpen,
+    DeadlineExceeded,
+    NoEndpointsAvailable,
+    RetryExhausted,
+)
+
+__all__ = [
+    "CallOptions",
+    "EndpointSettings",
+    "InstanceState",
+    "Route",
+    "RouteRequest",
+    "RouteSettings",
+    "RouteState",
+]
+
+_T = TypeVar("_T")
+
+_NO_EXCLUDE: frozenset[ServiceEndpoint] = frozenset()
+#: Re-picks when a breaker refuses the endpoint its gate admitted a moment ago.
+_MAX_REFUSALS = 3
+#: The health ranks of panic candidates: the healthiest are tried first.
+_RANK = {HealthStatus.PASSING: 0, HealthStatus.WARNING: 1, HealthStatus.CRITICAL: 2}
+
+
+@dataclass(frozen=True, slots=True)
+class EndpointSettings:
+    """Settings of one instance (configuration's endpoint level).
+
+    Attributes:
+        weight: overrides Consul's passing weight (``None``: keep Consul's).
+        drained: no new requests (a fast failure when every instance is drained).
+        disabled: never picked, as if in maintenance.
+        per_try_timeout: caps each attempt to this instance (seconds).
+    """
+
+    weight: int | None = None
+    drained: bool = False
+    disabled: bool = False
+    per_try_timeout: float | None = None
+
+
+def _default_detector() -> DetectorPolicy:
+    return DetectorPolicy(breaker=BreakerPolicy())
+
+
+@dataclass(frozen=True, slots=True)
+class RouteSettings:
+    """Everything a :class:`Route` decides by. Change with :func:`dataclasses.replace`.
+
+    Attributes:
+        strategy: the balancer's strategy (a built-in's name, an object, a function).
+        panic_threshold: Envoy's healthy panic threshold, a fraction in [0, 1].
+        slow_start_window: seconds a newly eligible endpoint ramps up over (0: off).
+        keep_warning: whether warning instances stay eligible (their warning weight).
+        detector: ejection, classification and (``breaker``) the per-endpoint breakers.
+        retry: the retry policy of :meth:`Route.call`.
+        budget: the retry budget's settings (one budget per route).
+        endpoints: per-instance settings by setting name: ``<id>@<node>`` for one instance,
+            ``<id>`` for every instance with that id (the qualified name wins).
+    """
+
+    strategy: StrategyLike = "round_robin"
+    panic_threshold: float = DEFAULT_PANIC_THRESHOLD
+    slow_start_window: float = 0.0
+    keep_warning: bool = True
+    detector: DetectorPolicy = field(default_factory=_default_detector)
+    retry: RetryPolicy = field(default_factory=RetryPolicy)
+    budget: BudgetPolicy = field(default_factory=BudgetPolicy)
+    endpoints: Mapping[str, EndpointSettings] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class CallOptions:
+    """What one :meth:`Route.call` needs to know about the call itself.
+
+    Attributes:
+        key: the hash key for ``ring_hash`` and ``maglev``.
+        idempotent: whether the call is safe to repeat after it may have been sent.
+        status_of: the HTTP status of a result (5xx/429 results count as failures).
+        retry_after_of: the Retry-After of a result, in seconds.
+        replayable: False for a call that cannot be repeated at all (a streamed body).
+    """
+
+    key: Key = None
+    idempotent: bool = False
+    status_of: Callable[[Any], int | None] | None = None
+    retry_after_of: Callable[[Any], float | None] | None = None
+    replayable: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class InstanceState:
+    """One endpoint of a route and why it is or is not eligible (from :meth:`Route.explain`).
+
+    Attributes:
+        endpoint: the endpoint as discovery reported it (before settings applied).
+        eligible: whether a pick may choose it now (panic mode aside).
+        reasons: why not, e.g. ``"critical"``, ``"drained by config"``, ``"ejected"``.
+        balancer: the balancer's figures and weight (the same census a pick uses).
+        ejected_for: seconds of ejection left (0 when not ejected).
+        ejection_reason: the trigger of the current ejection.
+        ejections: the ejection multiplier.
+        breaker: the breaker's state, if the route has breakers.
+        settings: the instance's endpoint-level settings.
+    """
+
+    endpoint: ServiceEndpoint
+    eligible: bool
+    reasons: tuple[str, ...]
+    balancer: EndpointState
+    ejected_for: float
+    ejection_reason: str | None
+    ejections: int
+    breaker: BreakerSnapshot | None
+    settings: EndpointSettings | None
+
+
+@dataclass(frozen=True, slots=True)
+class RouteState:
+    """A route's whole state, from :meth:`Route.explain`.
+
+    Attributes:
+        service: the service name.
+        strategy: the strategy's name.
+        registered: endpoints discovery reported.
+        eligible: endpoints a pick may choose now.
+        panic: whether the balancer spreads over every routable endpoint.
+        reason: why nothing is eligible (then requests go to the best candidate, or fail
+            fast for maintenance/drained), or None.
+        instances: every endpoint, in discovery order.
+    """
+
+    service: str
+    strategy: str
+    registered: int
+    eligible: int
+    panic: bool
+    reason: str | None
+    instances: tuple[InstanceState, ...]
+
+
+class RouteRequest(RequestContext):
+    """One admitted request: the endpoint, its breaker permit, its load tracking.
+
+    Returned by :meth:`Route.request` (and by ``route.balancer.request()``). Finish it
+    exactly once: :meth:`report` with an :class:`~lake_mesh_consul._core.outcome.Outcome`,
+    or as a :class:`~lake_mesh_consul._core.balancer.RequestContext` (``with``,
+    :meth:`succeed`/:meth:`fail`, :meth:`finish`), or :meth:`cancel` when nothing was sent.
+    The outcome goes once to the balancer's figures, the detector and the breaker.
+
+    Thread-safety: one request from one thread at a time; finishing is idempotent.
+    """
+
+    __slots__ = ("_detector", "permit")
+
+    def __init__(
+        self,
+        balancer: LoadBalancer,
+        detector: FailureDetector,
+        endpoint: ServiceEndpoint,
+        permit: Permit | None,
+    ) -> None:
+        super().__init__(balancer, endpoint, balancer.stats_of(endpoint), record=False)
+        self._detector = detector
+        #: The breaker permit (None: no breaker, or a panic request its breaker refused).
+        self.permit = permit
+
+    def report(self, outcome: Outcome) -> None:
+        """Finish with ``outcome``: balancer figures, detector and breaker, once each."""
+        if self._done:
+            return
+        if outcome.kind is OutcomeKind.IGNORED:
+            self._outcome = True  # says nothing about the endpoint: counts as a success
+        elif outcome.failure:
+            self.fail(status=outcome.status, error=outcome.error)
+        else:
+            self._outcome = True
+        super().finish(None)
+        end = self.ended or self.started
+        self._detector.record_outcome(
+            self.endpoint, outcome, max(end - self.started, 0.0), permit=self.permit, now=end
+        )
+
+    def cancel(self) -> None:
+        """End without an outcome (picked, never sent): the permit is released."""
+        if self._done:
+            return
+        super().cancel()
+        if self.permit is not None:
+            self.permit.release()
+
+    def finish(self, error: BaseException | None = None) -> None:
+        """End as leaving the ``with`` block with ``error`` would (see RequestContext)."""
+        if self._done:
+            return
+        marked = self._outcome
+        if marked is None and error is not None and not isinstance(error, Exception):
+            self.cancel()  # KeyboardInterrupt and the like: says nothing of the endpoint
+            return
+        classifier = self._detector.classifier
+        if marked is None:
+            outcome = SUCCESS if error is None else classifier.of_error(error)
+        else:
+            outcome = classifier.of(
+                success=marked,
+                error=self._error or (None if marked else error),
+                status=self._status,
+            )
+            if outcome.failure is marked:  # the caller's mark wins over the classification
+                outcome = replace(outcome, failure=not marked)
+        self.report(outcome)
+
+    @property
+    def duration(self) -> float:
+        """Seconds from the start to the finish (to now while in flight)."""
+        ended = self.ended
+        return self.elapsed if ended is None else max(ended - self.started, 0.0)
+
+    def __repr__(self) -> str:
+        return f"RouteRequest({self.endpoint!r}, {'done' if self._done else 'in flight'})"
+
+
+class Route:
+    """One service's request path (see the module docstring).
+
+    Args:
+        service: the service name.
+        settings: the route's settings (:class:`RouteSettings`).
+        endpoints: the initial endpoints (as discovery reports them).
+        clock: time for everything the route builds; also how it sleeps between retries.
+        rng: randomness for the strategy, ejection jitter and backoff.
+
+    Thread-safety: every method may be called from any thread. :meth:`request` and
+    :meth:`call` take no lock of the route; :meth:`update` and :meth:`configure` serialise
+    among themselves.
+
+    Example:
+        >>> route = Route("web", endpoints=[ServiceEndpoint.create("w1", "10.0.0.1", 80)])
+        >>> route.call(lambda endpoint, timeout: endpoint.host_port)
+        '10.0.0.1:80'
+        >>> with route.request() as attempt:
+        ...     attempt.fail(status=503)
+        >>> route.explain().instances[0].balancer.failures
+        1
+    """
+
+    def __init__(
+        self,
+        service: str,
+        settings: RouteSettings | None = None,
+        *,
+        endpoints: Iterable[ServiceEndpoint] = (),
+        clock: Clock = SYSTEM_CLOCK,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.service = service
+        self.clock = clock
+        self._rng = rng or random.Random()
+        self._settings = settings = settings or RouteSettings()
+        self._lock = threading.Lock()
+        self._detector = FailureDetector(
+            settings.detector, clock=clock, rng=random.Random(self._rng.random())
+        )
+        self._balancer = LoadBalancer(
+            service,
+            settings.strategy,
+            gates=(self._detector,),
+            panic_threshold=settings.panic_threshold,
+            slow_start_window=settings.slow_start_window,
+            clock=clock,
+            rng=random.Random(self._rng.random()),
+        )
+        self._balancer.admit_through(self._admit_recorded)
+        self._budget = RetryBudget.from_policy(settings.budget, clock=clock)
+        self._raw: tuple[ServiceEndpoint, ...] = ()
+        self._per_try: dict[ServiceEndpoint, float] = {}
+        self._turn = itertools.count()
+        self.update(endpoints)
+
+    # --- what the route owns -----------------------------------------------------------------
+
+    @property
+    def settings(self) -> RouteSettings:
+        """The settings in force."""
+        return self._settings
+
+    @property
+    def balancer(self) -> LoadBalancer:
+        """The load balancer (its ``request()`` goes through this route's admission)."""
+        return self._balancer
+
+    @property
+    def detector(self) -> FailureDetector:
+        """The failure detector: outlier ejection and the per-endpoint breakers."""
+        return self._detector
+
+    @property
+    def retry_policy(self) -> RetryPolicy:
+        """The retry policy of :meth:`call`."""
+        return self._settings.retry
+
+    @property
+    def budget(self) -> RetryBudget:
+        """The retry budget shared by every call on this route."""
+        return self._budget
+
+    @property
+    def endpoints(self) -> tuple[ServiceEndpoint, ...]:
+        """The endpoints as discovery last reported them (settings not applied)."""
+        return self._raw
+
+    # --- changes -----------------------------------------------------------------------------
+
+    def update(self, endpoints: Iterable[ServiceEndpoint]) -> None:
+        """Take discovery's current endpoints: apply settings, tell balancer and detector.
+
+        An endpoint that was critical and is now passing or warning returns to rotation at
+        once (:meth:`FailureDetector.restore`: its ejection ends, an open breaker goes
+        half-open). Thread-safe.
+        """
+        with self._lock:
+            previous = {e.key: e.health for e in self._raw}
+            self._raw = tuple(endpoints)
+            adjusted = self._apply_settings(self._raw)
+            self._detector.update_endpoints(self.service, adjusted)
+            self._balancer.update(adjusted)
+            for endpoint in self._raw:
+                if previous.get(endpoint.key) is HealthStatus.CRITICAL and endpoint.health in (
+                    HealthStatus.PASSING,
+                    HealthStatus.WARNING,
+                ):
+                    self._detector.restore(endpoint, "passing again in Consul")
+
+    def configure(self, settings: RouteSettings) -> None:
+        """Adopt new settings in place (a configuration reload); state is kept.
+
+        The balancer swaps its strategy only if it changed (load figures survive); the
+        detector and its breakers take new thresholds keeping their state; a new budget
+        policy starts a new budget; endpoint settings are re-applied. Thread-safe.
+
+        Raises:
+            InvalidSetting: the strategy is unknown (nothing else is applied then).
+        """
+        with self._lock:
+            old = self._settings
+            lb = self._balancer
+            if settings.strategy != old.strategy:
+                lb.set_strategy(settings.strategy)
+            lb.panic_threshold = settings.panic_threshold
+            lb.slow_start_window = settings.slow_start_window
+            if settings.detector != old.detector:
+                self._detector.set_policy(settings.detector)
+            if settings.budget != old.budget:
+                self._budget = RetryBudget.from_policy(settings.budget, clock=self.clock)
+            self._settings = settings
+            adjusted = self._apply_settings(self._raw)
+            self._detector.update_endpoints(self.service, adjusted)
+            lb.update(adjusted)
+
+    def _settings_of(self, endpoint: ServiceEndpoint) -> EndpointSettings | None:
+        settings = self._settings.endpoints
+        return settings_for(endpoint, settings) if settings else None
+
+    def _apply_settings(
+        self, endpoints: tuple[ServiceEndpoint, ...]
+    ) -> tuple[ServiceEndpoint, ...]:
+        """Endpoints as the balancer sees them: weight, disabled, drained, keep_warning.
+
+        Disabled and drained instances are out of rotation like maintenance (never picked,
+        not even in panic); :meth:`explain` says which setting it was. Lock held.
+        """
+        keep_warning = self._settings.keep_warning
+        adjusted: list[ServiceEndpoint] = []
+        per_try: dict[ServiceEndpoint, float] = {}
+        for e in endpoints:
+            own = self._settings_of(e)
+            weights, health = e.weights, e.health
+            if own is not None:
+                if own.weight is not None:
+                    weights = Weights(int(own.weight), weights.warning)
+                if own.disabled or own.drained:
+                    health = HealthStatus.MAINTENANCE
+                if own.per_try_timeout is not None:
+                    per_try[e] = own.per_try_timeout
+            if not keep_warning and health is HealthStatus.WARNING:
+                weights = Weights(weights.passing, 0)
+            if weights is not e.weights or health is not e.health:
+                adjusted.append(replace(e, weights=weights, health=health))
+            else:
+                adjusted.append(e)
+        self._per_try = per_try
+        return tuple(adjusted)
+
+    # --- admission ---------------------------------------------------------------------------
+
+    def request(
+        self, key: Key = None, *, exclude: frozenset[ServiceEndpoint] = _NO_EXCLUDE
+    ) -> RouteRequest:
+        """Pick an endpoint and take its breaker permit: one admitted request.
+
+        ``exclude`` (endpoints already tried) are not picked. A breaker that refuses the
+        endpoint its gate admitted a moment ago makes the route pick again. When nothing
+        is eligible (critical, ejected, breakers open) the request goes to the best
+        candidate anyway (panic; with a probe permit if its breaker allows one).
+
+        Raises:
+            NoEndpointsAvailable: nothing routable (none registered, all maintenance,
+                disabled or drained; the reason says which), or ``exclude`` covers every
+                candidate (``"all tried"``).
+        """
+        refused = exclude
+        for _ in range(_MAX_REFUSALS):
+            try:
+                endpoint = self._balancer.pick(key, exclude=refused)
+            except NoEndpointsAvailable as exc:
+                if exclude:
+                    raise
+                return self._panic_request(exc)
+            breaker = self._detector.breaker(endpoint)
+            if breaker is None:
+                return RouteRequest(self._balancer, self._detector, endpoint, None)
+            try:
+                permit = breaker.acquire()
+            except CircuitOpen:
+                refused = refused | {endpoint}
+                continue
+            return RouteRequest(self._balancer, self._detector, endpoint, permit)
+        if exclude:
+            raise NoEndpointsAvailable(self.service, "all tried")
+        return self._panic_request(None)
+
+    def _admit_recorded(self, key: Key, exclude: frozenset[ServiceEndpoint]) -> RequestContext:
+        return self.request(key, exclude=exclude)
+
+    def _panic_request(self, cause: NoEndpointsAvailable | None) -> RouteRequest:
+        """Nothing is eligible: go to the best routable candidate, or say why none is."""
+        candidates = [e for e in self._balancer.endpoints if e.health in _RANK]
+        if not candidates:
+            raise NoEndpointsAvailable(self.service, self._why_none()) from cause
+        best = min(_RANK[e.health] for e in candidates)
+        candidates = [e for e in candidates if _RANK[e.health] == best]
+        endpoint = candidates[next(self._turn) % len(candidates)]
+        breaker = self._detector.breaker(endpoint)
+        permit = None
+        if breaker is not None:
+            try:
+                permit = breaker.acquire()  # a due probe, when its reset timeout is over
+            except CircuitOpen:
+                permit = None  # sent anyway; the outcome is observed, not a probe
+        return RouteRequest(self._balancer, self._detector, endpoint, permit)
+
+    def _why_none(self) -> str:
+        """Why no endpoint is routable: ``"all drained"``, ``"none registered"``..."""
+        if not self._raw:
+            return "none registered"
+        counts: Counter[str] = Counter()
+        for endpoint in self._raw:
+            own = self._settings_of(endpoint)
+            if own is not None and own.disabled:
+                counts["disabled"] += 1
+            elif own is not None and own.drained:
+                counts["drained"] += 1
+            else:
+                counts[endpoint.health.value] += 1
+        if len(counts) == 1:
+            return f"all {next(iter(counts))}"
+        return "none routable (" + ", ".join(f"{n} {w}" for w, n in counts.most_common()) + ")"
+
+    # --- calls with retries ------------------------------------------------------------------
+
+    def call(
+        self,
+        fn: Callable[[ServiceEndpoint, float | None], _T],
+        options: CallOptions | None = None,
+        *,
+        sleep: Callable[[float], None] | None = None,
+    ) -> _T:
+        """Run ``fn(endpoint, timeout)`` on admitted endpoints, with retries.
+
+        Each attempt is admitted (:meth:`request`, avoiding endpoints already tried), runs
+        with no lock held and ``timeout`` = the attempt's seconds (per-try timeout, the
+        instance's own, what the deadline leaves), and is finished with its classified
+        outcome. :class:`~lake_mesh_consul._core.retry.RetryState` decides whether to wait
+        and try again; every retry must also get a token from the retry budget.
+
+        Returns:
+            The first successful (or non-retriable) result, or the last result when
+            attempts ran out on a retriable status (as Envoy returns the last response).
+
+        Raises:
+            NoEndpointsAvailable: nothing could be admitted for the first attempt.
+            RetryExhausted: retries stopped after an exception; ``.attempts`` has each.
+            DeadlineExceeded: the deadline ran out; ``.attempts`` has each.
+            Exception: an error of a kind the policy does not retry, unchanged.
+        """
+        opts = options or _DEFAULT_OPTIONS
+        policy = self._settings.retry
+        if not opts.replayable and policy.attempts > 1:
+            policy = replace(policy, attempts=1)
+        return run_call(
+            self.request,
+            fn,
+            opts,
+            policy=policy,
+            budget=self._budget,
+            classifier=self._detector.classifier,
+            clock=self.clock,
+            sleep=sleep,
+            rng=self._rng,
+            cap_of=self._per_try.get,
+        )
+
+    # --- explaining ----------------------------------------------------------------------
+
+    def explain(self) -> RouteState:
+        """Every endpoint and why it is or is not eligible: the census a pick uses.
+
+        Reads memory only (asks the gates about each endpoint: O(N)). Thread-safe.
+        """
+        stats = self._balancer.stats()
+        raw = {e.key: e for e in self._raw}
+        instances = []
+        for state in stats.endpoints:
+            original = raw.get(state.endpoint.key, state.endpoint)
+            instances.append(self._explain_one(original, state))
+        reason = stats.reason
+        if reason is not None and all(e.health not in _RANK for e in self._balancer.endpoints):
+            reason = self._why_none()
+        return RouteState(
+            service=self.service,
+            strategy=stats.strategy,
+            registered=stats.registered,
+            eligible=stats.eligible,
+            panic=stats.panic or (stats.eligible == 0 and stats.registered > 0),
+            reason=reason,
+            instances=tuple(instances),
+        )
+
+    def _explain_one(self, endpoint: ServiceEndpoint, state: EndpointState) -> InstanceState:
+        own = self._settings_of(endpoint)
+        dstate = self._detector.state(state.endpoint)
+        reasons = _health_reasons(endpoint, state, own, keep_warning=self._settings.keep_warning)
+        if dstate.ejected_until is not None and dstate.ejected_for > 0:
+            reasons.append("ejected")
+        breaker = dstate.breaker
+        if breaker is not None and not state.eligible:
+            if breaker.state is BreakerState.OPEN:
+                reasons.append("breaker open")
+            elif breaker.state is BreakerState.FORCED_OPEN:
+                reasons.append("breaker forced open")
+            elif breaker.state is BreakerState.HALF_OPEN:
+                reasons.append(f"breaker half-open ({breaker.probes_in_flight} probe(s) out)")
+        if not state.eligible and not reasons:
+            reasons.append(state.reason or "not eligible")
+        return InstanceState(
+            endpoint=endpoint,
+            eligible=state.eligible,
+            reasons=() if state.eligible else tuple(reasons),
+            balancer=state,
+            ejected_for=dstate.ejected_for,
+            ejection_reason=dstate.ejection_reason,
+            ejections=dstate.ejections,
+            breaker=breaker,
+            settings=own,
+        )
+
+    def __repr__(self) -> str:
+        return f"Route({self.service!r}, {self._balancer!r})"
+
+
+def _health_reasons(
+    endpoint: ServiceEndpoint,
+    state: EndpointState,
+    own: EndpointSettings | None,
+    *,
+    keep_warning: bool,
+) -> list[str]:
+    """The health and settings part of why ``endpoint`` is not eligible."""
+    reasons: list[str] = []
+    if own is not None and own.disabled:
+        reasons.append("disabled by config")
+    if own is not None and own.drained:
+        reasons.append("drained by config")
+    health = endpoint.health
+    if health is HealthStatus.CRITICAL:
+        reasons.append("critical (a health check is failing)")
+    elif health is HealthStatus.MAINTENANCE:
+        reasons.append("maintenance")
+    elif state.base_weight <= 0 and not reasons:
+        if health is HealthStatus.WARNING and not keep_warning and endpoint.weights.warning > 0:
+            reasons.append("warning (keep_warning is off)")
+        else:
+            reasons.append(f"{health.value} weight 0")
+    return reasons
+
+
+_DEFAULT_OPTIONS = CallOptions()
+
+#: Admission as :func:`run_call` uses it: ``admit(key, exclude=...) -> RouteRequest``.
+Admit = Callable[..., RouteRequest]
+
+
+def run_call(
+    admit: Admit,
+    fn: Callable[[ServiceEndpoint, float | None], _T],
+    options: CallOptions,
+    *,
+    policy: RetryPolicy,
+    budget: RetryBudget | None,
+    classifier: Classifier,
+    clock: Clock,
+    sleep: Callable[[float], None] | None = None,
+    rng: random.Random | None = None,
+    cap_of: Callable[[ServiceEndpoint], float | None] | None = None,
+) -> _T:
+    """The retry loop of :meth:`Route.call`, over any admission (``execute`` uses it too).
+
+    Admit, call, classify once, report, then ask the :class:`RetryState` (and the budget)
+    whether to wait and go again. See :meth:`Route.call` for returns and errors.
+    """
+    now = clock.monotonic
+    if budget is not None:
+        budget.deposit()
+    state = RetryState.begin(policy, now=now())
+    while True:
+        attempt = _admit(admit, options.key, state)
+        cap = cap_of(attempt.endpoint) if cap_of is not None else None
+        try:
+            timeout = state.timeout(attempt.started, cap)
+        except BaseException:
+            attempt.cancel()
+            raise
+        try:
+            result = fn(attempt.endpoint, timeout)
+        except Exception as exc:
+            outcome = classifier.of_error(exc)
+            attempt.report(outcome)
+            if outcome.kind not in policy.retry_on:
+                raise
+            retry_after = _retry_after_of_error(exc)
+            has_result = False
+        except BaseException:
+            attempt.cancel()
+            raise
+        else:
+            status = options.status_of(result) if options.status_of is not None else None
+            if status is None:
+                attempt.report(SUCCESS)
+                return result
+            outcome = classifier.of_status(status)
+            attempt.report(outcome)
+            if outcome.kind not in policy.retry_on:
+                return result
+            retry_after = options.retry_after_of(result) if options.retry_after_of else None
+            has_result = True
+        state = state.increment(
+            attempt.endpoint,
+            outcome,
+            duration=attempt.duration,
+            now=now(),
+            idempotent=options.idempotent,
+            retry_after=retry_after,
+            rng=rng,
+        )
+        if state.stop is None and budget is not None and not budget.try_withdraw():
+            state = state.stopped("retry budget exhausted")
+        if state.stop is not None:
+            if has_result:
+                return result
+            _raise_stopped(state, outcome)
+        if state.wait > 0:
+            (sleep or clock.sleep)(state.wait)
+
+
+def _admit(admit: Admit, key: Key, state: RetryState) -> RouteRequest:
+    """Admit the next attempt: untried endpoints first, then any (``reuse_endpoints``)."""
+    exclude = state.exclude
+    try:
+        return admit(key, exclude=exclude)
+    except NoEndpointsAvailable as exc:
+        if not exclude:
+            if state.history:
+                raise RetryExhausted(state.history, "no endpoint to retry on") from exc
+            raise
+        if not state.policy.reuse_endpoints:
+            raise RetryExhausted(state.history, "no untried endpoint left") from exc
+        return admit(key, exclude=_NO_EXCLUDE)
+
+
+def _raise_stopped(state: RetryState, outcome: Outcome) -> None:
+    if state.stop == "deadline":
+        raise DeadlineExceeded(state.policy.deadline or 0.0, state.history) from outcome.error
+    raise RetryExhausted(state.history, state.stop or "") from outcome.error
+
+
+def _retry_after_of_error(error: BaseException) -> float | None:
+    if isinstance(error, CircuitOpen):
+        return None
+    value = getattr(error, "retry_after", None)
+    return float(value) if isinstance(value, (int, float)) else None
