@@ -126,6 +126,19 @@ class Catalog:
             ops.extend(_instance_ops(service, i))
         self._txn(ops)
 
+    def populate_services(self, services: list[str]) -> None:
+        """Register one instance (instance 0) of each of ``services``, in few transactions."""
+        ops: list[dict[str, Any]] = []
+        for service in services:
+            ops.extend(_instance_ops(service, 0))
+        self._txn(ops)
+
+    def remove_services(self, services: list[str]) -> None:
+        """Deregister what :meth:`populate_services` wrote."""
+        self._txn(
+            [{"Node": {"Verb": "delete", "Node": {"Node": node_name(s, 0)}}} for s in services]
+        )
+
     def set_status(self, service: str, i: int, status: str) -> None:
         """Set instance ``i``'s service check (raises that check's ModifyIndex only)."""
         self._txn([_check_op(service, i, status)])

@@ -140,6 +140,20 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[k]
 
 
+def quiet_mesh_options() -> dict[str, Any]:
+    """Mesh keyword arguments for a benchmark's mesh: no KV watch, no SIGTERM handler.
+
+    Only the options this version of Mesh accepts (so an older tree can be measured too).
+    """
+    import inspect
+
+    from lake_mesh_consul.mesh import Mesh
+
+    accepted = inspect.signature(Mesh).parameters
+    wanted = {"watch_config": False, "drain_on_sigterm": False, "drain_on_close": False}
+    return {k: v for k, v in wanted.items() if k in accepted}
+
+
 def consul_version() -> str:
     """The version of the consul binary the benchmarks would use, or 'none'."""
     binary = os.environ.get("LAKE_MESH_CONSUL_BIN") or shutil.which("consul")

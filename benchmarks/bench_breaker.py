@@ -1,12 +1,12 @@
-"""Failing safely: the success-path cost of breaker + detector + retry, and throughput.
+"""Failing safely: the cost of one breaker around a call, and throughput through it.
 
-1. Overhead per call on the success path of ``execute`` (pick -> breaker -> call -> record
-   in breaker and detector, with a retry budget) over a bare call. Target: <= 5 us on
-   CPython 3.11. For scale: ``pybreaker.CircuitBreaker.call`` and a tenacity-wrapped call.
+1. Overhead per call of ``CircuitBreaker.call`` (ours, the breaker alone) over a bare call;
+   for scale ``pybreaker.CircuitBreaker.call`` and a tenacity-wrapped call. The whole
+   request path (pick, breaker, detector, budget, retry) is measured where users meet it,
+   through ``Mesh.call`` on real endpoints: see ``mesh.call.*`` in bench_session.
 2. Throughput of 8 threads each doing 10 ms of I/O (a sleep) through ONE breaker: ours
-   (``CircuitBreaker.call`` and the whole ``execute`` path) against the unwrapped call and
-   ``pybreaker.CircuitBreaker.call``, which holds its lock across the call (pybreaker #3/#55).
-   Target: >= 95% of unwrapped.
+   against the unwrapped call and ``pybreaker.CircuitBreaker.call``, which holds its lock
+   across the call (pybreaker #3/#55). Target: >= 95% of unwrapped.
 
 Usage::
 
@@ -23,23 +23,10 @@ import pybreaker
 import tenacity
 from _common import Context, Row, compare, per_call
 
-from lake_mesh_consul._core.breaker import BreakerPolicy, CircuitBreaker
-from lake_mesh_consul._core.detector import DetectorPolicy, FailureDetector
-from lake_mesh_consul._core.endpoint import ServiceEndpoint
-from lake_mesh_consul._core.retry import RetryBudget, RetryPolicy, execute
+from lake_mesh_consul._core.breaker import CircuitBreaker
 
 THREADS = 8
 IO_SECONDS = 0.010
-
-_EP = ServiceEndpoint.create("web-0", "127.0.0.1", 8080, service="web")
-
-
-def _pick(*, exclude: frozenset[ServiceEndpoint]) -> ServiceEndpoint:
-    return _EP
-
-
-def _bare(endpoint: ServiceEndpoint, timeout: float | None) -> int:
-    return 1
 
 
 def _work() -> int:
@@ -47,20 +34,12 @@ def _work() -> int:
 
 
 def _overhead(n: int, repeat: int) -> Iterator[Row]:
-    detector = FailureDetector(DetectorPolicy(breaker=BreakerPolicy()))
-    budget = RetryBudget()
-    policy = RetryPolicy()
-
-    def ours() -> int:
-        return execute(_pick, _bare, policy=policy, budget=budget, detector=detector, method="GET")
-
     breaker = CircuitBreaker("bench")
     pb = pybreaker.CircuitBreaker()
     retrying = tenacity.retry(stop=tenacity.stop_after_attempt(3), wait=tenacity.wait_none())(_work)
 
-    bare = per_call(lambda: _bare(_EP, None), n=n, repeat=repeat)
+    bare = per_call(_work, n=n, repeat=repeat)
     rows = {
-        "execute (pick+breaker+detector+budget+retry)": per_call(ours, n=n, repeat=repeat),
         "CircuitBreaker.call (ours, breaker only)": per_call(
             lambda: breaker.call(_work), n=n, repeat=repeat
         ),
@@ -103,21 +82,13 @@ def _throughput(wrap: Callable[[Callable[[], None]], object], seconds: float) ->
 def _throughputs(seconds: float) -> Iterator[Row]:
     breaker = CircuitBreaker("bench-io")
     pb = pybreaker.CircuitBreaker()
-    detector = FailureDetector(DetectorPolicy(breaker=BreakerPolicy()))
-    budget = RetryBudget()
-
-    def through_execute(fn: Callable[[], None]) -> object:
-        return execute(_pick, lambda ep, t: fn(), budget=budget, detector=detector, method="GET")
-
     unwrapped = _throughput(lambda fn: fn(), seconds)
     ours = _throughput(breaker.call, seconds)
-    ours_execute = _throughput(through_execute, seconds)
     theirs = _throughput(pb.call, seconds)
     unit = "calls/s"
     label = f"{THREADS} threads x {IO_SECONDS * 1000:g} ms I/O"
     yield Row(f"breaker: throughput unwrapped ({label})", unwrapped, unit)
     yield compare("breaker: throughput CircuitBreaker.call vs unwrapped", ours, unwrapped, unit)
-    yield compare("breaker: throughput execute() vs unwrapped", ours_execute, unwrapped, unit)
     yield compare("breaker: throughput pybreaker.call vs unwrapped", theirs, unwrapped, unit)
 
 

@@ -48,7 +48,7 @@ from pathlib import Path
 from typing import Any
 
 from _catalog import Catalog
-from _common import Context, Row, alternate, compare, compare_alternated
+from _common import Context, Row, alternate, compare, compare_alternated, quiet_mesh_options
 from _handler import compile_handler
 
 from lake_mesh_consul._consul.health_entries import HealthEntryParser, parse_health_entries
@@ -322,8 +322,7 @@ def _whole_path(
     out: dict[str, Any] = {"lib": [], "raw": [], "go": [], "stall": []}
     with Mesh(
         MeshConfig(address=address),
-        watch_config=False,
-        drain_on_sigterm=False,
+        **quiet_mesh_options(),
         rng=random.Random(5),
     ) as mesh:
         lb = mesh.balancer(service)

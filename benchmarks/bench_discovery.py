@@ -1,22 +1,28 @@
-"""Discovery: propagation against Consul's own Go watcher, idle cost, scale.
+"""Discovery: propagation against Consul's own Go watcher, idle cost, threads and sockets.
 
 Rows:
 
-* ``discovery.propagation.<kind>.p50/p99``: seconds from the HTTP call that changes Consul
-  (``deregister`` an instance, or ``ttl_fail`` its TTL check) to ServiceDiscovery's watch
-  callback with the new snapshot (called right after the swap), side by side with
-  ``consul watch -type=service -passingonly`` on the same agent, whose handler
-  (``echo >> fifo``, one ``sh`` per change) is timestamped by this process when its line
-  arrives. Trials are paced at 4 changes per second so the default rate limit (burst 2,
-  10/s) is not what is measured.
-* ``discovery.idle.requests_per_wait_window``: Consul requests per watched service per wait
-  window with nothing changing (target <= 1; at the default 60 s wait that is the number
-  per minute); ``requests_per_service_minute`` is the same at the short wait measured.
-  ``discovery.request_path.consul_requests``: requests caused by 100k ``endpoints()``
-  calls (target 0).
-* ``discovery.scale.<n>.parse_and_swap``: decoding a ``/v1/health/service`` answer of n
-  instances into endpoints, comparing with the current snapshot and swapping it, per
-  answer; ``.bytes_per_endpoint``: memory held per endpoint (tracemalloc).
+* ``discovery.propagation.<kind>.p50/p90[/p99]``: seconds from the HTTP call that changes
+  Consul (``deregister`` an instance, or ``ttl_fail`` its TTL check) to ServiceDiscovery's
+  watch callback (``time.monotonic()`` on the watch thread, right after the swap), side by
+  side with ``consul watch -type=service -passingonly`` on the same agent and the same
+  change, whose handler is a compiled C program stamping its own CLOCK_MONOTONIC at start
+  (:mod:`_handler`; no shell, no reader in this process). The two kinds are interleaved
+  trial by trial; p99 is printed only from 200 trials (the full run), the quick run prints
+  p50/p90. Paced at about 4 changes a second, under the default rate limit (10/s, burst 2).
+* ``discovery.propagation.1_of_500.p50/p90[/p99]``: the same for one change (TTL failing)
+  in one of 500 services this process watches; baseline ``consul watch`` on that service.
+* ``discovery.watch.<K>.threads`` / ``.agent_connections`` / ``.kb_per_service``: a fresh
+  process (``python -c``) watching K services (one instance each) once every one has
+  answered (or 30 s passed: ``resolved`` says how many did): its thread count, its
+  established TCP connections to the agent, and resident memory per watched service.
+  K = 1 and 100 in the quick run; 1, 100, 500 and 1,000 in the full run.
+* ``discovery.idle.500.requests_per_minute``: HTTP requests that process sends to the agent
+  while nothing changes, watching 500 services (full run; counted over several wait
+  windows at a 15 s wait, reported per wait window: at the default 60 s wait that is the
+  rate per minute).
+* ``discovery.request_path.consul_requests``: requests caused by 100k ``endpoints()``
+  calls (target 0); ``discovery.request_path.endpoints_call``: one call from memory.
 """
 
 from __future__ import annotations
@@ -25,53 +31,30 @@ import json
 import os
 import random
 import subprocess
-import tempfile
+import sys
 import threading
 import time
-import tracemalloc
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from _common import Context, Row, compare, percentile
+from _catalog import Catalog
+from _common import Context, Row, percentile_rows
+from _handler import compile_handler, read_stamps
 
 from lake_mesh_consul._consul.client import ConsulClient
-from lake_mesh_consul._consul.discovery import (
-    ServiceDiscovery,
-    _same_endpoints,
-    parse_health_entries,
-)
+from lake_mesh_consul._consul.discovery import ServiceDiscovery
 from lake_mesh_consul._core.config import MeshConfig
-from lake_mesh_consul.testing._agent import DevAgent, find_consul_binary
-
-
-def _address(ctx: Context) -> str:
-    helper = getattr(ctx, "consul_address", None)
-    if helper is not None:
-        return str(helper())
-    binary = find_consul_binary()
-    if binary is None:
-        raise RuntimeError("no consul binary")
-    agent = DevAgent(binary)
-    agent.start()
-    ctx.on_close(agent.close)
-    return agent.address
+from lake_mesh_consul.testing import find_consul_binary
 
 
 class _GoWatcher:
-    """``consul watch -type=service`` with a handler that appends a line to a FIFO."""
+    """``consul watch -type=service -passingonly`` running the compiled stamping handler."""
 
-    def __init__(self, binary: Path, address: str, service: str) -> None:
-        self.dir = Path(tempfile.mkdtemp(prefix="lake-mesh-bench-"))
-        self.fifo = self.dir / "events"
-        os.mkfifo(self.fifo)
-        # O_RDWR keeps the FIFO open between handler runs (no EOF when a writer exits).
-        self._fd = os.open(self.fifo, os.O_RDWR)
-        self.times: list[float] = []
-        self.cond = threading.Condition()
-        self._reader = threading.Thread(target=self._read, daemon=True)
-        self._reader.start()
+    def __init__(self, binary: Path, handler: Path, address: str, service: str) -> None:
+        self.stamps = handler.parent / f"stamps-{service}"
+        env = {**os.environ, "LAKE_MESH_STAMPS": str(self.stamps)}
         self.proc = subprocess.Popen(
             [
                 str(binary),
@@ -80,37 +63,27 @@ class _GoWatcher:
                 "-type=service",
                 f"-service={service}",
                 "-passingonly=true",
-                f"echo x >> {self.fifo}",
+                str(handler),
             ],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
+            env=env,
             start_new_session=True,
         )
 
-    def _read(self) -> None:
-        with os.fdopen(self._fd, "rb", buffering=0) as fh:
-            buf = b""
-            while True:
-                chunk = fh.read(64)
-                if not chunk:
-                    return
-                now = time.perf_counter()
-                buf += chunk
-                while b"\n" in buf:
-                    _, buf = buf.split(b"\n", 1)
-                    with self.cond:
-                        self.times.append(now)
-                        self.cond.notify_all()
-
     def wait_count(self, n: int, timeout: float) -> float | None:
+        """The monotonic stamp of the n-th handler run, waiting up to ``timeout``."""
         deadline = time.monotonic() + timeout
-        with self.cond:
-            while len(self.times) < n:
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    return None
-                self.cond.wait(left)
-            return self.times[n - 1]
+        while True:
+            stamps = read_stamps(self.stamps)
+            if len(stamps) >= n:
+                return stamps[n - 1]
+            if time.monotonic() > deadline:
+                return None
+            time.sleep(0.002)
+
+    def count(self) -> int:
+        return len(read_stamps(self.stamps))
 
     def close(self) -> None:
         self.proc.terminate()
@@ -119,136 +92,294 @@ class _GoWatcher:
         except subprocess.TimeoutExpired:
             self.proc.kill()
             self.proc.wait()
-        try:
-            with open(self.fifo, "wb", buffering=0) as fh:  # unblock the reader; then EOF
-                fh.write(b"")
-        except OSError:
-            pass
-        for p in self.dir.iterdir():
-            p.unlink()
-        self.dir.rmdir()
 
 
 class _Ours:
-    """ServiceDiscovery's watch callback, timestamped."""
+    """ServiceDiscovery's watch callback, stamped with time.monotonic() on the watch thread."""
 
-    def __init__(self, discovery: ServiceDiscovery, service: str) -> None:
+    def __init__(self) -> None:
         self.times: list[float] = []
-        self.sizes: list[int] = []
         self.cond = threading.Condition()
-        discovery.watch(service, self._on)
 
-    def _on(self, snapshot: Any) -> None:
-        now = time.perf_counter()
+    def __call__(self, snapshot: Any) -> None:
+        now = time.monotonic()
         with self.cond:
             self.times.append(now)
-            self.sizes.append(len(snapshot))
             self.cond.notify_all()
 
     def wait_count(self, n: int, timeout: float) -> float | None:
-        deadline = time.monotonic() + timeout
         with self.cond:
-            while len(self.times) < n:
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    return None
-                self.cond.wait(left)
+            if not self.cond.wait_for(lambda: len(self.times) >= n, timeout):
+                return None
             return self.times[n - 1]
 
 
-def _propagation(ctx: Context, address: str) -> Iterator[Row]:
-    binary = find_consul_binary()
-    if binary is None:
-        return
-    config = MeshConfig(address=address)
+def _register(client: ConsulClient, service: str, sid: str, port: int, check: bool) -> None:
+    body: dict[str, Any] = {"Name": service, "ID": sid, "Port": port, "Address": "127.0.0.1"}
+    if check:
+        body["Check"] = {"TTL": "10m", "Status": "passing"}
+    client.request("PUT", "/v1/agent/service/register", operation="reg", json=body)
+
+
+class _Pair:
+    """Our watcher and consul watch on the same service; measures one change at a time."""
+
+    def __init__(self, ours: _Ours, go: _GoWatcher) -> None:
+        self.ours, self.go = ours, go
+
+    def change(self, act: Any) -> tuple[float, float] | None:
+        n_ours, n_go = len(self.ours.times), self.go.count()
+        start = time.monotonic()
+        act()
+        t_ours = self.ours.wait_count(n_ours + 1, 5)
+        t_go = self.go.wait_count(n_go + 1, 5)
+        if t_ours is None or t_go is None:
+            return None
+        return t_ours - start, t_go - start
+
+
+def _propagation(ctx: Context, address: str, binary: Path, handler: Path) -> Iterator[Row]:
     trials = 20 if ctx.quick else 200
-    for kind in ("deregister", "ttl_fail"):
-        service = f"bench-prop-{uuid.uuid4().hex[:8]}"
-        client = ConsulClient(config)
-        stable = {"Name": service, "ID": "stable", "Port": 9000, "Address": "127.0.0.1"}
-        client.request("PUT", "/v1/agent/service/register", operation="reg", json=stable)
-        moving = {
-            "Name": service,
-            "ID": "moving",
-            "Port": 9001,
-            "Address": "127.0.0.1",
-            "Check": {"TTL": "10m", "Status": "passing"},
-        }
-        client.request("PUT", "/v1/agent/service/register", operation="reg", json=moving)
+    config = MeshConfig(address=address)
+    service = f"bench-prop-{uuid.uuid4().hex[:8]}"
+    client = ConsulClient(config)
+    _register(client, service, "stable", 9000, check=False)
+    _register(client, service, "moving", 9001, check=True)
+    time.sleep(0.3)
+    discovery = ServiceDiscovery(config, rng=random.Random(1))
+    ours = _Ours()
+    discovery.watch(service, ours)
+    go = _GoWatcher(binary, handler, address, service)
+    pair = _Pair(ours, go)
+    figures: dict[str, tuple[list[float], list[float]]] = {
+        "deregister": ([], []),
+        "ttl_fail": ([], []),
+    }
+    actions = {
+        "deregister": (
+            lambda: client.request("PUT", "/v1/agent/service/deregister/moving", operation="d"),
+            lambda: _register(client, service, "moving", 9001, check=True),
+        ),
+        "ttl_fail": (
+            lambda: client.request("PUT", "/v1/agent/check/fail/service:moving", operation="t"),
+            lambda: client.request("PUT", "/v1/agent/check/pass/service:moving", operation="t"),
+        ),
+    }
+    try:
+        if go.wait_count(1, 10) is None or ours.wait_count(1, 10) is None:
+            raise RuntimeError("watchers did not start")
         time.sleep(0.3)
-        discovery = ServiceDiscovery(config, rng=random.Random(1))
-        go = _GoWatcher(binary, address, service)
-        ours = _Ours(discovery, service)
-        mine: list[float] = []
-        theirs: list[float] = []
+        for trial in range(2 * trials):
+            kind = "deregister" if trial % 2 == 0 else "ttl_fail"  # interleaved kinds
+            change, restore = actions[kind]
+            measured = pair.change(change)
+            if measured is not None:
+                figures[kind][0].append(measured[0])
+                figures[kind][1].append(measured[1])
+            time.sleep(0.1)
+            pair.change(restore)  # not measured
+            time.sleep(0.12)  # pace: ~4 changes/s, under the default 10/s rate limit
+    finally:
+        go.close()
+        discovery.close()
+        client.request("PUT", "/v1/agent/service/deregister/moving", operation="d")
+        client.request("PUT", "/v1/agent/service/deregister/stable", operation="d")
+        client.close()
+    for kind, (mine, theirs) in figures.items():
+        yield from percentile_rows(
+            f"discovery.propagation.{kind}",
+            mine,
+            theirs,
+            "ms",
+            scale=1e3,
+            baseline_is="consul watch -type=service, compiled handler stamping its own clock",
+        )
+
+
+def _one_of_500(ctx: Context, address: str, binary: Path, handler: Path) -> Iterator[Row]:
+    count = 500
+    trials = 20 if ctx.quick else 200
+    prefix = f"bench-500-{uuid.uuid4().hex[:6]}"
+    names = [f"{prefix}-{i}" for i in range(count)]
+    target = names[0]
+    config = MeshConfig(address=address)
+    with Catalog(address) as catalog:
+        catalog.populate_services(names)
+        catalog.wait_count(names[-1], 1)
+        discovery = ServiceDiscovery(config, rng=random.Random(4))
+        ours = _Ours()
+        go = _GoWatcher(binary, handler, address, target)
         try:
-            if go.wait_count(1, 10) is None or ours.wait_count(1, 10) is None:
+            discovery.watch(target, ours)
+            for name in names[1:]:
+                discovery.watch(name, lambda _s: None)
+            if go.wait_count(1, 30) is None or ours.wait_count(1, 30) is None:
                 raise RuntimeError("watchers did not start")
-            time.sleep(0.3)
+            time.sleep(1.0)
+            pair = _Pair(ours, go)
+            mine: list[float] = []
+            theirs: list[float] = []
             for _ in range(trials):
-                n_go, n_ours = len(go.times), len(ours.times)
-                start = time.perf_counter()
-                if kind == "deregister":
-                    client.request("PUT", "/v1/agent/service/deregister/moving", operation="dereg")
-                else:
-                    client.request("PUT", "/v1/agent/check/fail/service:moving", operation="ttl")
-                t_ours = ours.wait_count(n_ours + 1, 5)
-                t_go = go.wait_count(n_go + 1, 5)
-                if t_ours is not None and t_go is not None:
-                    mine.append(t_ours - start)
-                    theirs.append(t_go - start)
+                measured = pair.change(lambda: catalog.set_status(target, 0, "critical"))
+                if measured is not None:
+                    mine.append(measured[0])
+                    theirs.append(measured[1])
                 time.sleep(0.1)
-                # restore (not measured)
-                n_go, n_ours = len(go.times), len(ours.times)
-                if kind == "deregister":
-                    client.request(
-                        "PUT", "/v1/agent/service/register", operation="reg", json=moving
-                    )
-                else:
-                    client.request("PUT", "/v1/agent/check/pass/service:moving", operation="ttl")
-                ours.wait_count(n_ours + 1, 5)
-                go.wait_count(n_go + 1, 5)
-                time.sleep(0.15)  # pace: ~4 changes/s, under the default 10/s rate limit
+                pair.change(lambda: catalog.set_status(target, 0, "passing"))
+                time.sleep(0.12)
         finally:
             go.close()
             discovery.close()
-            client.request("PUT", "/v1/agent/service/deregister/moving", operation="d")
-            client.request("PUT", "/v1/agent/service/deregister/stable", operation="d")
-            client.close()
-        extra = {"trials": len(mine), "baseline_is": "consul watch -type=service"}
-        for q in (50, 99):
-            yield compare(
-                f"discovery.propagation.{kind}.p{q}",
-                percentile(mine, q),
-                percentile(theirs, q),
-                "s",
-                **extra,
-            )
+            catalog.remove_services(names)
+    yield from percentile_rows(
+        "discovery.propagation.1_of_500",
+        mine,
+        theirs,
+        "ms",
+        scale=1e3,
+        baseline_is="consul watch on the changed service, compiled handler",
+        watched_services=count,
+    )
 
 
-def _idle(ctx: Context, address: str) -> Iterator[Row]:
+#: The child process of the threads/connections rows: watches K services, prints JSON.
+_WATCHER = r"""
+import json, os, random, sys, threading, time
+from lake_mesh_consul._consul.discovery import ServiceDiscovery
+from lake_mesh_consul._core.config import MeshConfig
+
+address, prefix, count, idle_window, wait = sys.argv[1:6]
+count, idle_window, wait = int(count), float(idle_window), float(wait)
+agent_port = int(address.rsplit(":", 1)[1])
+
+def rss_kb():
+    for line in open("/proc/self/status"):
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    return 0
+
+def agent_connections():
+    inodes = set()
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            target = os.readlink(f"/proc/self/fd/{fd}")
+        except OSError:
+            continue
+        if target.startswith("socket:["):
+            inodes.add(target[8:-1])
+    found = 0
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            lines = open(table).read().splitlines()[1:]
+        except OSError:
+            continue
+        for line in lines:
+            parts = line.split()
+            remote_port = int(parts[2].rsplit(":", 1)[1], 16)
+            if parts[3] == "01" and remote_port == agent_port and parts[9] in inodes:
+                found += 1
+    return found
+
+seen = set()
+lock = threading.Lock()
+def listener(name):
+    def on(_snapshot):
+        with lock:
+            seen.add(name)
+    return on
+
+before = rss_kb()
+discovery = ServiceDiscovery(MeshConfig(address=address), rng=random.Random(1), wait=wait)
+for i in range(count):
+    discovery.watch(f"{prefix}-{i}", listener(f"{prefix}-{i}"))
+deadline = time.monotonic() + 30
+while len(seen) < count and time.monotonic() < deadline:
+    time.sleep(0.05)
+time.sleep(0.5)
+out = {
+    "resolved": len(seen),
+    "threads": threading.active_count(),
+    "connections": agent_connections(),
+    "kb_per_service": (rss_kb() - before) / count,
+}
+if idle_window > 0:
+    hub = discovery.hub
+    start = getattr(hub, "requests", 0)
+    time.sleep(idle_window)
+    out["idle_requests"] = getattr(hub, "requests", 0) - start
+print(json.dumps(out), flush=True)
+os._exit(0)  # the numbers are out; do not wait for hundreds of watches to close
+"""
+
+
+def _watch_process(address: str, prefix: str, count: int, idle: float, wait: float) -> Any:
+    result = subprocess.run(
+        [sys.executable, "-c", _WATCHER, address, prefix, str(count), str(idle), str(wait)],
+        capture_output=True,
+        text=True,
+        timeout=120 + idle,
+        check=False,
+    )
+    lines = result.stdout.strip().splitlines()
+    if not lines:
+        raise RuntimeError(f"watcher process failed: {result.stderr[-800:]}")
+    return json.loads(lines[-1])
+
+
+def _threads_and_sockets(ctx: Context, address: str) -> Iterator[Row]:
+    counts = (1, 100) if ctx.quick else (1, 100, 500, 1000)
+    prefix = f"bench-watch-{uuid.uuid4().hex[:6]}"
+    with Catalog(address) as catalog:
+        names = [f"{prefix}-{i}" for i in range(max(counts))]
+        catalog.populate_services(names)
+        catalog.wait_count(names[-1], 1)
+        try:
+            for count in counts:
+                idle = 45.0 if count == 500 and not ctx.quick else 0.0
+                wait = 15.0 if idle else 60.0
+                fig = _watch_process(address, prefix, count, idle, wait)
+                extra = {"resolved": fig["resolved"], "watched": count}
+                yield Row(f"discovery.watch.{count}.threads", fig["threads"], "", extra=extra)
+                yield Row(
+                    f"discovery.watch.{count}.agent_connections",
+                    fig["connections"],
+                    "",
+                    extra=extra,
+                )
+                yield Row(
+                    f"discovery.watch.{count}.kb_per_service",
+                    fig["kb_per_service"],
+                    "KB",
+                    extra=extra,
+                )
+                if idle:
+                    windows = idle / wait
+                    yield Row(
+                        "discovery.idle.500.requests_per_minute",
+                        fig["idle_requests"] / windows,
+                        "req",
+                        extra={
+                            **extra,
+                            "measures": "idle requests per wait window (= per minute at the "
+                            "default 60 s wait)",
+                            "wait_s": wait,
+                            "window_s": idle,
+                        },
+                    )
+        finally:
+            catalog.remove_services(names)
+
+
+def _request_path(ctx: Context, address: str) -> Iterator[Row]:
     config = MeshConfig(address=address)
     services = 5
-    wait = 2.5 if ctx.quick else 5.0
-    window = 7.5 if ctx.quick else 30.0
-    names = [f"bench-idle-{uuid.uuid4().hex[:8]}-{n}" for n in range(services)]
+    names = [f"bench-path-{uuid.uuid4().hex[:8]}-{n}" for n in range(services)]
     with ConsulClient(config) as client:
         for name in names:
-            body = {"Name": name, "ID": name, "Port": 1, "Address": "127.0.0.1"}
-            client.request("PUT", "/v1/agent/service/register", operation="reg", json=body)
+            _register(client, name, name, 1, check=False)
         time.sleep(0.5)
-        discovery = ServiceDiscovery(config, rng=random.Random(2), wait=wait)
-        try:
-            for name in names:
-                discovery.endpoints(name)
-            time.sleep(0.5)
-            before = discovery.hub.requests
-            time.sleep(window)
-            idle = discovery.hub.requests - before
-        finally:
-            discovery.close()
-        # The request path, on a discovery whose polls cannot expire meanwhile (600 s wait):
-        # every request counted here would come from endpoints() itself.
+        # Polls cannot expire meanwhile (600 s wait): every request counted would come from
+        # endpoints() itself.
         discovery = ServiceDiscovery(config, rng=random.Random(3), wait=600)
         try:
             for name in names:
@@ -265,81 +396,22 @@ def _idle(ctx: Context, address: str) -> Iterator[Row]:
             discovery.close()
             for name in names:
                 client.request("PUT", f"/v1/agent/service/deregister/{name}", operation="d")
-    per_window = idle / services / (window / wait)
-    yield Row(
-        "discovery.idle.requests_per_wait_window",
-        per_window,
-        "req",
-        extra={"wait_s": wait, "window_s": window, "services": services},
-    )
-    yield Row(
-        "discovery.idle.requests_per_service_minute",
-        idle / services / (window / 60.0),
-        "req/min",
-        extra={"wait_s": wait, "note": "at the default 60 s wait: requests_per_wait_window"},
-    )
-    yield Row(
-        "discovery.request_path.consul_requests", path_requests, "req", extra={"calls": calls}
-    )
-    yield Row("discovery.request_path.endpoints_call", per_call, "s")
-
-
-def _entry(i: int) -> dict[str, Any]:
-    sid = f"web-{i}"
-    return {
-        "Node": {
-            "ID": f"n{i % 50}",
-            "Node": f"node-{i % 50}",
-            "Address": f"10.0.{i // 250}.{i % 250}",
-            "Datacenter": "dc1",
-        },
-        "Service": {
-            "ID": sid,
-            "Service": "web",
-            "Tags": ["v1", "http"],
-            "Address": f"10.1.{i // 250}.{i % 250}",
-            "Meta": {"zone": f"z{i % 3}", "version": "1.4.2"},
-            "Port": 8000 + i % 1000,
-            "Weights": {"Passing": 1, "Warning": 1},
-        },
-        "Checks": [
-            {"CheckID": "serfHealth", "Status": "passing", "ServiceID": ""},
-            {"CheckID": f"service:{sid}", "Status": "passing", "ServiceID": sid},
-        ],
-    }
-
-
-def _scale(ctx: Context) -> Iterator[Row]:
-    for n in (1000, 5000):
-        body = json.dumps([_entry(i) for i in range(n)]).encode()
-        current = parse_health_entries(json.loads(body), service="web")
-        holder = {"snapshot": current}
-        repeat = 5 if ctx.quick else 20
-        best = float("inf")
-        for r in range(repeat):
-            # a different answer each time (one instance changed), as after a real change
-            data = json.loads(body)
-            data[r % n]["Checks"][1]["Status"] = "warning" if r % 2 else "passing"
-            started = time.perf_counter()
-            new = parse_health_entries(data, service="web")
-            if not _same_endpoints(holder["snapshot"], new):
-                holder["snapshot"] = new
-            best = min(best, time.perf_counter() - started)
-        tracemalloc.start()
-        base = tracemalloc.get_traced_memory()[0]
-        kept = parse_health_entries(json.loads(body), service="web")
-        used = tracemalloc.get_traced_memory()[0] - base
-        tracemalloc.stop()
-        assert len(kept) == n
-        yield Row(
-            f"discovery.scale.{n}.parse_and_swap", best, "s", extra={"json_decode": "excluded"}
-        )
-        yield Row(f"discovery.scale.{n}.parse_and_swap_per_endpoint", best / n, "s")
-        yield Row(f"discovery.scale.{n}.bytes_per_endpoint", used / n, "B")
+    yield Row("discovery.request_path.consul_requests", path_requests, "req", n=calls)
+    yield Row("discovery.request_path.endpoints_call", per_call * 1e6, "us", n=calls)
 
 
 def run(ctx: Context) -> Iterator[Row]:
-    address = _address(ctx)
-    yield from _propagation(ctx, address)
-    yield from _idle(ctx, address)
-    yield from _scale(ctx)
+    address = ctx.consul_address()
+    yield from _request_path(ctx, address)
+    binary = find_consul_binary()
+    if binary is None:
+        raise RuntimeError("no consul binary for the consul watch baseline")
+    directory, handler = compile_handler()
+    try:
+        yield from _propagation(ctx, address, binary, handler)
+        yield from _one_of_500(ctx, address, binary, handler)
+    finally:
+        for p in directory.iterdir():
+            p.unlink()
+        directory.rmdir()
+    yield from _threads_and_sockets(ctx, address)

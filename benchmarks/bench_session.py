@@ -27,6 +27,16 @@ Rows:
 * ``session.mesh_layer``: the mesh layer alone (``MeshAdapter.send`` with an inner adapter
   that answers at once, minus that adapter's own cost: routing, pick, breaker, retry
   bookkeeping, detector, stats) in a tight loop, in microseconds.
+* ``mesh.call.overhead`` (and ``_cpu``): ``Mesh.call(service, fn)`` where ``fn`` sends the
+  same GET with a lean ``requests.Session`` to the endpoint it is given, against calling
+  ``fn`` on that endpoint directly; alternated rounds, median per-round difference, in
+  microseconds per call: what the mesh's request path (pick, breaker permit, detector,
+  budget, retry bookkeeping) costs over the call itself, on a real discovered endpoint.
+  ``mesh.call.in_process``: the same with an ``fn`` that does no I/O (the layer in a tight
+  loop, cache-warm), over a bare call of that ``fn``.
+* ``session.throughput.threads=<k>``: requests per second of k threads (one session each)
+  through ``MeshSession`` against the same number of threads with a lean plain session
+  (it skips the proxy lookup too), same server, alternated rounds (target >= 0.95).
 """
 
 from __future__ import annotations
@@ -41,7 +51,7 @@ from typing import Any
 
 import requests
 import requests.adapters
-from _common import Context, Row, compare
+from _common import Context, Row, alternate, compare, compare_alternated
 
 from lake_mesh_consul._core.config import MeshConfig
 from lake_mesh_consul._core.health import HealthStatus
@@ -164,6 +174,122 @@ def _adapter_cost(mesh: Mesh, name: str, n: int, rounds: int) -> float:
     return best - best_canned
 
 
+def _mesh_call(mesh: Mesh, name: str, n: int, rounds: int) -> Iterator[Row]:
+    """Mesh.call over real endpoints against the same call made directly (paired rounds)."""
+    endpoint = mesh.balancer(name).pick()
+    with _LeanSession() as lean:
+
+        def get(ep: Any) -> requests.Response:
+            return lean.get(f"http://{ep.host_port}/", timeout=TIMEOUT)
+
+        def through_mesh() -> tuple[float, float]:
+            wall, cpu = time.perf_counter(), time.thread_time()
+            for _ in range(n):
+                mesh.call(name, get, idempotent=True)
+            return (time.perf_counter() - wall) / n, (time.thread_time() - cpu) / n
+
+        def direct() -> tuple[float, float]:
+            wall, cpu = time.perf_counter(), time.thread_time()
+            for _ in range(n):
+                get(endpoint)
+            return (time.perf_counter() - wall) / n, (time.thread_time() - cpu) / n
+
+        for _ in range(50):
+            get(endpoint)
+            mesh.call(name, get, idempotent=True)
+        xs: list[tuple[float, float]] = []
+        ys: list[tuple[float, float]] = []
+        for i in range(rounds):
+            pair = (through_mesh, direct) if i % 2 == 0 else (direct, through_mesh)
+            first, second = pair[0](), pair[1]()
+            x, y = (first, second) if i % 2 == 0 else (second, first)
+            xs.append(x)
+            ys.append(y)
+    for which, suffix in ((0, ""), (1, "_cpu")):
+        gap = statistics.median(x[which] - y[which] for x, y in zip(xs, ys, strict=True)) * 1e6
+        yield Row(
+            f"mesh.call.overhead{suffix}",
+            gap,
+            "us/call",
+            baseline=statistics.median(y[which] for y in ys) * 1e6,
+            n=rounds,
+            extra={"baseline_is": "the same fn called directly on the endpoint", "target": 5},
+        )
+
+    def noop(ep: Any) -> int:
+        return 1
+
+    loop = 20_000
+
+    def layer() -> float:
+        start = time.perf_counter()
+        for _ in range(loop):
+            mesh.call(name, noop, idempotent=True)
+        return (time.perf_counter() - start) / loop * 1e6
+
+    def bare() -> float:
+        start = time.perf_counter()
+        for _ in range(loop):
+            noop(endpoint)
+        return (time.perf_counter() - start) / loop * 1e6
+
+    xs_l, ys_l = alternate(layer, bare, max(3, rounds // 3))
+    row = compare_alternated(
+        "mesh.call.in_process", xs_l, ys_l, "us/call", baseline_is="fn(endpoint) called bare"
+    )
+    row.value = statistics.median(x - y for x, y in zip(xs_l, ys_l, strict=True))
+    row.extra["measures"] = "Mesh.call minus the bare call, fn without I/O, per call"
+    yield row
+
+
+def _throughput(session_factory: Any, url: str, threads: int, seconds: float) -> float:
+    """Requests per second of ``threads`` threads, one session each, for ``seconds``."""
+    import threading
+
+    stop = threading.Event()
+    counts = [0] * threads
+    sessions = [session_factory() for _ in range(threads)]
+    for session in sessions:
+        session.get(url, timeout=TIMEOUT)
+
+    def work(i: int) -> None:
+        session = sessions[i]
+        while not stop.is_set():
+            session.get(url, timeout=TIMEOUT)
+            counts[i] += 1
+
+    workers = [threading.Thread(target=work, args=(i,), daemon=True) for i in range(threads)]
+    started = time.perf_counter()
+    for w in workers:
+        w.start()
+    time.sleep(seconds)
+    stop.set()
+    for w in workers:
+        w.join(10)
+    elapsed = time.perf_counter() - started
+    for session in sessions:
+        session.close()
+    return sum(counts) / elapsed
+
+
+def _throughputs(mesh: Mesh, name: str, port: int, ctx: Context) -> Iterator[Row]:
+    seconds, rounds = (0.5, 2) if ctx.quick else (1.5, 4)
+    for threads in (1, 4, 16):
+        ours, theirs = alternate(
+            lambda t=threads: _throughput(mesh.session, f"http://{name}/", t, seconds),
+            lambda t=threads: _throughput(_LeanSession, f"http://127.0.0.1:{port}/", t, seconds),
+            rounds,
+        )
+        yield compare_alternated(
+            f"session.throughput.threads={threads}",
+            ours,
+            theirs,
+            "req/s",
+            baseline_is="lean plain requests.Session per thread, same server",
+            target=0.95,
+        )
+
+
 def run(ctx: Context) -> Iterator[Row]:
     n, rounds = (200, 9) if ctx.quick else (400, 24)
     process, port = _start_server()
@@ -191,12 +317,14 @@ def run(ctx: Context) -> Iterator[Row]:
                     n,
                     rounds,
                 )
+            yield from _mesh_call(mesh, name, n, rounds)
+            yield from _throughputs(mesh, name, port, ctx)
             layer_s = _adapter_cost(mesh, name, 5000, 5)
             plain_us = statistics.median(w for w, _ in figures["plain"]) * 1e6
             mesh_us = statistics.median(w for w, _ in figures["mesh"]) * 1e6
             target = {"target": 30}
-            yield Row("session.plain", plain_us, "us/req")
-            yield compare("session.mesh", mesh_us, plain_us, "us/req", target=1.05)
+            yield Row("session.plain", plain_us, "us/req", n=rounds)
+            yield compare("session.mesh", mesh_us, plain_us, "us/req", n=rounds, target=1.05)
             yield Row("session.overhead", _gap(figures, "mesh", "plain", 0), "us/req", extra=target)
             yield Row(
                 "session.overhead_cpu", _gap(figures, "mesh", "plain", 1), "us/req", extra=target

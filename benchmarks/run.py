@@ -47,6 +47,10 @@ def _cpu() -> str:
     return f"{model} x{os.cpu_count()}"
 
 
+def _print(row: Row, *, as_json: bool) -> None:
+    print(json.dumps(row.as_dict()) if as_json else row.as_text(), flush=True)
+
+
 def _modules(only: str | None) -> list[str]:
     names = sorted(p.stem for p in HERE.glob("bench_*.py"))
     return [n for n in names if only is None or only in n]
@@ -88,16 +92,13 @@ def main(argv: list[str] | None = None) -> int:
             started = time.perf_counter()
             try:
                 module = importlib.import_module(name)
-                rows: list[Row] = list(module.run(ctx))
+                # Rows are printed as they come: a module that fails late keeps its figures.
+                for row in module.run(ctx):
+                    _print(row, as_json=args.json)
             except Exception:
                 failed += 1
                 print(f"# {name} failed:\n{traceback.format_exc()}", file=sys.stderr, flush=True)
                 continue
-            for row in rows:
-                if args.json:
-                    print(json.dumps(row.as_dict()), flush=True)
-                else:
-                    print(row.as_text(), flush=True)
             if not args.json:
                 print(f"#   ({name}: {time.perf_counter() - started:.1f}s)", flush=True)
     finally:
