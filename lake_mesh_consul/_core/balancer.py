@@ -267,12 +267,6 @@ class _Census:
         self.available = available
 
 
-class _Cancelled(BaseException):
-    """Ends a RequestContext without an outcome (the endpoint was picked but not used)."""
-
-
-_CANCELLED = _Cancelled()
-
 #: A route's admission: ``(key, exclude) -> a started request`` (see ``admit_through``).
 Admission = Callable[[Key, frozenset[ServiceEndpoint]], "RequestContext"]
 
@@ -391,7 +385,11 @@ class RequestContext:
 
     def cancel(self) -> None:
         """End the request without an outcome (picked, but never sent)."""
-        self.finish(_CANCELLED)
+        if self._done:
+            return
+        self._done = True
+        now = self.ended = self._lb.monotonic()
+        self._stats.end(now, None)
 
     def finish(self, error: BaseException | None = None) -> None:
         """End the request now (as leaving the ``with`` block with ``error`` would)."""
