@@ -322,7 +322,7 @@ def test_about_one_nth_of_keys_move_when_one_of_n_changes(factory: type) -> None
     without_3 = tuple(e for e in ten if e.id != "web-3")
     before, after_add, after_remove = (
         [pick(k).id for k in KEYS]
-        for pick in (factory()._prepare_alone(c) for c in (ten, eleven, without_3))
+        for pick in (factory().prepare_candidates(c) for c in (ten, eleven, without_3))
     )
 
     moved_add = _moved(before, after_add)  # ideal 1/11 = 0.091

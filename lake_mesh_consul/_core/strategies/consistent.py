@@ -1,0 +1,404 @@
+"""Consistent hashing: the same key reaches the same instance (``ring_hash``, ``maglev``).
+
+What a reader finds here: :class:`RingHash` (Karger et al.; Envoy ``RING_HASH``) and
+:class:`Maglev` (Eisenbud et al., NSDI 2016; Envoy ``MAGLEV``), the functions that build
+their structures (:func:`ring_points`, :func:`maglev_fill`), and the rules that keep keys
+where they are:
+
+* Every point and permutation comes from the instance's identity ``(datacenter, node,
+  id)`` through :mod:`~lake_mesh_consul._core.hashing` (BLAKE2b / SHAKE-128), never from
+  the salted :func:`hash`, and the structures are built in the identities' sorted order,
+  so every process, whatever its discovery order, maps a key alike.
+* Ring hash: an instance's points depend on itself only (its identity and its weight),
+  so a removed instance moves exactly its own keys and an added one takes keys only for
+  itself: about 1/N of the keys move, and none between instances that did not change.
+* Maglev: about 1/N of the keys move, and a small share (a few percent of the table)
+  between others, as the paper describes.
+
+Both build in C-speed pieces where Python allows (SHAKE-128 digests cut into 64-bit
+points, ``sorted`` of plain ints, ``map`` over a dict), reuse per-instance hashes from the
+previous snapshot, and keep the last few tables by instance set, so an instance that goes
+critical and comes back costs no rebuild. A pick is one hash and one ``bisect`` (ring) or
+one index (Maglev), whatever the number of instances.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import math
+import random
+import sys
+from array import array
+from bisect import bisect_left
+from collections import OrderedDict
+from collections.abc import Sequence
+from typing import TypeVar
+
+from lake_mesh_consul._core.clock import SYSTEM_CLOCK, Clock
+from lake_mesh_consul._core.endpoint import ServiceEndpoint
+from lake_mesh_consul._core.hashing import endpoint_token, hash64, hash128
+from lake_mesh_consul._core.loadstats import EndpointStats, StatsRegistry
+from lake_mesh_consul._core.strategies.base import (
+    Accept,
+    Key,
+    PairedStrategy,
+    Prepared,
+    constant_pair,
+    extended,
+    next_owner,
+    walk_cap,
+)
+
+__all__ = [
+    "DEFAULT_MAGLEV_TABLE_SIZE",
+    "DEFAULT_MAX_RING_SIZE",
+    "DEFAULT_MIN_RING_SIZE",
+    "DEFAULT_POINTS_PER_WEIGHT",
+    "Maglev",
+    "RingHash",
+    "maglev_fill",
+    "ring_points",
+]
+
+#: Envoy's ``minimum_ring_size`` for ring hash (a lone instance gets this many points).
+DEFAULT_MIN_RING_SIZE = 1024
+#: Ring points of an instance of weight 1 (its share is within ~5% of fair at 512).
+DEFAULT_POINTS_PER_WEIGHT = 512
+#: Upper bound of ring points: beyond it the points per weight shrink (large fleets only:
+#: 131072 / 512 = 256 instances of weight 1 fit before it applies).
+DEFAULT_MAX_RING_SIZE = 1 << 17
+#: Envoy's default Maglev table size (a prime).
+DEFAULT_MAGLEV_TABLE_SIZE = 65537
+#: Tables (ring or Maglev) kept by instance set, so a set seen lately costs no rebuild.
+_KEPT_TABLES = 4
+
+_BIG_ENDIAN = sys.byteorder == "big"
+_V = TypeVar("_V")
+
+
+def _tokens(endpoints: Sequence[ServiceEndpoint]) -> list[bytes]:
+    return [endpoint_token(e.datacenter, e.node, e.id) for e in endpoints]
+
+
+def _remember(kept: OrderedDict[object, _V], key: object, value: _V) -> None:
+    kept[key] = value
+    kept.move_to_end(key)
+    while len(kept) > _KEPT_TABLES:
+        kept.popitem(last=False)
+
+
+# --- ring hash -----------------------------------------------------------------------------
+
+
+def ring_points(token: bytes, count: int) -> array[int]:
+    """The first ``count`` ring points of the instance whose identity is ``token``.
+
+    SHAKE-128 of the token, cut into little-endian 64-bit integers: an instance's points
+    are the same in every process, and its first ``k`` points are the same whatever
+    ``count >= k`` is asked for (an extendable-output hash), so an instance that gets fewer
+    points keeps the keys of the ones it keeps.
+    """
+    points = array("Q", hashlib.shake_128(token).digest(8 * count))
+    if _BIG_ENDIAN:
+        points.byteswap()
+    return points
+
+
+class RingHash(PairedStrategy):
+    """Consistent hashing on a ring (Karger et al.; Envoy ``RING_HASH``).
+
+    An instance of weight ``w`` owns ``round(points_per_weight * w)`` points on a ring of
+    64-bit hashes of its identity; a key goes to the owner of the first point at or after
+    the key's hash (a sorted array and :func:`bisect.bisect_left`: O(log size) in C).
+    Unlike Envoy's ring, whose points per instance follow the ring's total size, an
+    instance's points depend on nothing but itself, so when one of N instances leaves only
+    its keys move (about 1/N), each to the next point's owner, and when one joins it takes
+    about 1/(N+1), from every instance alike; no key moves between instances that did not
+    change, for any N. A lone instance gets ``min_ring_size`` points. Above
+    ``max_ring_size`` points (very large fleets) the points per weight shrink to fit, and a
+    change that crosses such a step moves about ``1 / points`` more.
+
+    Points come from the instance's identity ``(datacenter, node, id)``, keys are hashed
+    with BLAKE2b, so every process maps a key to the same instance. Without a key a random
+    point is used. Slow start does not apply (it would move keys while an instance warms).
+
+    Args:
+        points_per_weight: ring points of an instance of weight 1.
+        min_ring_size: Envoy's ``minimum_ring_size`` (1024); reached by a lone instance.
+        max_ring_size: upper bound of ring points.
+        rng: used only for picks without a key.
+    """
+
+    name = "ring_hash"
+    uses_weights = True
+    slow_start = False
+
+    def __init__(
+        self,
+        *,
+        points_per_weight: int = DEFAULT_POINTS_PER_WEIGHT,
+        min_ring_size: int = DEFAULT_MIN_RING_SIZE,
+        max_ring_size: int = DEFAULT_MAX_RING_SIZE,
+        rng: random.Random | None = None,
+        clock: Clock = SYSTEM_CLOCK,
+        stats: StatsRegistry | None = None,
+    ) -> None:
+        if not 1 <= min_ring_size <= max_ring_size:
+            raise ValueError("need 1 <= min_ring_size <= max_ring_size")
+        if not 1 <= points_per_weight <= max_ring_size:
+            raise ValueError("need 1 <= points_per_weight <= max_ring_size")
+        super().__init__(clock=clock, stats=stats)
+        self.points_per_weight = points_per_weight
+        self.min_ring_size = min_ring_size
+        self.max_ring_size = max_ring_size
+        self._rng = rng or random.Random()
+        self._points: dict[bytes, array[int]] = {}
+        self._rings: OrderedDict[object, tuple[list[int], list[int]]] = OrderedDict()
+
+    def point_counts(self, weights: Sequence[float]) -> list[int]:
+        """How many ring points each instance of ``weights`` gets (see the class)."""
+        total = math.fsum(weights)
+        per_weight = float(max(self.points_per_weight, math.ceil(self.min_ring_size / total)))
+        if per_weight * total > self.max_ring_size:
+            per_weight = max(1.0, self.max_ring_size // total)
+        return [max(1, round(per_weight * w)) for w in weights]
+
+    def _ring(self, tokens: list[bytes], counts: list[int]) -> tuple[list[int], list[int]]:
+        """The sorted points and each point's owner (an index into ``tokens``)."""
+        ident = (tuple(tokens), tuple(counts))
+        kept = self._rings.get(ident)
+        if kept is not None:
+            return kept
+        cache = self._points
+        fresh: dict[bytes, array[int]] = {}
+        owner_of: dict[int, int] = {}
+        # Sorted identity order: on the (2**-64-rare) equal point, the same owner everywhere.
+        for i in sorted(range(len(tokens)), key=tokens.__getitem__):
+            token, count = tokens[i], counts[i]
+            points = cache.get(token)
+            if points is None or len(points) < count:
+                points = ring_points(token, count)
+            fresh[token] = points
+            owner_of.update(zip(points[:count], itertools.repeat(i)))
+        self._points = fresh
+        ring = sorted(owner_of)
+        owners = list(map(owner_of.__getitem__, ring))
+        _remember(self._rings, ident, (ring, owners))
+        return ring, owners
+
+    def build(
+        self,
+        endpoints: tuple[ServiceEndpoint, ...],
+        weights: tuple[float, ...],
+        stats: tuple[EndpointStats, ...],
+    ) -> Prepared:
+        """The ring's lookup and a walk that goes on to the next distinct owner."""
+        if len(endpoints) == 1:
+            return constant_pair(endpoints[0])
+        points, owner_index = self._ring(_tokens(endpoints), self.point_counts(weights))
+        ring_owners = tuple(map(endpoints.__getitem__, owner_index))
+        owners = (*ring_owners, ring_owners[0])  # past the last point wraps to the first
+        size = len(points)
+        rnd = self._rng.random
+        hash_key = hash64
+        cap = walk_cap(len(endpoints), size)
+
+        def pick(key: Key = None) -> ServiceEndpoint:
+            if key is None:
+                return owners[int(rnd() * size)]
+            return owners[bisect_left(points, hash_key(key))]
+
+        def walk(key: Key, accept: Accept) -> ServiceEndpoint | None:
+            # Clockwise from the key's point to the next distinct owner that is accepted.
+            if key is None:
+                start = int(rnd() * size) % size
+            else:
+                start = bisect_left(points, hash_key(key)) % size
+            return next_owner(ring_owners, start, cap, accept, endpoints)
+
+        return pick, walk
+
+    def __repr__(self) -> str:
+        return f"RingHash(points_per_weight={self.points_per_weight})"
+
+
+# --- Maglev --------------------------------------------------------------------------------
+
+
+def _is_prime(n: int) -> bool:
+    if n < 2:
+        return False
+    if n % 2 == 0:
+        return n == 2
+    f = 3
+    while f * f <= n:
+        if n % f == 0:
+            return False
+        f += 2
+    return True
+
+
+def _next_prime(n: int) -> int:
+    while not _is_prime(n):
+        n += 1
+    return n
+
+
+def maglev_fill(
+    offsets: Sequence[int], skips: Sequence[int], weights: Sequence[float], size: int
+) -> list[int]:
+    """The Maglev table: the owner (an index into ``offsets``) of each of ``size`` slots.
+
+    Instance ``i`` prefers the slots ``offsets[i] + j * skips[i] (mod size)`` for j = 0,
+    1, 2...; in turns, each instance claims the first slot of its preference that is
+    still free (Maglev's ``Populate``), heavier instances more often (Envoy: an instance
+    claims in a round only while ``round * weight`` has earned it a turn, the heaviest in
+    every round). ``size`` must be a prime, every skip in ``[1, size)``.
+
+    Cost: probing a nearly full table is what makes this slow (the last free slots take
+    ``size / free`` probes each), so once only ``sqrt(size)`` slots are free each claim
+    takes the free slot that comes first in the instance's own order directly:
+    ``(slot - offset) * skip**-1 (mod size)`` is a slot's place in that order, and every
+    earlier place is already taken, so this is the slot probing would reach. The table is
+    the same as the paper's loop, in about a third of its time.
+    """
+    n = len(offsets)
+    owner = [-1] * size
+    taken = bytearray(size)
+    position = list(offsets)
+    left = size
+    dense = min(size, max(16, math.isqrt(size)))
+    free: list[int] | None = None
+    equal = all(w == weights[0] for w in weights)
+    heaviest = max(weights)
+    earned = [0.0] * n
+    turn = 0
+    while left:
+        turn += 1
+        for i in range(n):
+            if not equal:
+                if turn * weights[i] < earned[i]:
+                    continue
+                earned[i] += heaviest
+            if left > dense:
+                slot = position[i]
+                skip = skips[i]
+                while taken[slot]:
+                    slot += skip
+                    if slot >= size:
+                        slot -= size
+                taken[slot] = 1
+                owner[slot] = i
+                slot += skip
+                position[i] = slot - size if slot >= size else slot
+            else:
+                if free is None:
+                    free = [s for s in range(size) if not taken[s]]
+                inverse = pow(skips[i], -1, size)
+                base = -offsets[i] * inverse % size
+                places = [(s * inverse + base) % size for s in free]
+                k = places.index(min(places))
+                owner[free[k]] = i
+                del free[k]
+            left -= 1
+            if not left:
+                break
+    return owner
+
+
+class Maglev(PairedStrategy):
+    """Maglev consistent hashing (Eisenbud et al., NSDI 2016; Envoy ``MAGLEV``).
+
+    At preparation each instance walks its own permutation of a table of ``table_size``
+    slots (offset and skip from BLAKE2b of its identity) and the instances take turns
+    claiming free slots, heavier ones more often (Envoy's weighted variant; see
+    :func:`maglev_fill`). A pick is one hash and one index: ``table[hash(key) % size]``.
+    Shares are even to within a slot; about 1/N of keys move when one of N instances
+    changes (and a few percent between others). Without a key a random slot is used.
+    Slow start does not apply.
+
+    Args:
+        table_size: a prime (Envoy's default 65537). When there are more instances than
+            slots, the next prime above ``4 * N`` is used instead.
+        rng: used only for picks without a key.
+
+    Raises:
+        ValueError: ``table_size`` is not a prime.
+    """
+
+    name = "maglev"
+    uses_weights = True
+    slow_start = False
+
+    def __init__(
+        self,
+        *,
+        table_size: int = DEFAULT_MAGLEV_TABLE_SIZE,
+        rng: random.Random | None = None,
+        clock: Clock = SYSTEM_CLOCK,
+        stats: StatsRegistry | None = None,
+    ) -> None:
+        if not _is_prime(table_size):
+            raise ValueError(f"Maglev table_size must be a prime, got {table_size}")
+        super().__init__(clock=clock, stats=stats)
+        self.table_size = table_size
+        self._rng = rng or random.Random()
+        self._hashes: dict[bytes, tuple[int, int]] = {}
+        self._tables: OrderedDict[object, list[int]] = OrderedDict()
+
+    def build_table(
+        self, endpoints: tuple[ServiceEndpoint, ...], weights: tuple[float, ...]
+    ) -> list[int]:
+        """The lookup table as indices into ``endpoints`` (for tests and ``explain``)."""
+        tokens = _tokens(endpoints)
+        ident = (tuple(tokens), tuple(weights))
+        kept = self._tables.get(ident)
+        if kept is not None:
+            return kept
+        n = len(endpoints)
+        size = self.table_size if n <= self.table_size else _next_prime(4 * n)
+        cache = self._hashes
+        fresh = {t: cache.get(t) or hash128(t) for t in tokens}
+        self._hashes = fresh
+        order = sorted(range(n), key=tokens.__getitem__)  # the same turns in every process
+        hashes = [fresh[tokens[i]] for i in order]
+        filled = maglev_fill(
+            [h1 % size for h1, _ in hashes],
+            [h2 % (size - 1) + 1 for _, h2 in hashes],
+            [weights[i] for i in order],
+            size,
+        )
+        table = list(map(order.__getitem__, filled))
+        _remember(self._tables, ident, table)
+        return table
+
+    def build(
+        self,
+        endpoints: tuple[ServiceEndpoint, ...],
+        weights: tuple[float, ...],
+        stats: tuple[EndpointStats, ...],
+    ) -> Prepared:
+        """The table's lookup and a walk that goes on to the next distinct owner."""
+        if len(endpoints) == 1:
+            return constant_pair(endpoints[0])
+        table = tuple(map(endpoints.__getitem__, self.build_table(endpoints, weights)))
+        size = len(table)
+        rnd = self._rng.random
+        hash_key = hash64
+        table_x = extended(table)
+        cap = walk_cap(len(endpoints), size)
+
+        def pick(key: Key = None) -> ServiceEndpoint:
+            if key is None:
+                return table_x[int(rnd() * size)]
+            return table[hash_key(key) % size]
+
+        def walk(key: Key, accept: Accept) -> ServiceEndpoint | None:
+            start = int(rnd() * size) % size if key is None else hash_key(key) % size
+            return next_owner(table, start, cap, accept, endpoints)
+
+        return pick, walk
+
+    def __repr__(self) -> str:
+        return f"Maglev(table_size={self.table_size})"
