@@ -211,9 +211,9 @@ class ConsulAnswerTooLarge(ConsulError):
         self.operation = operation
         self.limit = limit
         self.size = size
-        seen = f"announced {size} bytes" if size is not None else f"passed {limit} bytes"
+        seen = f"announced {size} bytes, over" if size is not None else "grew past"
         super().__init__(
-            f"{operation}: the answer from {address} {seen}, over the cap of {limit} bytes; "
+            f"{operation}: the answer from {address} {seen} the cap of {limit} bytes; "
             "it was not read further (raise max_answer_bytes if the catalog really is that big)"
         )
 

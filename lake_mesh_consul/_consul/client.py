@@ -96,7 +96,7 @@ class ConsulResponse:
     """
 
     status: int
-    body: bytes
+    body: bytes = field(repr=False)  # may be large, and may quote anything (the token too)
     index: int
     known_leader: bool | None
     last_contact: float | None
@@ -505,7 +505,15 @@ class ConsulClient:
                 body = self._read_capped(raw, current)
             finally:
                 raw.close()
-        return self._answer(raw, body, operation, allow_404)
+        response = ConsulResponse.from_requests(
+            raw, address=self.address, operation=operation, body=body, token=self.config.token
+        )
+        del body, raw  # an error's frames must not hold the answer (it may quote the token)
+        error = self._status_error(response, allow_404)
+        if error is None:
+            return response
+        del response
+        raise error
 
     def _send(
         self,
@@ -541,40 +549,27 @@ class ConsulClient:
     def _read_capped(self, raw: requests.Response, current: Exchange) -> bytes:
         """The body of ``raw``, read in chunks and refused past ``max_answer_bytes``."""
         limit = self.config.max_answer_bytes
-        operation = current.operation
-        if raw.raw is None:  # an adapter that answered from memory
-            body = raw.content
-            if len(body) > limit:
-                raise ConsulAnswerTooLarge(self.address, operation, limit, len(body))
-            return body
-        chunks: list[bytes] = []
-        size = 0
         try:
-            for chunk in raw.iter_content(READ_CHUNK):
-                size += len(chunk)
-                if size > limit:
-                    raise ConsulAnswerTooLarge(self.address, operation, limit)
-                chunks.append(chunk)
+            body = _read_body(raw, limit)
         except requests.RequestException as exc:
-            raise self._map_transport_error(exc, operation, current) from self._detach(exc)
-        return b"".join(chunks)
+            raise self._map_transport_error(exc, current.operation, current) from self._detach(exc)
+        if body is None:
+            raise ConsulAnswerTooLarge(self.address, current.operation, limit)
+        return body
 
-    def _answer(
-        self, raw: requests.Response, body: bytes, operation: str, allow_404: bool
-    ) -> ConsulResponse:
-        response = ConsulResponse.from_requests(
-            raw, address=self.address, operation=operation, body=body, token=self.config.token
-        )
-        if response.status < 400 or (response.status == 404 and allow_404):
-            return response
-        text = self._quote(body.decode("utf-8", errors="replace"))
-        if response.status == 403:
-            raise PermissionDenied(operation)
-        if response.status == 404:
-            raise ConsulNotFound(404, text, operation)
-        if response.status == 429 and "too many concurrent connections" in text.lower():
-            raise ConsulConnectionLimit(self.address, operation, self.open_connections)
-        raise ConsulStatusError(response.status, text, operation)
+    def _status_error(self, response: ConsulResponse, allow_404: bool) -> ConsulError | None:
+        """The error an answer's status means (``None``: a usable answer)."""
+        status, operation = response.status, response.operation
+        if status < 400 or (status == 404 and allow_404):
+            return None
+        text = self._quote(response.body.decode("utf-8", errors="replace"))
+        if status == 403:
+            return PermissionDenied(operation)
+        if status == 404:
+            return ConsulNotFound(404, text, operation)
+        if status == 429 and "too many concurrent connections" in text.lower():
+            return ConsulConnectionLimit(self.address, operation, self.open_connections)
+        return ConsulStatusError(status, text, operation)
 
     def _raw_limit(self) -> int:
         # The socket-level cap counts headers and compressed bytes too: leave room for them.
@@ -666,6 +661,20 @@ def _deadline_seconds(deadline: Any) -> float:
     ):
         raise InvalidSetting("deadline", f"must be a positive number of seconds, got {deadline!r}")
     return float(deadline)
+
+
+def _read_body(raw: requests.Response, limit: int) -> bytes | None:
+    """The body of ``raw`` read in chunks, or ``None`` as soon as it passes ``limit`` bytes."""
+    if raw.raw is None:  # an adapter that answered from memory
+        return raw.content if len(raw.content) <= limit else None
+    chunks: list[bytes] = []
+    size = 0
+    for chunk in raw.iter_content(READ_CHUNK):
+        size += len(chunk)
+        if size > limit:
+            return None
+        chunks.append(chunk)
+    return b"".join(chunks)
 
 
 def _clean(text: str) -> str:
