@@ -59,10 +59,10 @@ import requests
 import requests.adapters
 from requests.models import PreparedRequest, Response
 from requests.sessions import merge_setting as _merge_setting
-from requests.structures import CaseInsensitiveDict
 
 from lake_mesh_consul._core.endpoint import ServiceEndpoint
 from lake_mesh_consul._core.retry_after import parse_retry_after
+from lake_mesh_consul._core.route import CallOptions
 from lake_mesh_consul.errors import (
     CircuitOpen,
     DeadlineExceeded,
@@ -320,20 +320,10 @@ class MeshAdapter(requests.adapters.BaseAdapter):
         if parts is None or service is None:
             raise requests.exceptions.InvalidURL(f"not a mesh URL: {url!r}", request=request)
         scheme, netloc, rest = parts
-        mesh = self.mesh
         send = self.inner.send
         headers = request.headers
         logical_host = netloc.rpartition("@")[2]
-        # What requests prepares is a CaseInsensitiveDict: its ``_store`` (lower-cased key ->
-        # (key, value)) is set and cleared directly: two Python-level calls less per attempt.
-        store: dict[str, tuple[str, str]] | None = None
-        if type(headers) is CaseInsensitiveDict:
-            store = headers._store  # type: ignore[attr-defined]
-            has_host = "host" in store
-        else:
-            has_host = "Host" in headers
-        set_host = self.preserve_host and not has_host
-        host_item = ("Host", logical_host)
+        set_host = self.preserve_host and "Host" not in headers
         # ``verify`` only applies to TLS: a plain-http attempt sends ``True`` so that requests
         # does not stat a CA-bundle path (REQUESTS_CA_BUNDLE) on every attempt for nothing.
         attempt_verify = verify if scheme == "https" else True
@@ -342,10 +332,7 @@ class MeshAdapter(requests.adapters.BaseAdapter):
         def attempt(endpoint: ServiceEndpoint, seconds: float | None) -> Response:
             request.url = f"{scheme}://{endpoint.host_port}{rest}"
             if set_host:
-                if store is not None:
-                    store["host"] = host_item
-                else:
-                    headers["Host"] = logical_host
+                headers["Host"] = logical_host
             if seconds is None:
                 capped = timeout
             elif timeout.__class__ is float or timeout.__class__ is int:  # the usual case
@@ -364,10 +351,7 @@ class MeshAdapter(requests.adapters.BaseAdapter):
             finally:
                 request.url = url
                 if set_host:
-                    if store is not None:
-                        del store["host"]
-                    else:
-                        del headers["Host"]
+                    del headers["Host"]
             response.url = url
             response.request = request
             response.mesh_endpoint = endpoint  # type: ignore[attr-defined]  # endpoint_of()
@@ -376,16 +360,14 @@ class MeshAdapter(requests.adapters.BaseAdapter):
 
         body = request.body
         try:
-            result = mesh._run(
-                mesh._services.get(service) or mesh._service(service),
-                attempt,
-                key=None,
-                method=request.method,
-                idempotent=None,
+            route = self.mesh.route(service)
+            options = CallOptions(
+                idempotent=route.retry_policy.is_idempotent(request.method, None),
                 status_of=_status,
                 retry_after_of=self._retry_after,
-                once=not (body is None or isinstance(body, bytes | str)),  # not replayable
+                replayable=body is None or isinstance(body, bytes | str),
             )
+            result = route.call(attempt, options)
         except requests.RequestException:
             raise
         except Exception as exc:

@@ -11,35 +11,32 @@ What a :class:`Mesh` owns, and what each piece is for::
     │   └── HealthCheckManager   one per registered instance (TTL heartbeats, metrics)
     ├── ConfigStore            KV configuration, live reload (strategy, thresholds, weights)
     ├── ServiceDiscovery       one blocking query per called service, served from memory
-    └── per called service (created on first use, then kept):
-        ├── LoadBalancer         following discovery; strategy, panic threshold, slow start
-        ├── FailureDetector      gate + recorder: outlier ejection and per-endpoint breakers
-        ├── RetryPolicy          from the service's effective configuration
-        └── RetryBudget          Finagle's budget, shared by every call to the service
+    └── per called service (created on first use, then kept): a Route
+        (lake_mesh_consul._core.route, Consul-free), following discovery and the service's
+        effective configuration; it owns the LoadBalancer, the FailureDetector (ejection and
+        per-endpoint breakers), the RetryPolicy and RetryBudget and the endpoint settings.
 
-The request path (:meth:`Mesh.call`, and the requests integration in
-:mod:`lake_mesh_consul.http`) is ``retry( pick(exclude=tried) -> breaker( fn(endpoint) ) )``
-(see :func:`lake_mesh_consul._core.retry.execute`): each attempt re-picks, excluding the
-endpoints already tried; an open breaker or an ejection moves the pick elsewhere without
-sending anything; only idempotent calls are retried after the request may have been sent;
-every outcome feeds the balancer's latency and load figures, the detector and the breaker.
+The request path (:meth:`Mesh.call`, ``mesh.balancer(...).request()`` and the requests
+integration in :mod:`lake_mesh_consul.http`) is the route's: :meth:`Route.request` picks an
+endpoint and takes its breaker permit in one step; each result is classified once and
+reported once (balancer figures, detector, breaker); retries re-pick among the endpoints not
+yet tried, and only idempotent calls are retried after the request may have been sent. When
+nothing is eligible a request goes to the best candidate (Envoy's panic) unless every
+instance is in maintenance, disabled or drained. Mesh is wiring: it builds each route's
+:class:`~lake_mesh_consul._core.route.RouteSettings` from configuration and feeds it
+discovery's endpoints.
 
 Discovery follows *every* instance of a called service (``passing_only=False``), so the
-balancer sees critical and maintenance instances, never picks them, and can apply Envoy's
-panic threshold honestly; :meth:`Mesh.explain` shows each instance with the reason it is or
-is not eligible.
-
-Recording: each attempt is tracked by the balancer (``request(record=False)``: outstanding
-count, latency, request and failure counts) and its outcome is reported once, by ``execute``,
-to the detector and through the breaker's permit. The balancer's own recorder (the detector)
-serves direct ``mesh.balancer(...).request()`` users only, so nothing is recorded twice.
+balancer sees critical and maintenance instances and can apply Envoy's panic threshold
+honestly; :meth:`Mesh.explain` shows each instance with the reason it is or is not eligible
+(the route's own census, the one its picks use).
 
 Live reload: a change of a service's effective configuration in KV is applied in place:
-the balancer swaps its strategy (outstanding counts and latency estimates survive), takes the
-new panic threshold and slow-start window; the detector takes the new ejection thresholds and
-hands the new breaker thresholds to every breaker it already owns (``set_policy``: state and
-counts kept); new retry policy and budget apply to the next call; endpoint weights,
-``drained`` and ``disabled`` are re-applied to the current snapshot.
+:meth:`Route.configure` swaps the strategy (outstanding counts and latency estimates
+survive), takes the new panic threshold and slow-start window, hands new ejection and breaker
+thresholds to the detector and every breaker it owns (state and counts kept); new retry
+policy and budget apply to the next call; endpoint weights, ``drained`` and ``disabled`` are
+re-applied to the current endpoints.
 
 This module imports the heavy parts (requests, python-consul2, tenacity, pybreaker);
 ``import lake_mesh_consul`` does not import it.
@@ -64,22 +61,25 @@ from lake_mesh_consul._consul.kvconfig import ConfigChange, ConfigStore, StartMo
 from lake_mesh_consul._consul.registry import ServiceRegistry
 from lake_mesh_consul._consul.watch import Consistency
 from lake_mesh_consul._core.balancer import LoadBalancer
-from lake_mesh_consul._core.breaker import BreakerState
 from lake_mesh_consul._core.clock import SYSTEM_CLOCK, Clock
 from lake_mesh_consul._core.config import EndpointConfig, MeshConfig, ServiceConfig
 from lake_mesh_consul._core.config_layers import EffectiveConfig
 from lake_mesh_consul._core.config_policies import (
-    apply_to_balancer,
     balancer_settings,
     detector_policy,
-    retry_budget,
     retry_policy,
 )
 from lake_mesh_consul._core.detector import FailureDetector
-from lake_mesh_consul._core.endpoint import ServiceEndpoint, Weights
-from lake_mesh_consul._core.health import HealthStatus
+from lake_mesh_consul._core.endpoint import ServiceEndpoint
 from lake_mesh_consul._core.registration import Check, ServiceMetadata, check_service_name
-from lake_mesh_consul._core.retry import RetryBudget, RetryPolicy, execute
+from lake_mesh_consul._core.retry import BudgetPolicy, RetryBudget, RetryPolicy
+from lake_mesh_consul._core.route import (
+    CallOptions,
+    EndpointSettings,
+    InstanceState,
+    Route,
+    RouteSettings,
+)
 from lake_mesh_consul._shutdown import ShutdownHook
 from lake_mesh_consul.errors import DiscoveryTimeout, InvalidSetting, MeshError
 
@@ -108,47 +108,6 @@ CLOSE_MARGIN = 2.0
 FLIGHT_SLACK = 1.0
 
 
-class _DetectorRecorder:
-    """The detector as the balancer's OutcomeRecorder, for direct ``balancer.request()`` use.
-
-    The mesh's own request path starts its contexts with ``record=False`` and records once,
-    through ``execute`` (with the breaker's permit), so this recorder never sees them.
-    """
-
-    def __init__(self, detector: FailureDetector) -> None:
-        self.detector = detector
-
-    def record(
-        self,
-        endpoint: ServiceEndpoint,
-        *,
-        success: bool,
-        duration: float,
-        error: BaseException | None = None,
-        status: int | None = None,
-    ) -> None:
-        self.detector.record(
-            endpoint, success=success, duration=duration, error=error, status=status
-        )
-
-    def __repr__(self) -> str:
-        return f"_DetectorRecorder({self.detector!r})"
-
-
-class DrainedByConfig:
-    """EndpointGate refusing endpoints whose EndpointConfig says ``drained``.
-
-    Thread-safe: the set is replaced by reference on configuration changes.
-    """
-
-    def __init__(self) -> None:
-        self.drained: frozenset[str] = frozenset()
-
-    def is_available(self, endpoint: ServiceEndpoint) -> bool:
-        """False for drained endpoints (by instance id)."""
-        return endpoint.id not in self.drained
-
-
 @dataclass(frozen=True)
 class InstanceExplanation:
     """One instance of a service and why it is or is not eligible right now.
@@ -172,6 +131,7 @@ class InstanceExplanation:
         weight: the weight a pick uses now (slow start included; 0 when not eligible).
         slow_start: the slow-start multiplier (1.0 when warmed up).
         config: the endpoint-level settings that apply to it (weight, drained, disabled).
+        node: the Consul node it runs on (an instance is (datacenter, node, id)).
     """
 
     id: str
@@ -190,6 +150,7 @@ class InstanceExplanation:
     weight: float
     slow_start: float
     config: Mapping[str, Any] = field(default_factory=dict)
+    node: str = ""
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready."""
@@ -356,40 +317,62 @@ def _clock_text(epoch: float) -> str:
     return time.strftime("%H:%M:%S", time.localtime(epoch))
 
 
+def _explained(state: InstanceState, clock: Clock) -> InstanceExplanation:
+    """An instance of the route's census, with wall-clock times for people."""
+    endpoint = state.endpoint
+    ejected_until = None
+    reasons = list(state.reasons)
+    if state.ejected_for > 0:
+        ejected_until = _wall(clock, state.ejected_for)
+        reasons = [
+            r.replace("ejected (", f"ejected until {_clock_text(ejected_until)} (", 1)
+            if r.startswith("ejected (")
+            else r
+            for r in reasons
+        ]
+    breaker = state.breaker
+    own = state.settings
+    config: dict[str, Any] = {}
+    if own is not None:
+        if own.weight is not None:
+            config["weight"] = own.weight
+        if own.drained:
+            config["drained"] = True
+        if own.disabled:
+            config["disabled"] = True
+    return InstanceExplanation(
+        id=endpoint.id,
+        address=endpoint.host_port,
+        health=endpoint.health.value,
+        eligible=state.eligible,
+        reasons=tuple(reasons),
+        breaker=breaker.state.value if breaker is not None else None,
+        breaker_retry_after=breaker.retry_after if breaker is not None else None,
+        ejected_until=ejected_until,
+        ejection_reason=state.ejection_reason if ejected_until else None,
+        outstanding=state.balancer.outstanding,
+        latency_ms=state.balancer.latency * 1000.0,
+        requests=state.balancer.requests,
+        failures=state.balancer.failures,
+        weight=state.balancer.weight,
+        slow_start=state.balancer.slow_start,
+        config=config,
+        node=endpoint.node,
+    )
+
+
 class _Service:
-    """Everything the mesh keeps for one called service (created once, then reused)."""
+    """One called service: its :class:`Route`, fed by discovery and configuration."""
 
     def __init__(self, mesh: Mesh, name: str) -> None:
         self.mesh = mesh
         self.name = name
         self.lock = threading.Lock()
         self.effective = mesh.store.effective(name)
-        values = self.effective.values
-        clock = mesh.clock
-        self.detector = FailureDetector(
-            detector_policy(values), clock=clock, rng=random.Random(mesh.rng.random())
+        self.route = Route(
+            name, self._settings(), clock=mesh.clock, rng=random.Random(mesh.rng.random())
         )
-        self.drained = DrainedByConfig()
-        settings = balancer_settings(values)
-        self.balancer = LoadBalancer(
-            name,
-            settings["strategy"],
-            gates=(self.detector,),  # + self.drained while config drains any endpoint
-            recorders=(_DetectorRecorder(self.detector),),
-            panic_threshold=settings["panic_threshold"],
-            slow_start_window=settings["slow_start_window"],
-            clock=clock,
-            rng=random.Random(mesh.rng.random()),
-        )
-        self.policy: RetryPolicy = retry_policy(values)
-        self.one_shot = dataclasses.replace(self.policy, attempts=1)
-        self.budget: RetryBudget = retry_budget(values, clock=clock)
-        self.endpoint_settings: dict[str, Mapping[str, Any]] = {}
-        self.per_try: dict[str, float] = {}
-        self.disabled: frozenset[str] = frozenset()
-        self.raw: Sequence[ServiceEndpoint] = ()
-        self._load_endpoint_settings()
-        self.filters = self._filters(values)
+        self.filters = self._filters(self.effective.values)
         self.unsubscribe: Callable[[], None] = _noop
         self.unsubscribe_config: Callable[[], None] = _noop
 
@@ -408,99 +391,67 @@ class _Service:
     def follow(self, timeout: float) -> None:
         """Subscribe to discovery (waiting up to ``timeout`` for the first answer)."""
         source = self.mesh.discovery.source(self.name, timeout=timeout, **self.filters)
-        self.unsubscribe = source.subscribe(self._on_endpoints)
-
-    def _on_endpoints(self, endpoints: Sequence[ServiceEndpoint]) -> None:
-        self.raw = tuple(endpoints)
-        self._push()
-
-    def _push(self) -> None:
-        """Apply endpoint settings to the raw snapshot and hand it to balancer and detector."""
-        endpoints = self.raw
-        keep_warning = bool(self.effective.get("keep_warning", True))
-        adjusted: list[ServiceEndpoint] = []
-        for e in endpoints:
-            settings = self.endpoint_settings.get(e.id)
-            weights = e.weights
-            health = e.health
-            if settings is not None:
-                if settings.get("weight") is not None:
-                    weights = Weights(int(settings["weight"]), weights.warning)
-                if settings.get("disabled"):
-                    health = HealthStatus.MAINTENANCE  # never picked, not even in panic
-            if not keep_warning and health is HealthStatus.WARNING:
-                weights = Weights(weights.passing, 0)
-            if weights is not e.weights or health is not e.health:
-                adjusted.append(dataclasses.replace(e, weights=weights, health=health))
-            else:
-                adjusted.append(e)
-        self.detector.update_endpoints(self.name, adjusted)
-        self.balancer.update(adjusted)
-
-    def _load_endpoint_settings(self) -> None:
-        store = self.mesh.store
-        snapshot = store.snapshot
-        settings: dict[str, Mapping[str, Any]] = {}
-        per_try: dict[str, float] = {}
-        service_per_try = self.effective.get("per_try_timeout")
-        for eid in snapshot.endpoints(self.name):
-            eff = snapshot.effective(self.name, eid)
-            values = eff.values
-            own = {
-                k: values[k]
-                for k in ("weight", "drained", "disabled")
-                if eff.provenance[k].level == "endpoint"
-            }
-            settings[eid] = own
-            timeout = values.get("per_try_timeout")
-            if timeout is not None and timeout != service_per_try:
-                per_try[eid] = float(timeout)
-        self.endpoint_settings = settings
-        self.per_try = per_try
-        self.drained.drained = frozenset(e for e, s in settings.items() if s.get("drained"))
-        self.disabled = frozenset(e for e, s in settings.items() if s.get("disabled"))
-        # The drain gate is asked about every pick: it is a gate only while it refuses
-        # someone (changing the gates rebuilds the snapshot: configuration changes only).
-        lb = self.balancer
-        gated = self.drained in lb.gates
-        if bool(self.drained.drained) != gated:
-            lb.gates = (self.detector, self.drained) if not gated else (self.detector,)
+        self.unsubscribe = source.subscribe(self.route.update)
 
     # -- configuration ------------------------------------------------------------------------
+
+    def _settings(self) -> RouteSettings:
+        """The route's settings from the service's effective configuration."""
+        values = self.effective.values
+        balancing = balancer_settings(values)
+        return RouteSettings(
+            strategy=balancing["strategy"],
+            panic_threshold=balancing["panic_threshold"],
+            slow_start_window=balancing["slow_start_window"],
+            keep_warning=bool(values.get("keep_warning", True)),
+            detector=detector_policy(values),
+            retry=retry_policy(values),
+            budget=BudgetPolicy(
+                min_retries_per_sec=int(values["retry.budget_min_per_second"]),
+                percent_can_retry=float(values["retry.budget_ratio"]),
+            ),
+            endpoints=self._endpoint_settings(values.get("per_try_timeout")),
+        )
+
+    def _endpoint_settings(self, service_per_try: Any) -> dict[str, EndpointSettings]:
+        """Endpoint-level settings by setting name (``<id>`` or ``<id>@<node>``)."""
+        snapshot = self.mesh.store.snapshot
+        settings: dict[str, EndpointSettings] = {}
+        for name in snapshot.endpoints(self.name):
+            eff = snapshot.effective(self.name, name)
+            timeout = eff.values.get("per_try_timeout")
+            weight = _own(eff, "weight")
+            settings[name] = EndpointSettings(
+                weight=None if weight is None else int(weight),
+                drained=bool(_own(eff, "drained")),
+                disabled=bool(_own(eff, "disabled")),
+                per_try_timeout=(
+                    float(timeout) if timeout is not None and timeout != service_per_try else None
+                ),
+            )
+        return settings
 
     def on_config(self, change: ConfigChange) -> None:
         """Apply the service's new effective settings in place (runs on the KV watch thread)."""
         with self.lock:
-            previous = self.effective
-            current = change.current.effective(self.name)
-            self.effective = current
-            old, new = previous.values, current.values
+            self.effective = change.current.effective(self.name)
+            settings = self._settings()
             try:
-                apply_to_balancer(self.balancer, new, previous=old)
+                self.route.configure(settings)
             except MeshError as exc:  # validated already; a strategy the balancer refuses
                 _log.warning("service %s: strategy not applied: %s", self.name, exc)
-            if _section(old, "detector.", "breaker.") != _section(new, "detector.", "breaker."):
-                # New thresholds apply at once to accrual, ejection and every breaker that
-                # exists (each keeps its state and counts; see CircuitBreaker.set_policy).
-                self.detector.set_policy(detector_policy(new))
-            if _section(old, "retry.", "per_try_timeout", "deadline") != _section(
-                new, "retry.", "per_try_timeout", "deadline"
-            ):
-                self.policy = retry_policy(new)
-                self.one_shot = dataclasses.replace(self.policy, attempts=1)
-            if _section(old, "retry.budget_") != _section(new, "retry.budget_"):
-                self.budget = retry_budget(new, clock=self.mesh.clock)
-            self._load_endpoint_settings()
-            filters = self._filters(new)
+                kept = self.route.settings.strategy
+                self.route.configure(dataclasses.replace(settings, strategy=kept))
+            filters = self._filters(self.effective.values)
             if filters != self.filters:
                 self.filters = filters
                 self.unsubscribe()
                 source = self.mesh.discovery.source(self.name, wait=False, **filters)
-                self.unsubscribe = source.subscribe(self._on_endpoints)
-            else:
-                self._push()
+                self.unsubscribe = source.subscribe(self.route.update)
         _log.info(
-            "service %s: configuration reloaded (strategy %s)", self.name, self.balancer.strategy
+            "service %s: configuration reloaded (strategy %s)",
+            self.name,
+            self.route.balancer.strategy,
         )
 
     def close(self) -> None:
@@ -512,8 +463,9 @@ def _noop() -> None:
     return None
 
 
-def _section(values: Mapping[str, Any], *prefixes: str) -> dict[str, Any]:
-    return {k: v for k, v in values.items() if k.startswith(prefixes)}
+def _own(eff: EffectiveConfig, key: str) -> Any:
+    """A setting set at the endpoint level itself (not inherited), else None."""
+    return eff.values[key] if eff.provenance[key].level == "endpoint" else None
 
 
 class _Flight(Generic[_T]):
@@ -948,31 +900,44 @@ class Mesh:
             raise
         return service
 
-    def balancer(self, service: str) -> LoadBalancer:
-        """The load balancer of ``service``, following discovery and the service's config.
+    def route(self, service: str) -> Route:
+        """The :class:`~lake_mesh_consul._core.route.Route` of ``service``: its request path.
 
         Created on first use (waiting up to ``discovery_timeout`` for Consul's first answer),
-        then shared. Its gates are the service's FailureDetector (ejections, breakers) and
-        the endpoints drained by configuration; the detector records every outcome of
-        ``balancer.request()``.
+        then shared; it follows discovery and the service's configuration. ``request()``
+        admits one request (pick + breaker permit) for callers that send themselves;
+        ``call()`` runs a function with retries; ``explain()`` is the pick's census.
 
         Raises:
             DiscoveryTimeout: no answer from Consul in time.
             InvalidSetting: an invalid service name (a ValueError too).
         """
-        return self._service(service).balancer
+        return self._service(service).route
+
+    def balancer(self, service: str) -> LoadBalancer:
+        """The load balancer of ``service`` (its route's), following discovery and config.
+
+        ``balancer.request()`` goes through the route's admission: the breaker permit is
+        taken with the pick (half-open probes included) and the outcome is recorded once,
+        to the balancer's figures, the detector and the breaker.
+
+        Raises:
+            DiscoveryTimeout: no answer from Consul in time.
+            InvalidSetting: an invalid service name (a ValueError too).
+        """
+        return self._service(service).route.balancer
 
     def detector(self, service: str) -> FailureDetector:
         """The FailureDetector (ejection and per-endpoint breakers) of ``service``."""
-        return self._service(service).detector
+        return self._service(service).route.detector
 
     def retry_policy(self, service: str) -> RetryPolicy:
         """The RetryPolicy in force for ``service`` (from its effective configuration)."""
-        return self._service(service).policy
+        return self._service(service).route.retry_policy
 
     def retry_budget(self, service: str) -> RetryBudget:
         """The RetryBudget shared by every call to ``service``."""
-        return self._service(service).budget
+        return self._service(service).route.budget
 
     def effective(self, service: str, endpoint: str | None = None) -> EffectiveConfig:
         """The effective settings of ``service`` (and ``endpoint``) with provenance."""
@@ -984,7 +949,8 @@ class Mesh:
         Raises:
             InvalidSetting: unknown strategy.
         """
-        self._service(service).balancer.set_strategy(strategy)
+        route = self._service(service).route
+        route.configure(dataclasses.replace(route.settings, strategy=strategy))
 
     def call(
         self,
@@ -1037,6 +1003,7 @@ class Mesh:
 
             reply = mesh.call("redis", ping, idempotent=True)
         """
+        route = self._service(service).route
         call: Callable[[ServiceEndpoint, float | None], _T]
         if pass_timeout:
             call = fn  # type: ignore[assignment]
@@ -1045,51 +1012,13 @@ class Mesh:
             def call(endpoint: ServiceEndpoint, _timeout: float | None) -> _T:
                 return fn(endpoint)
 
-        return self._run(
-            self._service(service),
-            call,
+        options = CallOptions(
             key=key,
-            method=method,
-            idempotent=idempotent,
+            idempotent=route.retry_policy.is_idempotent(method, idempotent),
             status_of=status_of,
             retry_after_of=retry_after_of,
         )
-
-    def _run(
-        self,
-        svc: _Service,
-        fn: Callable[[ServiceEndpoint, float | None], _T],
-        *,
-        key: str | bytes | None,
-        method: str | None,
-        idempotent: bool | None,
-        status_of: Callable[[_T], int | None] | None,
-        retry_after_of: Callable[[_T], float | None] | None,
-        once: bool = False,
-    ) -> _T:
-        """The request path shared by :meth:`call` and the requests integration.
-
-        ``execute`` picks through the balancer itself: each attempt's balancer context
-        (``exclude``: the endpoints this call already tried) tracks load and latency without
-        recording the outcome, which ``execute`` records once, to the detector and the
-        breaker's permit. No wrapper closure sits between ``execute`` and ``fn``.
-        """
-        return execute(
-            None,
-            fn,
-            policy=svc.one_shot if once else svc.policy,
-            budget=svc.budget,
-            detector=svc.detector,
-            clock=self.clock,
-            rng=self.rng,
-            method=method,
-            idempotent=idempotent,
-            status_of=status_of,
-            retry_after_of=retry_after_of,
-            balancer=svc.balancer,
-            key=key,
-            per_try=svc.per_try,
-        )
+        return route.call(call, options)
 
     def session(self, **kwargs: Any) -> MeshSession:
         """A :class:`lake_mesh_consul.http.MeshSession` routing through this mesh.
@@ -1113,102 +1042,35 @@ class Mesh:
             DiscoveryTimeout: first use, and Consul did not answer in time.
         """
         svc = self._service(service)
-        lb = svc.balancer
-        stats = lb.stats()
-        clock = self.clock
+        route = svc.route
+        state = route.explain()
         snapshot: ServiceSnapshot | None
         try:
             snapshot = self.discovery.snapshot(service, **svc.filters)
         except MeshError:
             snapshot = None
-        instances: list[InstanceExplanation] = []
-        raw = {e.id: e for e in svc.raw}
-        for state in stats.endpoints:
-            endpoint = state.endpoint
-            original = raw.get(endpoint.id, endpoint)
-            dstate = svc.detector.state(endpoint)
-            reasons: list[str] = []
-            health = original.health
-            if endpoint.id in svc.disabled:
-                reasons.append("disabled by config")
-            if health is HealthStatus.CRITICAL:
-                reasons.append("critical (a health check is failing)")
-            elif health is HealthStatus.MAINTENANCE:
-                reasons.append("maintenance")
-            elif endpoint.weight <= 0:
-                if health is HealthStatus.WARNING and original.weights.warning > 0:
-                    reasons.append("warning (keep_warning is off)")
-                else:
-                    reasons.append(f"{health.value} weight 0")
-            if endpoint.id in svc.drained.drained:
-                reasons.append("drained by config")
-            ejected_until = None
-            if dstate.ejected_until is not None and dstate.ejected_for > 0:
-                ejected_until = _wall(clock, dstate.ejected_for)
-                reasons.append(
-                    f"ejected until {_clock_text(ejected_until)} "
-                    f"({dstate.ejected_for:.1f}s left; {dstate.ejection_reason}, "
-                    f"ejection #{dstate.ejections})"
-                )
-            breaker = dstate.breaker
-            breaker_state = breaker.state.value if breaker is not None else None
-            retry_after = breaker.retry_after if breaker is not None else None
-            if breaker is not None:
-                if breaker.state is BreakerState.OPEN:
-                    if retry_after:
-                        reasons.append(f"breaker open (probe in {retry_after:.1f}s)")
-                    elif not state.eligible:
-                        reasons.append("breaker open")
-                elif breaker.state is BreakerState.FORCED_OPEN:
-                    reasons.append("breaker forced open")
-                elif breaker.state is BreakerState.HALF_OPEN and not state.eligible:
-                    reasons.append(f"breaker half-open ({breaker.probes_in_flight} probe(s) out)")
-            if not state.eligible and not reasons:
-                reasons.append(state.reason or "not eligible")
-            if state.eligible:
-                reasons = []
-            instances.append(
-                InstanceExplanation(
-                    id=endpoint.id,
-                    address=endpoint.host_port,
-                    health=health.value,
-                    eligible=state.eligible,
-                    reasons=tuple(reasons),
-                    breaker=breaker_state,
-                    breaker_retry_after=retry_after,
-                    ejected_until=ejected_until,
-                    ejection_reason=dstate.ejection_reason if ejected_until else None,
-                    outstanding=state.outstanding,
-                    latency_ms=state.latency * 1000.0,
-                    requests=state.requests,
-                    failures=state.failures,
-                    weight=state.weight,
-                    slow_start=state.slow_start,
-                    config=dict(svc.endpoint_settings.get(endpoint.id, {})),
-                )
-            )
-        policy = svc.policy
+        policy = route.retry_policy
         return Explanation(
             service=service,
-            strategy=stats.strategy,
+            strategy=state.strategy,
             strategy_source=svc.effective.provenance["strategy"].source,
-            registered=stats.registered,
-            eligible=stats.eligible,
-            panic=stats.panic,
-            panic_threshold=lb.panic_threshold * 100.0,
-            reason=stats.reason,
+            registered=state.registered,
+            eligible=state.eligible,
+            panic=state.panic,
+            panic_threshold=route.settings.panic_threshold * 100.0,
+            reason=state.reason,
             stale=snapshot.stale if snapshot is not None else True,
             age=snapshot.age if snapshot is not None else None,
             snapshot_source=snapshot.source if snapshot is not None else "unknown",
             discovery_error=snapshot.error if snapshot is not None else "no snapshot",
-            retry_budget_left=svc.budget.balance(),
+            retry_budget_left=route.budget.balance(),
             retry_attempts=policy.attempts,
             per_try_timeout=policy.per_try_timeout,
             deadline=policy.deadline,
             config_stale=self.store.stale if self._watch_config else False,
             config_index=self.store.snapshot.index,
-            instances=tuple(instances),
-            at=clock.time(),
+            instances=tuple(_explained(i, self.clock) for i in state.instances),
+            at=self.clock.time(),
         )
 
     def services(self) -> list[str]:

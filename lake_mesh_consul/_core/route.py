@@ -609,10 +609,15 @@ class Route:
         dstate = self._detector.state(state.endpoint)
         reasons = _health_reasons(endpoint, state, own, keep_warning=self._settings.keep_warning)
         if dstate.ejected_until is not None and dstate.ejected_for > 0:
-            reasons.append("ejected")
+            reasons.append(
+                f"ejected ({dstate.ejected_for:.1f}s left; {dstate.ejection_reason}, "
+                f"ejection #{dstate.ejections})"
+            )
         breaker = dstate.breaker
         if breaker is not None and not state.eligible:
-            if breaker.state is BreakerState.OPEN:
+            if breaker.state is BreakerState.OPEN and breaker.retry_after:
+                reasons.append(f"breaker open (probe in {breaker.retry_after:.1f}s)")
+            elif breaker.state is BreakerState.OPEN:
                 reasons.append("breaker open")
             elif breaker.state is BreakerState.FORCED_OPEN:
                 reasons.append("breaker forced open")

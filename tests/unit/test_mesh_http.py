@@ -3,17 +3,10 @@ re-picks that avoid tried endpoints, explanations. No Consul, no sockets."""
 
 from __future__ import annotations
 
-import types
-
 import pytest
 import requests
 
-from lake_mesh_consul._core.balancer import LoadBalancer
-from lake_mesh_consul._core.breaker import BreakerPolicy
 from lake_mesh_consul._core.config import MeshConfig
-from lake_mesh_consul._core.detector import DetectorPolicy, FailureDetector
-from lake_mesh_consul._core.endpoint import ServiceEndpoint
-from lake_mesh_consul._core.retry import RetryBudget, RetryPolicy
 from lake_mesh_consul.errors import (
     Attempt,
     CircuitOpen,
@@ -34,8 +27,7 @@ from lake_mesh_consul.http import (
     _mapped,
     service_of,
 )
-from lake_mesh_consul.mesh import Explanation, InstanceExplanation, Mesh, _DetectorRecorder
-from lake_mesh_consul.testing import FakeClock
+from lake_mesh_consul.mesh import Explanation, InstanceExplanation, Mesh
 
 
 @pytest.mark.parametrize(
@@ -124,79 +116,8 @@ def test_session_routes_only_mesh_urls():
         mesh.close()
 
 
-def _endpoints(n: int) -> list[ServiceEndpoint]:
-    return [ServiceEndpoint.create(f"e{i}", "10.0.0.1", 8000 + i, service="s") for i in range(n)]
-
-
-@pytest.mark.parametrize(
-    "strategy", ["round_robin", "random", "least_request", "ring_hash", "maglev", "nearest_first"]
-)
-def test_retries_repick_untried_endpoints_and_record_each_attempt_once(strategy: str) -> None:
-    clock = FakeClock()
-    endpoints = _endpoints(3)
-    detector = FailureDetector(
-        DetectorPolicy(
-            consecutive_failures=None,
-            window=None,
-            breaker=BreakerPolicy(consecutive_failures=100, window=None),
-        ),
-        clock=clock,
-    )
-    lb = LoadBalancer(
-        "s",
-        strategy,
-        endpoints=endpoints,
-        gates=(detector,),
-        recorders=(_DetectorRecorder(detector),),  # wired as the mesh wires it
-        clock=clock,
-    )
-    policy = RetryPolicy(attempts=3, backoff_base=0.0, backoff_max=0.0)
-    svc = types.SimpleNamespace(
-        balancer=lb,
-        detector=detector,
-        per_try={},
-        policy=policy,
-        one_shot=policy,
-        budget=RetryBudget(clock=clock),
-    )
-    mesh = Mesh(MeshConfig(address="127.0.0.1:1"), watch_config=False, clock=clock)
-    try:
-        for key in ("k1", b"k2", None):
-            tried: list[ServiceEndpoint] = []
-
-            def fn(
-                endpoint: ServiceEndpoint,
-                timeout: float | None,
-                tried: list[ServiceEndpoint] = tried,
-            ) -> str:
-                tried.append(endpoint)
-                if len(tried) < 3:
-                    raise ConnectionResetError("reset")
-                return "ok"
-
-            result = mesh._run(
-                svc,  # type: ignore[arg-type]
-                fn,
-                key=key,
-                method="GET",
-                idempotent=None,
-                status_of=None,
-                retry_after_of=None,
-            )
-            assert result == "ok"
-            assert len(set(tried)) == 3  # each retry went to an endpoint not yet tried
-    finally:
-        mesh.close()
-    # Nine attempts, six failed: recorded once each by the detector, the breakers and
-    # the balancer's own figures; nothing left outstanding.
-    states = detector.states("s")
-    assert sum(s.requests for s in states) == 9
-    assert sum(s.failures for s in states) == 6
-    assert sum(s.breaker.consecutive_failures for s in states if s.breaker) <= 6
-    figures = lb.stats().endpoints
-    assert sum(s.requests for s in figures) == 9
-    assert sum(s.failures for s in figures) == 6
-    assert all(s.outstanding == 0 for s in figures)
+# The retry path's re-picks and single recording moved with the request path into the
+# Route (tests/unit/test_route.py, test_retries_repick_untried_endpoints_and_record_...).
 
 
 def test_explanation_renders_every_state():
