@@ -2,7 +2,7 @@
 
 Instances are written through ``/v1/txn`` (catalog operations, 64 per transaction), each on
 a node of its own, as a fleet of VMs registers them: a node with tagged addresses and meta
-and a node-level health check (what ``serfHealth`` is on a real agent), a service with tags,
+and a node-level health check (shaped as ``serfHealth`` is on a real agent), a service with tags,
 meta, weights and tagged addresses, and a TTL-style service check with notes and output.
 What ``/v1/health/service/<name>`` then answers is Consul's own encoding of these objects
 (about 2 KB per instance with Consul 1.8.7), so every decoding figure works on real answers.
@@ -69,8 +69,10 @@ def _instance_ops(service: str, i: int) -> list[dict[str, Any]]:
                 "Verb": "set",
                 "Check": {
                     "Node": node,
-                    "CheckID": "serfHealth",
-                    "Name": "Serf Health Status",
+                    # Not "serfHealth": the leader reaps nodes whose serfHealth check has
+                    # no serf member behind it (consul leader.go, reconcileReaped).
+                    "CheckID": "node-health",
+                    "Name": "Node Health Status",
                     "Status": "passing",
                     "Output": "Agent alive and reachable",
                 },
