@@ -45,12 +45,13 @@ from types import MappingProxyType
 from typing import Any, ClassVar
 from urllib.parse import urlsplit
 
-from lake_mesh_consul._core.durations import parse_duration
+from lake_mesh_consul._core.durations import NANOSECOND, parse_duration
 from lake_mesh_consul._core.endpoint import Weights
 from lake_mesh_consul._core.health import HealthStatus
 from lake_mesh_consul.errors import InvalidSetting
 
 __all__ = [
+    "MAX_WEIGHT",
     "MIN_DEREGISTER_AFTER",
     "AliasCheck",
     "Check",
@@ -62,29 +63,37 @@ __all__ = [
     "TtlCheck",
     "check_host",
     "check_service_name",
+    "check_text",
     "default_service_id",
     "is_host",
+    "utf8_length",
 ]
 
 #: Consul's minimum for deregister_critical_service_after, in seconds.
 MIN_DEREGISTER_AFTER = 60.0
 #: Longest service name, id, tag or check id accepted (Consul has no limit; DNS has 63 per label).
 MAX_NAME_LENGTH = 255
-#: Consul's service meta limits (agent/structs/structs.go: metaKeyMaxLength and friends).
+#: Consul's service meta limits (agent/structs/structs.go: metaMaxKeyPairs, metaKeyMaxLength,
+#: metaValueMaxLength, checked in validateMetaPair with Go's len(), which counts bytes).
 META_MAX_PAIRS = 64
-#: Longest meta key Consul accepts.
+#: Longest meta key Consul accepts, in bytes (keys are ASCII: also characters).
 META_MAX_KEY_LENGTH = 128
-#: Longest meta value Consul accepts.
+#: Longest meta value Consul accepts, in bytes of UTF-8 (512 ``é`` are 1,024 bytes).
 META_MAX_VALUE_LENGTH = 512
+#: Largest service weight: Consul decodes ``Weights`` into Go ints (64-bit).
+MAX_WEIGHT = 2**63 - 1
 
 #: Letters, digits, ``-``, ``_`` and ``.``; starts and ends with a letter or digit.
-_NAME_RE = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9_.\-]*[A-Za-z0-9])?$")
-#: Service ids and check ids also appear in URL paths: no ``/``, ``?``, ``#``, spaces.
-_ID_RE = re.compile(r"^[^/?#%\s]+$")
-_META_KEY_RE = re.compile(r"^[A-Za-z0-9_\-]+$")
+_NAME_RE = re.compile(r"[A-Za-z0-9]([A-Za-z0-9_.\-]*[A-Za-z0-9])?\Z")
+#: Service ids and check ids also appear in URL paths: no ``/``, ``?``, ``#``, spaces. Every
+#: pattern here ends in ``\Z``: ``$`` would also match before a final newline (``"web\n"``).
+_ID_RE = re.compile(r"[^/?#%\s]+\Z")
+_META_KEY_RE = re.compile(r"[A-Za-z0-9_\-]+\Z")
+#: Control characters (C0, DEL, C1) and unpaired surrogates (not encodable as UTF-8).
+_UNSAFE_RE = re.compile("[\x00-\x1f\x7f-\x9f\ud800-\udfff]")
 #: One host name label: letters, digits, ``-`` (RFC 1123) and ``_`` (Docker and Consul node
 #: names use it, and resolvers accept it); 1..63 characters, no ``-`` at either end.
-_LABEL_RE = re.compile(r"^[A-Za-z0-9_]([A-Za-z0-9_\-]{0,61}[A-Za-z0-9_])?$")
+_LABEL_RE = re.compile(r"[A-Za-z0-9_]([A-Za-z0-9_\-]{0,61}[A-Za-z0-9_])?\Z")
 #: Longest host name (RFC 1123), without a trailing dot.
 MAX_HOST_LENGTH = 253
 #: The service name rule, as the end of an error message.
@@ -92,12 +101,49 @@ _NAME_RULE = (
     "a Consul service name has letters, digits, '-', '_' and '.', starts and ends with a "
     f"letter or digit, and is at most {MAX_NAME_LENGTH} characters"
 )
+#: What no script argument may hold: NUL (exec() refuses it), unpaired surrogates (no UTF-8).
+_ARG_UNSAFE_RE = re.compile("[\x00\ud800-\udfff]")
+#: An HTTP header name (RFC 9110 ``token``).
+_TOKEN_RE = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+\Z")
 _HTTP_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS"})
 _EMPTY: Mapping[str, Any] = MappingProxyType({})
 
 
 def _fail(field_name: str, reason: str) -> InvalidSetting:
     return InvalidSetting(field_name, reason)
+
+
+def _unsafe(text: str) -> str | None:
+    """A description of the first control character or unpaired surrogate in ``text``."""
+    found = _UNSAFE_RE.search(text)
+    if found is None:
+        return None
+    code = ord(found.group())
+    what = "an unpaired surrogate" if 0xD800 <= code <= 0xDFFF else "the control character"
+    return f"holds {what} U+{code:04X} at position {found.start()}"
+
+
+def check_text(value: Any, setting: str, *, allow: str = "") -> str:
+    """Return ``value`` when it is text without control characters (``allow`` excepted).
+
+    Consul stores any text, but a control character in a name, id, tag or meta value breaks
+    what comes after: an id with one cannot be put in the deregistration URL, a header value
+    with a CR LF splits the check's request.
+
+    Raises:
+        InvalidSetting: naming ``setting``, when ``value`` is not text or holds one.
+    """
+    if not isinstance(value, str):
+        raise _fail(setting, f"must be text, got {type(value).__name__}")
+    problem = _unsafe(value.translate(dict.fromkeys(map(ord, allow))) if allow else value)
+    if problem is not None:
+        raise _fail(setting, problem)
+    return value
+
+
+def utf8_length(text: str) -> int:
+    """The length of ``text`` in bytes of UTF-8: how Consul (Go's ``len``) counts it."""
+    return len(text.encode("utf-8", "surrogatepass"))
 
 
 def check_service_name(name: Any, setting: str = "name") -> str:
@@ -179,6 +225,8 @@ def _duration(field_name: str, value: Any, *, optional: bool) -> float | None:
         raise _fail(field_name, str(exc)) from None
     if seconds <= 0 or not math.isfinite(seconds):
         raise _fail(field_name, f"must be positive, got {value!r}")
+    if seconds < NANOSECOND / 2:  # Consul counts whole nanoseconds: this would be 0
+        raise _fail(field_name, f"must be at least 1ns (Consul's resolution), got {value!r}")
     return seconds
 
 
@@ -199,6 +247,17 @@ def _host_port(field_name: str, value: Any) -> None:
             field_name,
             f"expected host:port with an IP or host name ([...] around IPv6), got {value!r}",
         )
+
+
+def _check_id(value: Any, setting: str, what: str) -> str:
+    """A service or check id: in URL paths, so no spaces, ``/``, ``?``, ``#``, ``%``."""
+    if not isinstance(value, str) or not _ID_RE.match(value) or len(value) > MAX_NAME_LENGTH:
+        raise _fail(
+            setting,
+            f"{value!r} is not a {what} (no spaces, '/', '?', '#', '%'; at most "
+            f"{MAX_NAME_LENGTH} characters)",
+        )
+    return check_text(value, setting)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -245,14 +304,12 @@ class Check:
         set_ = object.__setattr__
         if type(self) is Check:
             raise TypeError("Check is abstract: use HttpCheck, TcpCheck, TtlCheck, ...")
-        if self.id is not None and (
-            not isinstance(self.id, str)
-            or not _ID_RE.match(self.id)
-            or len(self.id) > MAX_NAME_LENGTH
-        ):
-            raise _fail("id", f"{self.id!r} is not a check id (no spaces, '/', '?', '#', '%')")
+        if self.id is not None:
+            _check_id(self.id, "id", "check id")
         if self.name is not None and (not isinstance(self.name, str) or not self.name.strip()):
             raise _fail("name", "is empty")
+        if self.name is not None:
+            check_text(self.name, "name")
         if self.agent_run:
             set_(self, "interval", _duration("interval", self.interval, optional=False))
         elif self.interval is not None:
@@ -288,8 +345,7 @@ class Check:
                     raise _fail("status", f"unknown status {status!r}") from None
             if self.status is HealthStatus.MAINTENANCE:
                 raise _fail("status", "initial status must be passing, warning or critical")
-        if not isinstance(self.notes, str):
-            raise _fail("notes", "must be text")
+        check_text(self.notes, "notes", allow="\t\n\r")  # free text: lines are fine
         self._validate_kind()
 
     def _validate_kind(self) -> None:
@@ -338,6 +394,7 @@ class HttpCheck(Check):
     def _validate_kind(self) -> None:
         if not isinstance(self.url, str) or not re.match(r"^https?://[^\s/]+", self.url):
             raise _fail("url", f"expected an http:// or https:// URL, got {self.url!r}")
+        check_text(self.url, "url")  # urlsplit() would silently drop a tab or newline
         try:
             parts = urlsplit(self.url)
         except ValueError as exc:  # e.g. an unclosed IPv6 bracket
@@ -357,15 +414,19 @@ class HttpCheck(Check):
         headers: dict[str, tuple[str, ...]] = {}
         raw: dict[Any, Any] = dict(self.headers)
         for key, value in raw.items():
-            if not isinstance(key, str) or not key.strip() or ":" in key:
+            if not isinstance(key, str) or not _TOKEN_RE.match(key):
                 raise _fail("headers", f"{key!r} is not a header name")
             values = (value,) if isinstance(value, str) else tuple(value)
             if not all(isinstance(v, str) for v in values):
                 raise _fail(f"headers[{key!r}]", "values must be text")
+            for v in values:  # a CR LF would start a header of its own in the agent's request
+                check_text(v, f"headers[{key!r}]", allow="\t")
             headers[key] = values
         object.__setattr__(self, "headers", MappingProxyType(headers))
         if self.tls_server_name is not None and not self.tls_server_name.strip():
             raise _fail("tls_server_name", "is empty")
+        if self.tls_server_name is not None:
+            check_text(self.tls_server_name, "tls_server_name")
 
     def describe(self) -> str:
         """``http METHOD URL``."""
@@ -457,10 +518,11 @@ class AliasCheck(Check):
     node: str | None = None
 
     def _validate_kind(self) -> None:
-        if not isinstance(self.service_id, str) or not _ID_RE.match(self.service_id):
-            raise _fail("service_id", f"{self.service_id!r} is not a service id")
-        if self.node is not None and not self.node.strip():
+        _check_id(self.service_id, "service_id", "service id")
+        if self.node is not None and (not isinstance(self.node, str) or not self.node.strip()):
             raise _fail("node", "is empty")
+        if self.node is not None:
+            check_text(self.node, "node")
 
     def describe(self) -> str:
         """``alias <service id>``."""
@@ -486,6 +548,9 @@ class ScriptCheck(Check):
         args = tuple(given)
         if not all(isinstance(a, str) and a for a in args):
             raise _fail("args", "every argument must be non-empty text")
+        for i, arg in enumerate(args):  # exec() refuses a NUL; the rest is the script's own
+            if _ARG_UNSAFE_RE.search(arg):
+                raise _fail(f"args[{i}]", "holds a NUL character or an unpaired surrogate")
         object.__setattr__(self, "args", args)
 
     def describe(self) -> str:
@@ -560,16 +625,18 @@ class ServiceMetadata:
             check_host(self.address, "address")
         if not self.id:
             set_(self, "id", default_service_id(self.name, self.address, self.port))
-        elif (
-            not isinstance(self.id, str)
-            or not _ID_RE.match(self.id)
-            or len(self.id) > MAX_NAME_LENGTH
-        ):
-            raise _fail("id", f"{self.id!r} is not a service id (no spaces, '/', '?', '#', '%')")
+        else:
+            _check_id(self.id, "id", "service id")
         set_(self, "tags", self._valid_tags(self.tags))
         set_(self, "meta", self._valid_meta(self.meta))
         if not isinstance(self.weights, Weights):
             raise _fail("weights", "expected lake_mesh_consul.Weights(passing=..., warning=...)")
+        for part in ("passing", "warning"):
+            weight = getattr(self.weights, part)
+            if isinstance(weight, bool) or not isinstance(weight, int) or weight > MAX_WEIGHT:
+                raise _fail(
+                    f"weights.{part}", f"must be a whole number up to 2**63-1, got {weight!r}"
+                )
         if not isinstance(self.enable_tag_override, bool):
             raise _fail("enable_tag_override", "must be true or false")
         set_(self, "checks", self._valid_checks(self.checks))
@@ -584,6 +651,7 @@ class ServiceMetadata:
                 raise _fail(f"tags[{i}]", "is empty")
             if len(tag) > MAX_NAME_LENGTH:
                 raise _fail(f"tags[{i}]", f"is longer than {MAX_NAME_LENGTH} characters")
+            check_text(tag, f"tags[{i}]")
         return out
 
     @staticmethod
@@ -594,7 +662,7 @@ class ServiceMetadata:
             raise _fail("meta", f"has {len(meta)} keys; Consul allows {META_MAX_PAIRS}")
         out: dict[str, str] = {}
         for key, value in meta.items():
-            if not isinstance(key, str) or not _META_KEY_RE.match(key):
+            if not isinstance(key, str) or not _META_KEY_RE.match(key) or not key.isascii():
                 raise _fail("meta", f"key {key!r} may hold only letters, digits, '-' and '_'")
             if len(key) > META_MAX_KEY_LENGTH:
                 raise _fail(f"meta[{key!r}]", f"key longer than {META_MAX_KEY_LENGTH} characters")
@@ -602,9 +670,13 @@ class ServiceMetadata:
                 raise _fail(f"meta[{key!r}]", "the 'consul-' prefix is reserved by Consul")
             if not isinstance(value, str):
                 raise _fail(f"meta[{key!r}]", f"value must be text, got {type(value).__name__}")
-            if len(value) > META_MAX_VALUE_LENGTH:
+            check_text(value, f"meta[{key!r}]")
+            size = utf8_length(value)
+            if size > META_MAX_VALUE_LENGTH:
                 raise _fail(
-                    f"meta[{key!r}]", f"value longer than {META_MAX_VALUE_LENGTH} characters"
+                    f"meta[{key!r}]",
+                    f"value is {size} bytes of UTF-8; Consul allows {META_MAX_VALUE_LENGTH} "
+                    "(it counts bytes, not characters)",
                 )
             out[key] = value
         return MappingProxyType(out)
