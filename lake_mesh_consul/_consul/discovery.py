@@ -46,6 +46,7 @@ from lake_mesh_consul._consul.snapshot_store import endpoint_from_dict, endpoint
 from lake_mesh_consul._consul.watch import (
     DEFAULT_DEDICATED,
     Consistency,
+    Flag,
     ParamValue,
     SharedWatch,
     WatchHub,
@@ -332,7 +333,7 @@ class _View:
         self._store = owner._store
         self._persisted_at: float | None = None
         self.current = _Current((), "consul", 0)
-        self.ready = threading.Event()
+        self.ready = Flag()  # set once, never waited on
         if self._store is not None:
             loaded = self._store.load(query)
             if loaded is not None:

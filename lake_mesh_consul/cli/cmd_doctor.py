@@ -1,7 +1,10 @@
 """``lake-mesh doctor``: can this machine talk to Consul, and how?
 
 Reports the agent address, the leader, Consul's version, the datacenter, whether ACLs are
-enforced and whether the token works, and whether TLS is in use. Exit 0 when everything
+enforced and whether the token works, whether TLS is in use, and connections: the agent's
+per-client-IP connection limit (``limits.http_max_conns_per_client``, shared by every
+process on this host; "unknown" when the agent does not show it), this process's
+connections to the agent and the watch engine's budget per process. Exit 0 when everything
 needed works, 1 when something does not (each problem is named), and against an agent that
 cannot be reached, one line and exit 1.
 """
@@ -45,6 +48,7 @@ def diagnose(client: Any) -> dict[str, Any]:
 
     version = datacenter = node = default_policy = None
     acl_enabled: bool | None = None
+    me: dict[str, Any] = {}
     try:
         me = client.agent_self()
         cfg = me.get("Config") or {}
@@ -120,8 +124,26 @@ def diagnose(client: Any) -> dict[str, Any]:
             "client_certificate": bool(config.client_cert),
             "server_name": config.tls_server_name,
         },
+        "connections": _connections(config, me),
         "problems": problems,
         "ok": not problems,
+    }
+
+
+def _connections(config: Any, agent_self: dict[str, Any]) -> dict[str, Any]:
+    """The agent's per-client connection limit, ours, and the watch engine's budget."""
+    from lake_mesh_consul._consul.agent_sockets import agent_connection_limit, agent_connections
+    from lake_mesh_consul._consul.watch import DEFAULT_DEDICATED
+
+    per_process = DEFAULT_DEDICATED + 2  # dedicated watches + the multiplexer's two loops
+    return {
+        "agent_limit_per_client": agent_connection_limit(agent_self),
+        "this_process": agent_connections(config.host, config.port),
+        "watch_budget": {
+            "dedicated_watches": DEFAULT_DEDICATED,
+            "threads": per_process,
+            "connections": per_process,
+        },
     }
 
 
@@ -155,6 +177,9 @@ def run(args: argparse.Namespace, out: Output) -> int:
             auth_text += f" ({token.get('description') or ', '.join(token['policies'])})"
         if acl["enabled"] and not acl["token_set"] and acl["token_works"] is False:
             auth_text = "none set (anonymous denied)"
+        conns = report["connections"]
+        limit = conns["agent_limit_per_client"]
+        budget = conns["watch_budget"]
         policy = (
             f", default {acl['default_policy']}" if acl["enabled"] and acl["default_policy"] else ""
         )
@@ -174,6 +199,19 @@ def run(args: argparse.Namespace, out: Output) -> int:
                     else "no (http)"
                 ),
                 "consul client": consul_client.summary,
+                "agent connection limit": (
+                    "unknown"
+                    if limit is None
+                    else f"{limit} per client IP (limits.http_max_conns_per_client)"
+                ),
+                "connections (this process)": (
+                    "unknown" if conns["this_process"] is None else conns["this_process"]
+                ),
+                "watch engine budget": (
+                    f"{budget['connections']} connections, {budget['threads']} threads per "
+                    f"process, whatever the number of services ({budget['dedicated_watches']} "
+                    "dedicated + 2 multiplexed)"
+                ),
             }
         )
         for warning in consul_client.warnings:
