@@ -3,9 +3,11 @@
 #   * Debian packages, when missing and we are root: python3-venv, docker.io (+ compose);
 #   * the virtual environment .venv with `pip install -e '.[test]'` (redone when
 #     pyproject.toml changes);
-#   * Consul: `lake-mesh agent provision` fetches Debian's consul package into the cache and,
-#     where a Docker engine runs or can be started, makes a Consul image available (official,
-#     or built FROM scratch). Nothing is fetched twice.
+#   * Consul: `lake-mesh agent provision --start-docker` fetches Debian's consul package into
+#     the cache and, where a Docker engine runs or can be started, makes a Consul image
+#     available (official, or built FROM scratch). Nothing is fetched twice. These scripts are
+#     the one place that asks for a Docker engine: the CLI and the pytest plugin start none
+#     unless told to.
 #
 # After sourcing: $PY is the venv's python, $LAKE_MESH the CLI, STARTED_DOCKERD=1 when this
 # run started the Docker engine (call stop_started_dockerd to stop it again).
@@ -46,7 +48,7 @@ _venv() {
     PY="$ROOT/.venv/bin/python"
     LAKE_MESH="$ROOT/.venv/bin/lake-mesh"
     local stamp
-    stamp=$(sha256sum pyproject.toml | cut -d' ' -f1)
+    stamp=$(cat pyproject.toml setup.py | sha256sum | cut -d' ' -f1)
     if [ ! -x "$LAKE_MESH" ] || [ "$(cat .venv/.lake-mesh-installed 2>/dev/null)" != "$stamp" ]; then
         step "pip install -e '.[test]'"
         "$PY" -m pip install -q --upgrade pip >/dev/null
@@ -62,7 +64,7 @@ _consul() {
         had_engine=1
     fi
     step "provisioning Consul (binary; image where Docker runs)"
-    "$LAKE_MESH" agent provision
+    "$LAKE_MESH" agent provision --start-docker
     if [ "$had_engine" -eq 0 ] && docker info >/dev/null 2>&1; then
         STARTED_DOCKERD=1
     fi

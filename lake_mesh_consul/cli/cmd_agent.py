@@ -3,7 +3,9 @@
 ``up`` tries, in order: Docker with the official image, Docker with an image built FROM
 scratch from Debian's consul package, and the package's binary run directly (see
 :mod:`lake_mesh_consul.testing._provision`). It prints the ``CONSUL_HTTP_ADDR`` to export;
-progress goes to stderr.
+progress goes to stderr. It never starts a system daemon unless told: a Docker engine is
+started only with ``--start-docker`` or ``LAKE_MESH_START_DOCKER=1``; without a running
+engine, ``auto`` runs the binary and says so.
 """
 
 from __future__ import annotations
@@ -36,12 +38,7 @@ def register(subparsers: Any) -> None:
     up.add_argument(
         "--image", help="image to try first (default $CONSUL_IMAGE or the official image)"
     )
-    up.add_argument(
-        "--no-start-docker",
-        dest="start_docker",
-        action="store_false",
-        help="do not start a Docker engine when none runs",
-    )
+    _add_start_docker(up)
     up.add_argument("--json", action="store_true", help="print JSON")
     up.set_defaults(func=run_up)
 
@@ -62,14 +59,24 @@ def register(subparsers: Any) -> None:
         "provision",
         help="fetch what `agent up` needs (binary, image) without starting an agent",
     )
-    provision.add_argument(
-        "--no-start-docker",
-        dest="start_docker",
-        action="store_false",
-        help="do not start a Docker engine when none runs",
-    )
+    _add_start_docker(provision)
     provision.add_argument("--json", action="store_true", help="print JSON")
     provision.set_defaults(func=run_provision)
+
+
+def _add_start_docker(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--start-docker",
+        dest="start_docker",
+        action="store_true",
+        default=None,
+        help="start a Docker engine (dockerd, as root) when none runs; "
+        "default: $LAKE_MESH_START_DOCKER, else never",
+    )
+    # The old opt-out, now the default: kept so that existing scripts keep working.
+    parser.add_argument(
+        "--no-start-docker", dest="start_docker", action="store_false", help=argparse.SUPPRESS
+    )
 
 
 def run_up(args: argparse.Namespace, out: Output) -> int:
@@ -81,7 +88,7 @@ def run_up(args: argparse.Namespace, out: Output) -> int:
         host=args.host,
         port=args.port,
         image=args.image,
-        start_docker=args.start_docker,
+        start_docker=_provision.start_docker_requested(args.start_docker),
         progress=out.info,
     )
     if out.json_mode:
@@ -168,7 +175,7 @@ def run_provision(args: argparse.Namespace, out: Output) -> int:
     image = None
     engine = (
         _provision.start_docker_engine(progress=out.info)
-        if args.start_docker
+        if _provision.start_docker_requested(args.start_docker)
         else _provision.docker_available()
     )
     if engine:

@@ -15,9 +15,10 @@ The ladder, tried in order (``mode="auto"``):
 
 Everything downloaded lands in :func:`~lake_mesh_consul.testing._agent.cache_dir`, so a
 second run needs no network. A Docker engine is started (``dockerd --storage-driver=vfs
---bridge=none --iptables=false``) when we are root, one is installed and none runs; its pid
-and log go to the cache directory too, so that :func:`stop_docker_engine` can stop exactly
-the engine we started.
+--bridge=none --iptables=false``) only when asked (``start_docker=True``: the CLI's
+``--start-docker`` or ``LAKE_MESH_START_DOCKER=1``), we are root, one is installed and none
+runs; its pid and log go to the cache directory too, so that :func:`stop_docker_engine` can
+stop exactly the engine we started. Without a running engine, ``auto`` runs the binary.
 
 Nothing here imports requests or python-consul2: readiness is polled with urllib.
 """
@@ -35,7 +36,7 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -62,6 +63,7 @@ __all__ = [
     "ensure_image",
     "image_present",
     "start_docker_engine",
+    "start_docker_requested",
     "stop_docker_engine",
     "wait_for_leader",
 ]
@@ -80,6 +82,9 @@ DEFAULT_HTTP_PORT = 8500
 PULL_RETRY_AFTER = 24 * 3600.0
 #: The keyring apt verifies Debian's archive with.
 DEBIAN_KEYRING = "/usr/share/keyrings/debian-archive-keyring.gpg"
+
+#: Environment variable allowing ``agent up`` / ``agent provision`` to start a Docker engine.
+START_DOCKER_ENV = "LAKE_MESH_START_DOCKER"
 
 #: A callable that shows one line of progress (the CLI writes it to stderr).
 Progress = Callable[[str], None]
@@ -262,6 +267,18 @@ def docker_available(timeout: float = 10.0) -> bool:
     return (
         _run(["docker", "info", "--format", "{{.ServerVersion}}"], timeout=timeout).returncode == 0
     )
+
+
+def start_docker_requested(flag: bool | None, environ: Mapping[str, str] | None = None) -> bool:
+    """Whether a Docker engine may be started: the flag when given, else the environment.
+
+    ``LAKE_MESH_START_DOCKER`` set to ``1``, ``true``, ``yes`` or ``on`` allows it; anything
+    else (or unset) does not: starting a root daemon is never a default.
+    """
+    if flag is not None:
+        return flag
+    value = (os.environ if environ is None else environ).get(START_DOCKER_ENV, "")
+    return value.strip().lower() in ("1", "true", "yes", "on")
 
 
 def _dockerd_dir() -> Path:
@@ -720,13 +737,15 @@ def agent_up(
     host: str = "127.0.0.1",
     port: int = DEFAULT_HTTP_PORT,
     image: str | None = None,
-    start_docker: bool = True,
+    start_docker: bool = False,
     progress: Progress = _quiet,
 ) -> AgentState:
     """Start a local dev agent (or find the one already running) and return its state.
 
-    ``mode``: ``"auto"`` (container where a Docker engine runs or can be started, else the
-    binary), ``"container"`` or ``"binary"``. Idempotent: an agent we started that still
+    ``mode``: ``"auto"`` (container where a Docker engine runs, else the binary),
+    ``"container"`` or ``"binary"``. A Docker engine is started only with
+    ``start_docker=True``; without one, ``auto`` says so through ``progress`` and in the
+    state's notes, and runs the binary. Idempotent: an agent we started that still
     runs is reused; an agent someone else runs on the address is reported as ``external``.
 
     Raises:
@@ -761,10 +780,22 @@ def agent_up(
                     raise
                 progress(f"container path failed ({exc}); running the binary instead")
         elif mode == "container":
-            raise ProvisioningError("no Docker engine is running and none could be started")
+            raise ProvisioningError(
+                "no Docker engine is running and none could be started"
+                if start_docker
+                else "no Docker engine is running (start one, or pass --start-docker)"
+            )
         else:
-            progress("no Docker engine: running the consul binary directly")
+            why = "none could be started" if start_docker else _NO_ENGINE_HINT
+            progress(f"no Docker engine is running ({why}): running the consul binary directly")
+            state = _start_binary(host, port, progress)
+            state.notes.append("binary: no Docker engine running")
+            return state
     return _start_binary(host, port, progress)
+
+
+#: What ``agent up`` says when it runs the binary because no engine runs.
+_NO_ENGINE_HINT = "lake-mesh starts one only with --start-docker or LAKE_MESH_START_DOCKER=1"
 
 
 def _stop_state(state: AgentState) -> None:
