@@ -63,8 +63,8 @@ def _wait_size(mesh: Mesh, service: str, n: int) -> None:
 
 def _picks(ctx: Context) -> Iterator[Row]:
     sizes = (10, 1000) if ctx.quick else (10, 100, 1000, 10_000)
-    calls = 20_000 if ctx.quick else 100_000
-    rounds = 5 if ctx.quick else 9
+    calls = 5_000 if ctx.quick else 50_000
+    rounds = 3 if ctx.quick else 9
     plain_keys: list[Any] = [None] * calls
     hash_keys: list[Any] = [f"user-{i}" for i in range(calls)]
     per_strategy: dict[str, dict[int, float]] = {name: {} for name in STRATEGIES}
