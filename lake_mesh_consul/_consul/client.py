@@ -714,8 +714,10 @@ def _detach(exc: BaseException, token: Secret | None) -> BaseException:
         if isinstance(item, _json.JSONDecodeError):
             item.doc = ""
         if isinstance(item, UnicodeError):
-            # The text being encoded: a header's value.
-            setattr(item, "object", getattr(item, "object", "")[:0])  # noqa: B010
+            # The text being encoded or decoded: a header's value, a file's bytes.
+            text = getattr(item, "object", "")
+            setattr(item, "object", text[:0])  # noqa: B010
+            item.args = tuple(arg[:0] if arg is text else arg for arg in item.args)
         item.args = tuple(_mask(a, token) if isinstance(a, str) else a for a in item.args)
         linked = [item.__cause__, item.__context__, getattr(item, "reason", None), *item.args]
         stack.extend(x for x in linked if isinstance(x, BaseException))

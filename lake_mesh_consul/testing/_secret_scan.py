@@ -46,18 +46,21 @@ def _texts(item: BaseException) -> Iterator[tuple[str, str]]:
             yield f".{name}", value
 
 
-def secret_findings(exc: BaseException, secret: str) -> list[str]:
+def secret_findings(exc: BaseException, secret: str, *, frame_locals: bool = True) -> list[str]:
     """Where ``secret`` shows in ``exc``'s chain: ``["ReadTimeout .request", ...]``.
 
     An empty list means nowhere: not in any message, repr, argument, plain attribute, nor
-    in the formatted traceback of the chain, local variables included.
+    in the formatted traceback of the chain, with the frames' local variables included
+    unless ``frame_locals`` is false. (Errors raised while the token is being *parsed* pass
+    through frames that hold it as a value, the caller's own first: there only the
+    traceback as ``log.exception`` prints it can be clean.)
     """
     found: list[str] = []
     for item in exception_chain(exc):
         for where, text in _texts(item):
             if secret in text:
                 found.append(f"{type(item).__name__} {where}")
-    for capture_locals in (False, True):
+    for capture_locals in (False, True) if frame_locals else (False,):
         formatted = "".join(
             traceback.TracebackException.from_exception(exc, capture_locals=capture_locals).format()
         )
