@@ -32,7 +32,8 @@ from types import MappingProxyType
 from typing import Any, Literal
 
 from lake_mesh_consul._core.durations import format_duration, parse_duration
-from lake_mesh_consul.errors import ConfigValidationError
+from lake_mesh_consul._core.registration import META_MAX_VALUE_LENGTH, check_text, utf8_length
+from lake_mesh_consul.errors import ConfigValidationError, InvalidSetting
 
 __all__ = [
     "BOOTSTRAP",
@@ -111,9 +112,10 @@ MAX_ITEMS = 64
 
 Kind = Literal["duration", "int", "float", "bool", "choice", "str_list", "str_map", "prefix"]
 
-_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
-_META_KEY_RE = re.compile(r"^[A-Za-z0-9_\-]{1,128}$")
-_PREFIX_RE = re.compile(r"^[A-Za-z0-9_.\-]+(/[A-Za-z0-9_.\-]+)*$")
+# Each pattern ends in \Z: ``$`` also matches before a final newline ("dc1\n", "mesh\n").
+_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-]*\Z")
+_META_KEY_RE = re.compile(r"[A-Za-z0-9_\-]{1,128}\Z")
+_PREFIX_RE = re.compile(r"[A-Za-z0-9_.\-]+(/[A-Za-z0-9_.\-]+)*\Z")
 
 
 @dataclass(frozen=True)
@@ -312,6 +314,14 @@ def _check_range(spec: FieldSpec, number: float, key: str | None) -> None:
         raise _fail(f"{shown} is out of range: must be {spec.range_text()}", spec, key)
 
 
+def _no_control(spec: FieldSpec, text: str, key: str | None) -> None:
+    """Refuse a control character or unpaired surrogate (what Consul's tags and meta hold)."""
+    try:
+        check_text(text, spec.path)
+    except InvalidSetting as exc:
+        raise _fail(f"{_describe(text)} {exc.reason}", spec, key) from None
+
+
 def _string_list(spec: FieldSpec, value: Any, key: str | None) -> tuple[str, ...]:
     if isinstance(value, str) or not isinstance(value, list | tuple):
         raise _fail(f"expected a list of strings, got {_describe(value)}", spec, key)
@@ -321,6 +331,7 @@ def _string_list(spec: FieldSpec, value: Any, key: str | None) -> tuple[str, ...
     for item in value:
         if not isinstance(item, str) or not item.strip():
             raise _fail(f"expected non-empty strings, got {_describe(item)}", spec, key)
+        _no_control(spec, item, key)
         if spec.path == "failover_datacenters" and not _NAME_RE.match(item):
             raise _fail(f"{item!r} is not a datacenter name", spec, key)
         if spec.choices and item not in spec.choices:
@@ -348,8 +359,14 @@ def _string_map(spec: FieldSpec, value: Any, key: str | None) -> Mapping[str, st
             raise _fail(
                 f"meta key {_describe(k)} must be 1-128 letters, digits, '_' or '-'", spec, key
             )
-        if not isinstance(v, str) or len(v) > 512:
-            raise _fail(f"meta {k!r} must be a string of at most 512 characters", spec, key)
+        if not isinstance(v, str) or utf8_length(v) > META_MAX_VALUE_LENGTH:
+            raise _fail(
+                f"meta {k!r} must be a string of at most {META_MAX_VALUE_LENGTH} bytes of UTF-8 "
+                "(Consul counts bytes)",
+                spec,
+                key,
+            )
+        _no_control(spec, v, key)
         out[k] = v
     return MappingProxyType(out)
 

@@ -62,6 +62,7 @@ __all__ = [
     "TcpCheck",
     "TtlCheck",
     "check_host",
+    "check_service_id",
     "check_service_name",
     "check_text",
     "default_service_id",
@@ -247,6 +248,18 @@ def _host_port(field_name: str, value: Any) -> None:
             field_name,
             f"expected host:port with an IP or host name ([...] around IPv6), got {value!r}",
         )
+
+
+def check_service_id(value: Any, setting: str = "id") -> str:
+    """Return ``value`` when it is a valid service instance id (it goes into URL paths).
+
+    No spaces, ``/``, ``?``, ``#``, ``%`` or control characters; at most
+    :data:`MAX_NAME_LENGTH` characters.
+
+    Raises:
+        InvalidSetting: naming ``setting``.
+    """
+    return _check_id(value, setting, "service id")
 
 
 def _check_id(value: Any, setting: str, what: str) -> str:

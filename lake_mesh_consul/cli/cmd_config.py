@@ -110,8 +110,42 @@ def _store(args: argparse.Namespace) -> Any:
 
 
 def _key(store: Any, key: str) -> str:
-    folder: str = store.layout.folder
-    return key if key.startswith(folder) else folder + key.lstrip("/")
+    return _checked_key(store.layout, key)
+
+
+def _checked_key(layout: Any, key: str) -> str:
+    """The full KV key for ``key``, refused unless a level of the layout with valid names.
+
+    ``services/bad name!`` is refused before anything is sent: no other command (nor the
+    mesh) would ever read a key whose service name or endpoint id Consul cannot hold.
+
+    Raises:
+        ConfigValidationError: the key is outside the layout, or names an invalid service
+            or endpoint id (exit 1, one line).
+    """
+    folder: str = layout.folder
+    full = key if key.startswith(folder) else folder + key.lstrip("/")
+    _level, service, endpoint = layout.require(full)
+    _check_names(service, endpoint, key=full)
+    return full
+
+
+def _check_names(service: str | None, endpoint: str | None, *, key: str | None = None) -> None:
+    """Refuse a service name or endpoint id that Consul cannot hold (before any request).
+
+    Raises:
+        ConfigValidationError: naming the key (when given) and the part at fault.
+    """
+    from lake_mesh_consul._core.registration import check_service_id, check_service_name
+    from lake_mesh_consul.errors import ConfigValidationError, InvalidSetting
+
+    try:
+        if service is not None:
+            check_service_name(service, "service")
+        if endpoint is not None:
+            check_service_id(endpoint, "endpoint")
+    except InvalidSetting as exc:
+        raise ConfigValidationError(f"{exc.setting}: {exc.reason}", key=key) from None
 
 
 def _read_input(path: str) -> bytes:
@@ -147,6 +181,7 @@ def run_get(args: argparse.Namespace, out: Output) -> int:
     if args.endpoint and not args.service:
         out.info("Error: --endpoint needs --service")
         return EXIT_USAGE
+    _check_names(args.service, args.endpoint)
     with closing(_store(args)) as store:
         snapshot = store.refresh()
         if args.effective:
@@ -254,9 +289,8 @@ def run_validate(args: argparse.Namespace, out: Output) -> int:
     prefix = args.prefix or os.environ.get("LAKE_MESH_KV_PREFIX") or "lake-mesh"
     name = "<stdin>" if args.file == "-" else args.file
     if args.key:
-        layout = KVLayout(prefix)
-        key = args.key if args.key.startswith(layout.folder) else layout.folder + args.key
-        level = layout.require(key)[0]
+        key = _checked_key(KVLayout(prefix), args.key)
+        level = KVLayout(prefix).require(key)[0]
         values = parse_document(body, level, key=key, kv=True)
         result: dict[str, Any] = {"valid": True, "level": level, "settings": to_document(values)}
     elif args.level:
@@ -296,6 +330,7 @@ def _looks_like_file(body: bytes) -> bool:
 
 def run_watch(args: argparse.Namespace, out: Output) -> int:
     """Print the configuration, then each change (JSON lines with ``--json``)."""
+    _check_names(args.service, None)
     store = _store(args)
     done = threading.Event()
     seen = [0]
