@@ -182,3 +182,40 @@ def test_check_definitions_have_a_public_home():
     for name in checks.__all__:
         assert getattr(checks, name) is getattr(registration, name)
         assert (getattr(checks, name).__doc__ or "").strip()
+
+
+# --- the policy types: one public module, outside the fifteen names (issue 13.7) ---------------
+
+
+def test_policy_types_are_public_sorted_and_documented():
+    import lake_mesh_consul.policies as policies
+
+    assert policies.__all__ == sorted(policies.__all__)
+    assert set(dir(policies)) >= set(policies.__all__)
+    for name in policies.__all__:
+        obj = getattr(policies, name)
+        assert obj is not None
+        if isinstance(obj, type):  # listener types are Callable aliases (documented by #:)
+            assert (obj.__doc__ or "").strip(), name
+    assert "policies" not in lake_mesh_consul.__all__  # the fifteen names stay fifteen
+
+
+def test_policy_types_are_the_ones_the_exported_classes_take():
+    from lake_mesh_consul import CircuitBreaker, FailureDetector
+    from lake_mesh_consul.policies import BreakerPolicy, DetectorPolicy, RetryPolicy
+
+    breaker = CircuitBreaker("b", BreakerPolicy(consecutive_failures=2))
+    assert breaker.policy == BreakerPolicy(consecutive_failures=2)
+    detector = FailureDetector(DetectorPolicy(breaker=BreakerPolicy()))
+    assert detector.policy.breaker == BreakerPolicy()
+    assert RetryPolicy().attempts >= 1
+
+
+def test_importing_the_policies_module_loads_no_heavy_dependency():
+    result = _python(
+        "import sys, json, lake_mesh_consul.policies;"
+        "print(json.dumps(sorted(m for m in sys.modules if m.split('.')[0] in "
+        f"{HEAVY!r})))"
+    )
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout) == []
