@@ -1098,6 +1098,8 @@ class Mesh:
             InvalidSetting: a name in ``services`` (asked for by the caller) is invalid.
         """
         self._check_open()
+        for name in services or ():  # the caller's names: checked before any network call
+            check_service_name(name, "service")
         if not self._started:
             self.start()
         skipped: dict[str, str] = {}

@@ -45,7 +45,6 @@ treated as "the agent forgot us".
 from __future__ import annotations
 
 import atexit
-import inspect
 import logging
 import random
 import signal
@@ -117,9 +116,6 @@ CLOSE_JOIN_TIMEOUT = 0.9
 DRAIN_CALL_BUDGET = 1.2
 #: Seconds close() waits for registrations in flight (each then deregisters itself).
 CLOSE_REGISTRATION_WAIT = 0.5
-
-# Whether ConsulClient.request takes an overall ``deadline`` (the client's hardening adds it).
-_CLIENT_DEADLINES = "deadline" in inspect.signature(ConsulClient.request).parameters
 
 #: Substrings of Consul's answers that mean "no such check" on a TTL update (1.8 answers
 #: 500 "CheckID ... does not have associated TTL"; newer agents 404 "Unknown check ID").
@@ -775,7 +771,7 @@ class ServiceRegistry:
         self, method: str, path: str, *, operation: str, deadline: float | None, **kwargs: Any
     ) -> ConsulResponse:
         """One call to the local agent's API (``dc`` never added), with ``deadline``."""
-        if deadline is not None and _CLIENT_DEADLINES:
+        if deadline is not None:
             kwargs["deadline"] = max(deadline, 0.001)
         return self._client.request(method, path, operation=operation, dc=False, **kwargs)
 

@@ -133,6 +133,8 @@ ENTRY_POINTS: dict[str, Callable[[Mesh, str], Any]] = {
     "retry_policy": lambda m, n: m.retry_policy(n),
     "retry_budget": lambda m, n: m.retry_budget(n),
     "set_strategy": lambda m, n: m.set_strategy(n, "random"),
+    "route": lambda m, n: m.route(n),
+    "status": lambda m, n: m.status([n]),
 }
 
 
