@@ -29,6 +29,7 @@ import itertools
 import math
 import random
 import sys
+import threading
 from array import array
 from bisect import bisect_left
 from collections import OrderedDict
@@ -66,8 +67,8 @@ DEFAULT_MIN_RING_SIZE = 1024
 #: Ring points of an instance of weight 1 (its share is within ~5% of fair at 512).
 DEFAULT_POINTS_PER_WEIGHT = 512
 #: Upper bound of ring points: beyond it the points per weight shrink (large fleets only:
-#: 131072 / 512 = 256 instances of weight 1 fit before it applies).
-DEFAULT_MAX_RING_SIZE = 1 << 17
+#: 65536 / 512 = 128 instances of weight 1 fit before it applies).
+DEFAULT_MAX_RING_SIZE = 1 << 16
 #: Envoy's default Maglev table size (a prime).
 DEFAULT_MAGLEV_TABLE_SIZE = 65537
 #: Tables (ring or Maglev) kept by instance set, so a set seen lately costs no rebuild.
@@ -103,6 +104,74 @@ def ring_points(token: bytes, count: int) -> array[int]:
     if _BIG_ENDIAN:
         points.byteswap()
     return points
+
+
+class _Ring:
+    """A ring being kept between snapshots: sorted points, their owners, each one's points.
+
+    Owners are small ids, stable while an instance stays (``ids``), so that a change of
+    some instances does not renumber the others' points. Not thread-safe: its
+    :class:`RingHash` holds a lock around it.
+    """
+
+    def __init__(self) -> None:
+        self.points: list[int] = []  # sorted
+        self.owners: list[int] = []  # the id owning each point
+        self.counts: dict[bytes, int] = {}  # points each instance has on the ring
+        self.ids: dict[bytes, int] = {}
+        self.free_ids: list[int] = []
+        self.cache: dict[bytes, array[int]] = {}  # each instance's points (a prefix is used)
+
+    @classmethod
+    def built(cls, counts: dict[bytes, int], cache: dict[bytes, array[int]]) -> _Ring:
+        """A ring of ``counts`` built from scratch (one sort), reusing cached points."""
+        ring = cls()
+        owner_of: dict[int, int] = {}
+        # Sorted identity order: on the (2**-64-rare) equal point, the same owner everywhere.
+        for token in sorted(counts):
+            sid = ring.ids[token] = len(ring.ids)
+            points = ring.points_of(token, counts[token], cache)
+            owner_of.update(zip(points, itertools.repeat(sid)))
+        ring.counts = dict(counts)
+        ring.points = sorted(owner_of)
+        ring.owners = list(map(owner_of.__getitem__, ring.points))
+        return ring
+
+    def points_of(
+        self, token: bytes, count: int, cache: dict[bytes, array[int]] | None = None
+    ) -> array[int]:
+        """The first ``count`` points of ``token`` (computed once, then cached)."""
+        points = (cache or self.cache).get(token)
+        if points is None or len(points) < count:
+            points = ring_points(token, count)
+        self.cache[token] = points
+        return points[:count]
+
+    def take_out(self, token: bytes) -> None:
+        """Remove ``token``'s points."""
+        sid = self.ids.pop(token)
+        points, owners = self.points, self.owners
+        for p in self.points_of(token, self.counts.pop(token)):
+            i = bisect_left(points, p)
+            while owners[i] != sid:  # an equal point of another instance (2**-64-rare)
+                i += 1
+            del points[i]
+            del owners[i]
+        del self.cache[token]
+        self.free_ids.append(sid)
+
+    def put_in(self, token: bytes, count: int) -> None:
+        """Add ``count`` points of ``token``."""
+        if token in self.ids:
+            self.take_out(token)
+        sid = self.free_ids.pop() if self.free_ids else len(self.ids)
+        self.ids[token] = sid
+        self.counts[token] = count
+        points, owners = self.points, self.owners
+        for p in self.points_of(token, count):
+            i = bisect_left(points, p)
+            points.insert(i, p)
+            owners.insert(i, sid)
 
 
 class RingHash(PairedStrategy):
@@ -153,8 +222,8 @@ class RingHash(PairedStrategy):
         self.min_ring_size = min_ring_size
         self.max_ring_size = max_ring_size
         self._rng = rng or random.Random()
-        self._points: dict[bytes, array[int]] = {}
-        self._rings: OrderedDict[object, tuple[list[int], list[int]]] = OrderedDict()
+        self._lock = threading.Lock()
+        self._state = _Ring()
 
     def point_counts(self, weights: Sequence[float]) -> list[int]:
         """How many ring points each instance of ``weights`` gets (see the class)."""
@@ -164,28 +233,36 @@ class RingHash(PairedStrategy):
             per_weight = max(1.0, self.max_ring_size // total)
         return [max(1, round(per_weight * w)) for w in weights]
 
-    def _ring(self, tokens: list[bytes], counts: list[int]) -> tuple[list[int], list[int]]:
-        """The sorted points and each point's owner (an index into ``tokens``)."""
-        ident = (tuple(tokens), tuple(counts))
-        kept = self._rings.get(ident)
-        if kept is not None:
-            return kept
-        cache = self._points
-        fresh: dict[bytes, array[int]] = {}
-        owner_of: dict[int, int] = {}
-        # Sorted identity order: on the (2**-64-rare) equal point, the same owner everywhere.
-        for i in sorted(range(len(tokens)), key=tokens.__getitem__):
-            token, count = tokens[i], counts[i]
-            points = cache.get(token)
-            if points is None or len(points) < count:
-                points = ring_points(token, count)
-            fresh[token] = points
-            owner_of.update(zip(points[:count], itertools.repeat(i)))
-        self._points = fresh
-        ring = sorted(owner_of)
-        owners = list(map(owner_of.__getitem__, ring))
-        _remember(self._rings, ident, (ring, owners))
-        return ring, owners
+    def _ring(
+        self, endpoints: tuple[ServiceEndpoint, ...], counts: list[int]
+    ) -> tuple[list[int], tuple[ServiceEndpoint, ...]]:
+        """The sorted points and each point's owner.
+
+        Kept between snapshots: instances that left take their points out and instances
+        that joined put theirs in (``bisect`` and ``list.insert``/``del``, in C), so one
+        instance changing costs O(its points x ring size / memmove speed), not a new sort.
+        A change of more than an eighth of the ring rebuilds it. Either way the ring is
+        the same set of points, so the result does not depend on the order of changes.
+        """
+        tokens = _tokens(endpoints)
+        with self._lock:
+            state = self._state
+            want = dict(zip(tokens, counts, strict=True))
+            gone = [t for t, c in state.counts.items() if want.get(t) != c]
+            new = [t for t, c in want.items() if state.counts.get(t) != c]
+            moved = sum(state.counts[t] for t in gone) + sum(want[t] for t in new)
+            if moved * 8 > len(state.points) or len(want) != len(tokens):
+                state = self._state = _Ring.built(want, state.cache)
+            else:
+                for token in gone:
+                    state.take_out(token)
+                for token in new:
+                    state.put_in(token, want[token])
+            ids = state.ids
+            by_id: list[ServiceEndpoint] = [endpoints[0]] * (len(ids) + len(state.free_ids))
+            for token, endpoint in zip(tokens, endpoints, strict=True):
+                by_id[ids[token]] = endpoint
+            return list(state.points), tuple(map(by_id.__getitem__, state.owners))
 
     def build(
         self,
@@ -196,8 +273,7 @@ class RingHash(PairedStrategy):
         """The ring's lookup and a walk that goes on to the next distinct owner."""
         if len(endpoints) == 1:
             return constant_pair(endpoints[0])
-        points, owner_index = self._ring(_tokens(endpoints), self.point_counts(weights))
-        ring_owners = tuple(map(endpoints.__getitem__, owner_index))
+        points, ring_owners = self._ring(endpoints, self.point_counts(weights))
         owners = (*ring_owners, ring_owners[0])  # past the last point wraps to the first
         size = len(points)
         rnd = self._rng.random
