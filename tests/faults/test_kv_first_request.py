@@ -154,3 +154,27 @@ def test_kv_written_before_start_rules_the_first_request_of_every_process(
     )
     assert wrong == [], wrong[:3]
     assert all(r["strategy"] == "ring_hash" and r["attempts"] == ATTEMPTS for r in results)
+
+
+def test_subscribe_since_catches_up_on_a_change_before_subscribing(
+    consul_agent: ConsulAgentHandle, unique_name: str
+) -> None:
+    """A consumer that read the configuration, then subscribes, misses no change between."""
+    config = MeshConfig(address=consul_agent.address, kv_prefix=unique_name)
+    with ConfigStore(config) as store:
+        before = store.snapshot  # what a new balancer would be built from
+        store.set(store.layout.service_key(unique_name), {"strategy": "random"})
+        deadline = time.monotonic() + 10
+        while store.effective(unique_name).strategy != "random":
+            assert time.monotonic() < deadline, "the store never applied the write"
+            time.sleep(0.02)
+        late: list[str] = []
+        store.subscribe(
+            lambda change: late.append(change.current.effective(unique_name).strategy),
+            service=unique_name,
+            since=before,
+        )
+        up_to_date: list[str] = []
+        store.subscribe(lambda change: up_to_date.append("called"), since=store.snapshot)
+        assert late == ["random"]  # delivered at once, before any later change
+        assert up_to_date == []  # nothing changed since its snapshot
