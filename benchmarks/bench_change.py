@@ -142,7 +142,7 @@ def _update_rows(
         snaps = [snap_a, snap_b]
         flips: list[float] = []
         same: list[float] = []
-        budget = time.monotonic() + 10.0  # a slow strategy gets fewer rounds (at least 3)
+        budget = time.monotonic() + 5.0  # a slow strategy gets fewer rounds (at least 3)
         for i in range(rounds):
             if i >= 3 and time.monotonic() > budget:
                 break

@@ -83,7 +83,7 @@ def run(ctx: Context) -> Iterator[Row]:
     )
 
     wait = 2.0 if ctx.quick else 5.0
-    window = 8.0 if ctx.quick else 30.0
+    window = 8.0 if ctx.quick else 15.0
     idle = config.replace(kv_prefix=prefix + "-idle", watch_wait=wait)
     with ConfigStore(idle) as store:
         watch = store.watch

@@ -342,7 +342,7 @@ def _threads_and_sockets(ctx: Context, address: str) -> Iterator[Row]:
         catalog.wait_count(names[-1], 1)
         try:
             for count in counts:
-                idle = 45.0 if count == 500 and not ctx.quick else 0.0
+                idle = 30.0 if count == 500 and not ctx.quick else 0.0
                 wait = 15.0 if idle else 60.0
                 fig = _watch_process(address, prefix, count, idle, wait)
                 extra = {"resolved": fig["resolved"], "watched": count}
