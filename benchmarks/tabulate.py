@@ -42,11 +42,11 @@ def table(lines: list[str]) -> str:
         "| row | value | baseline | ratio | n | baseline is / notes |",
         "|---|---|---|---|---|---|",
     ]
-    for line in lines:
-        line = line.strip()
-        if not line.startswith("{"):
+    for raw in lines:
+        text = raw.strip()
+        if not text.startswith("{"):
             continue
-        row = json.loads(line)
+        row = json.loads(text)
         if row.get("name") == "environment":
             continue
         notes = row.get("baseline_is") or row.get("measures") or ""
