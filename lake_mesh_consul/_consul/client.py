@@ -55,6 +55,7 @@ from lake_mesh_consul._consul.client_transport import (
     current_exchange,
     exchange,
     guarded_pool_classes,
+    process_connections,
 )
 from lake_mesh_consul._core.blocking import read_timeout_for_wait
 from lake_mesh_consul._core.config import MeshConfig, Secret
@@ -394,6 +395,14 @@ class ConsulClient:
     def open_connections(self) -> int:
         """Connections this client holds open to the agent right now."""
         return self._connections.count()
+
+    def process_connections(self) -> int:
+        """Connections this whole process holds open to this client's agent (all clients).
+
+        Consul's ``limits.http_max_conns_per_client`` (default 200) counts them per client IP:
+        every process on the host shares that budget.
+        """
+        return process_connections(self.config.host, self.config.port)
 
     def timeout_for(self, wait: Any) -> tuple[float, float]:
         """``(connect, read)`` timeouts for a request with blocking ``wait`` (or none)."""

@@ -40,6 +40,7 @@ __all__ = [
     "current_exchange",
     "exchange",
     "guarded_pool_classes",
+    "process_connections",
 ]
 
 #: Called with each connection right after it connected (e.g. to register it elsewhere).
@@ -79,6 +80,25 @@ class Exchange:
 
 
 _local = threading.local()
+
+#: Every guarded connection of the process (weakly), for :func:`process_connections`.
+_ALL_LOCK = threading.Lock()
+_ALL: weakref.WeakSet[HTTPConnection] = weakref.WeakSet()
+
+
+def process_connections(host: str, port: int) -> int:
+    """Open connections this process holds to ``host:port`` through any ConsulClient.
+
+    Consul's ``limits.http_max_conns_per_client`` counts connections per client IP, so this
+    is this process's share of that budget (other processes on the host count too).
+    """
+    with _ALL_LOCK:
+        conns = list(_ALL)
+    return sum(
+        1
+        for conn in conns
+        if conn.host == host and conn.port == port and getattr(conn, "sock", None) is not None
+    )
 
 
 def current_exchange() -> Exchange | None:
@@ -129,6 +149,8 @@ class ConnectionRegistry:
         with self._lock:
             self._conns.add(conn)
             closed = self.closed
+        with _ALL_LOCK:
+            _ALL.add(conn)
         if closed:
             shut(conn)
         elif self._on_connect is not None:

@@ -460,6 +460,8 @@ def test_the_limit_error_counts_this_clients_own_connections(limited_agent: DevA
             thread.start()
             parked.append(thread)
         time.sleep(0.5)
+        assert client.open_connections == LIMIT
+        assert client.process_connections() == LIMIT  # what doctor can show
         with pytest.raises(ConsulConnectionLimit) as caught:
             client.request("GET", "/v1/status/leader", operation="read leader")
         for thread in parked:
