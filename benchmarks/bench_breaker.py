@@ -40,16 +40,16 @@ def _overhead(n: int, repeat: int) -> Iterator[Row]:
 
     bare = per_call(_work, n=n, repeat=repeat)
     rows = {
-        "CircuitBreaker.call (ours, breaker only)": per_call(
+        # ours, the breaker alone
+        "breaker.overhead.circuit_breaker_call": per_call(
             lambda: breaker.call(_work), n=n, repeat=repeat
         ),
-        "pybreaker.CircuitBreaker.call": per_call(lambda: pb.call(_work), n=n, repeat=repeat),
-        "tenacity @retry-wrapped call": per_call(retrying, n=n, repeat=repeat),
+        "breaker.overhead.pybreaker_call": per_call(lambda: pb.call(_work), n=n, repeat=repeat),
+        "breaker.overhead.tenacity_retry": per_call(retrying, n=n, repeat=repeat),
     }
-    yield Row("breaker: bare call", bare * 1e6, "us")
+    yield Row("breaker.bare_call", bare * 1e6, "us", n=n)
     for name, seconds in rows.items():
-        overhead = (seconds - bare) * 1e6
-        yield Row(f"breaker: overhead {name}", overhead, "us", extra={"target_us": 5.0})
+        yield Row(name, (seconds - bare) * 1e6, "us", n=n, extra={"measures": "over a bare call"})
 
 
 def _throughput(wrap: Callable[[Callable[[], None]], object], seconds: float) -> float:
@@ -87,9 +87,10 @@ def _throughputs(seconds: float) -> Iterator[Row]:
     theirs = _throughput(pb.call, seconds)
     unit = "calls/s"
     label = f"{THREADS} threads x {IO_SECONDS * 1000:g} ms I/O"
-    yield Row(f"breaker: throughput unwrapped ({label})", unwrapped, unit)
-    yield compare("breaker: throughput CircuitBreaker.call vs unwrapped", ours, unwrapped, unit)
-    yield compare("breaker: throughput pybreaker.call vs unwrapped", theirs, unwrapped, unit)
+    base = {"baseline_is": f"the unwrapped call ({label})"}
+    yield Row("breaker.throughput.unwrapped", unwrapped, unit, extra={"measures": label})
+    yield compare("breaker.throughput.circuit_breaker_call", ours, unwrapped, unit, **base)
+    yield compare("breaker.throughput.pybreaker_call", theirs, unwrapped, unit, **base)
 
 
 def run(ctx: Context) -> Iterator[Row]:
