@@ -229,8 +229,8 @@ class ServiceRegistry:
 
     Thread-safety: every method may be called from any thread. A background daemon thread
     (started by the first :meth:`register`) re-registers forgotten services. :meth:`close`
-    stops it within 1 s, after draining (which takes ``drain_grace`` seconds plus two agent
-    calls per service).
+    drains (``drain_grace`` seconds, plus agent calls bounded by :data:`DRAIN_CALL_BUDGET`)
+    and stops it: within ``drain_grace + 2`` seconds in all, whatever the agent does.
 
     Example:
         >>> with ServiceRegistry(MeshConfig(address="127.0.0.1:8500")) as registry:
