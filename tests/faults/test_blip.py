@@ -1,0 +1,158 @@
+"""Availability through a blip, on real backends and a real agent (issue 13, item 4).
+
+* **The blip**: ten loopback backends registered through ``mesh.register`` answer 503 for
+  one second, with the default settings (breakers and ejection after 5 consecutive
+  failures, 30 s, ``max_ejection_percent`` 10%). Breakers and ejections together take at
+  most one instance out of rotation, so callers succeed again within 2 s of the backends
+  recovering (before the Route: every request failed with ``MeshNoEndpoints`` for 28 s).
+* **Un-ejection on passing**: an instance ejected with its breaker open, reported critical
+  and then passing again by Consul, is back in rotation at once (no waiting out its 30 s),
+  and the request that goes to it is the half-open probe that closes the breaker.
+
+Every loop is bounded in count and time.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import requests
+
+from lake_mesh_consul._core.breaker import BreakerState
+from lake_mesh_consul._core.config import EndpointConfig, MeshConfig
+from lake_mesh_consul._core.health import HealthStatus
+from lake_mesh_consul._core.registration import ServiceMetadata, TtlCheck
+from lake_mesh_consul._demo import DemoInstance
+from lake_mesh_consul.http import endpoint_of
+from lake_mesh_consul.mesh import Mesh
+
+from ._loops import RecordProperty, until
+
+#: Instances of the service in the blip.
+INSTANCES = 10
+#: How long every instance answers 503.
+BLIP = 1.0
+#: Seconds of caller-visible failure allowed after the backends recover (issue 13).
+RECOVERY_TARGET = 2.0
+#: How long the caller keeps calling after the recovery.
+AFTER = 5.0
+
+
+@contextmanager
+def _registered(
+    config: MeshConfig, name: str, count: int, **mesh_kwargs: Any
+) -> Iterator[tuple[Mesh, list[DemoInstance]]]:
+    instances = [DemoInstance(f"{name}-{i}") for i in range(count)]
+    mesh = Mesh(config.replace(kv_prefix=name), drain_grace=0.0, **mesh_kwargs)
+    try:
+        with mesh:
+            for inst in instances:
+                mesh.register(
+                    ServiceMetadata(name, inst.port, id=inst.name, address=inst.host),
+                    TtlCheck(ttl=60.0, status=HealthStatus.PASSING),
+                )
+            ready = until(lambda: mesh.explain(name).registered == count, 15)
+            assert ready is not None, f"{count} instances of {name} were not discovered"
+            yield mesh, instances
+    finally:
+        for inst in instances:
+            inst.kill()
+
+
+def _get(http: requests.Session, url: str) -> bool:
+    try:
+        return http.get(url, timeout=2).status_code == 200
+    except requests.RequestException:
+        return False
+
+
+def test_callers_succeed_within_two_seconds_of_a_blip_ending(
+    mesh_config: MeshConfig, unique_name: str, record_property: RecordProperty
+) -> None:
+    url = f"http://{unique_name}/"
+    with _registered(mesh_config, unique_name, INSTANCES) as (mesh, instances):
+        http = mesh.session()
+        assert _get(http, url)
+        for inst in instances:
+            inst.failing = True
+        blip_end = time.monotonic() + BLIP
+        during = 0
+        while time.monotonic() < blip_end and during < 20_000:
+            _get(http, url)
+            during += 1
+        for inst in instances:
+            inst.failing = False
+        recovered = time.monotonic()
+        last_failure: float | None = None
+        calls = failures = 0
+        while time.monotonic() < recovered + AFTER and calls < 50_000:
+            calls += 1
+            if not _get(http, url):
+                failures += 1
+                last_failure = time.monotonic()
+        explained = mesh.explain(unique_name)
+        out_of_rotation = [i.id for i in explained.instances if not i.eligible]
+        http.close()
+    visible = 0.0 if last_failure is None else last_failure - recovered
+    record_property(
+        "blip",
+        {
+            "instances": INSTANCES,
+            "blip_s": BLIP,
+            "requests_during_blip": during,
+            "requests_after": calls,
+            "failures_after": failures,
+            "caller_visible_failure_after_recovery_s": round(visible, 3),
+            "out_of_rotation_at_end": out_of_rotation,
+        },
+    )
+    assert during > 10  # the blip was really seen by callers
+    assert visible <= RECOVERY_TARGET, f"failures for {visible:.2f}s after the recovery"
+    assert len(out_of_rotation) <= 1  # 10% of 10: breakers and ejections together
+
+
+def test_an_instance_passing_again_returns_at_once_through_a_probe(
+    mesh_config: MeshConfig, unique_name: str, record_property: RecordProperty
+) -> None:
+    url = f"http://{unique_name}/"
+    other = f"{unique_name}-1"
+    drained = {(unique_name, other): EndpointConfig(drained=True)}
+    with _registered(mesh_config, unique_name, 2, endpoints=drained) as (mesh, instances):
+        bad = instances[0]
+        http = mesh.session()
+        bad.failing = True
+        for _ in range(10):  # 5 in a row eject it and open its breaker
+            _get(http, url)
+        breaker = mesh.detector(unique_name).breaker(
+            next(e for e in mesh.balancer(unique_name).endpoints if e.id == bad.name)
+        )
+        assert breaker is not None
+        assert breaker.state is BreakerState.OPEN
+        mesh.health(bad.name).report(None, HealthStatus.CRITICAL)  # Consul: critical
+        assert until(lambda: _health(mesh, unique_name, bad.name) == "critical", 10) is not None
+        bad.failing = False
+        mesh.health(bad.name).report(None, HealthStatus.PASSING)  # and passing again
+        passing_at = time.monotonic()
+        assert until(lambda: _health(mesh, unique_name, bad.name) == "passing", 10) is not None
+        back = until(lambda: _eligible(mesh, unique_name, bad.name), 2.0)
+        seen_after = time.monotonic() - passing_at
+        served = http.get(url, timeout=2)
+        http.close()
+    record_property("unejection", {"back_in_rotation_after_passing_s": round(seen_after, 3)})
+    assert back is not None, "still out of rotation after Consul reported it passing"
+    assert served.status_code == 200
+    endpoint = endpoint_of(served)
+    assert endpoint is not None
+    assert endpoint.id == bad.name  # the other instance is drained
+    assert breaker.state is BreakerState.CLOSED  # that request was the probe
+
+
+def _health(mesh: Mesh, service: str, instance: str) -> str:
+    return next(i.health for i in mesh.explain(service).instances if i.id == instance)
+
+
+def _eligible(mesh: Mesh, service: str, instance: str) -> bool:
+    return next(i.eligible for i in mesh.explain(service).instances if i.id == instance)
