@@ -5,15 +5,18 @@
 * ``lake-mesh watch NAME [--json] [--count N]`` prints one line per real change (the
   first snapshot included; JSON lines with ``--json``) until Ctrl-C or N lines.
 
-Exit codes: 0 ok, 1 no answer from Consul in time (or another failure), 2 bad usage.
+Exit codes: 0 ok (a known service with no eligible instance included), 1 for a service
+with no instance registered in Consul, an unreachable agent (at once) or no answer in time,
+2 bad usage.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import queue
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 from lake_mesh_consul.cli._output import (
@@ -24,6 +27,7 @@ from lake_mesh_consul.cli._output import (
     positive_int,
     positive_seconds,
 )
+from lake_mesh_consul.cli._preflight import reach_agent, require_service
 
 __all__ = ["register"]
 
@@ -85,19 +89,37 @@ def _endpoint_json(endpoint: Any) -> dict[str, Any]:
     return endpoint_to_dict(endpoint)
 
 
-def _discovery(args: argparse.Namespace) -> Any:
+@contextlib.contextmanager
+def _discovery(args: argparse.Namespace, *, known: bool) -> Iterator[tuple[Any, Any]]:
+    """``(client, discovery)`` once the agent answered (and, with ``known``, knows the name).
+
+    Raises:
+        InvalidSetting: the name is not a service name (before any request).
+        ConsulUnavailable: the agent cannot be reached (at once, not after ``--timeout``).
+        NoEndpointsAvailable: ``known`` and the service has no instance in Consul.
+    """
     import random
 
+    from lake_mesh_consul._consul.client import ConsulClient
     from lake_mesh_consul._consul.discovery import ServiceDiscovery
+    from lake_mesh_consul._core.registration import check_service_name
 
-    # A private hub (own rng): the CLI's one process needs no sharing.
-    return ServiceDiscovery(config_from_args(args), rng=random.Random(), timeout=args.timeout)
+    check_service_name(args.name, "NAME")
+    with ConsulClient(config_from_args(args)) as client:
+        reach_agent(client)
+        if known:
+            require_service(client, args.name, datacenter=args.dc)
+        # A private hub (own rng): the CLI's one process needs no sharing.
+        with ServiceDiscovery(client, rng=random.Random(), timeout=args.timeout) as discovery:
+            yield client, discovery
 
 
 def run_endpoints(args: argparse.Namespace, out: Output) -> int:
-    """Print the eligible instances of a service."""
-    with _discovery(args) as discovery:
+    """Print the eligible instances of a service (exit 1 when Consul has none at all)."""
+    with _discovery(args, known=False) as (client, discovery):
         snapshot = discovery.snapshot(args.name, **_filters(args))
+        if not snapshot.endpoints:  # none eligible: is the service known at all?
+            require_service(client, args.name, datacenter=args.dc)
     if out.json_mode:
         out.json([_endpoint_json(e) for e in snapshot.endpoints])
         return EXIT_OK
@@ -129,7 +151,7 @@ def run_watch(args: argparse.Namespace, out: Output) -> int:
 
     changes: queue.Queue[tuple[tuple[Any, ...], EndpointDiff]] = queue.Queue()
     printed = 0
-    with _discovery(args) as discovery:
+    with _discovery(args, known=True) as (_client, discovery):
         filters = _filters(args)
         discovery.endpoints(args.name, **filters)  # DiscoveryTimeout -> exit 1
         discovery.watch(args.name, with_diff(lambda s, d: changes.put((s, d))), **filters)
