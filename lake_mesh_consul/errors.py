@@ -6,6 +6,7 @@ The tree::
     ├── ConfigurationError (ValueError)    fix the input, then try again
     │   ├── InvalidSetting                 a setting (argument, env var, file) is wrong
     │   └── ConfigValidationError          a config document (KV key, file) is wrong
+    │       └── AmbiguousInstance          an instance setting's ID is on several nodes
     ├── ConsulError                        talking to Consul failed
     │   ├── ConsulUnavailable              agent unreachable / timed out: retry later
     │   │   ├── ConsulTLSError             TLS handshake failed: fix CA / certificates
@@ -38,6 +39,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 __all__ = [
+    "AmbiguousInstance",
     "Attempt",
     "CasConflict",
     "CircuitOpen",
@@ -111,6 +113,33 @@ class ConfigValidationError(ConfigurationError):
             if part
         )
         super().__init__(f"{where}: {reason}" if where else reason)
+
+
+class AmbiguousInstance(ConfigValidationError):
+    """An endpoint-level setting names a service ID that is registered on several nodes.
+
+    Consul keeps service IDs unique per agent only; ``<prefix>/services/<service>/endpoints/
+    <id>`` would then reach every one of those instances. Name one as ``<id>@<node>``.
+
+    Attributes:
+        service: the service.
+        instance_id: the service ID.
+        nodes: the nodes it is registered on (sorted).
+        suggestions: the keys that name one instance each.
+    """
+
+    def __init__(self, key: str, service: str, instance_id: str, nodes: Sequence[str]) -> None:
+        self.service = service
+        self.instance_id = instance_id
+        self.nodes = tuple(nodes)
+        base = key[: -len(instance_id)] if key.endswith(instance_id) else key + "/"
+        self.suggestions = tuple(f"{base}{instance_id}@{node}" for node in self.nodes)
+        super().__init__(
+            f"service ID {instance_id!r} of {service!r} is registered on {len(self.nodes)} "
+            f"nodes ({', '.join(self.nodes)}); write one key per instance instead: "
+            + ", ".join(self.suggestions),
+            key=key,
+        )
 
 
 # --- Consul ----------------------------------------------------------------------------------

@@ -4,7 +4,8 @@ KV layout (values are JSON documents, see :mod:`lake_mesh_consul._core.config_sc
 
     <prefix>/global                                  mesh-wide defaults (global level)
     <prefix>/services/<service>                      one service (service level)
-    <prefix>/services/<service>/endpoints/<id>       one instance by service id (endpoint level)
+    <prefix>/services/<service>/endpoints/<id>       every instance with that service ID
+    <prefix>/services/<service>/endpoints/<id>@<node>  the instance with that ID on that node
 
 ``<prefix>`` is ``MeshConfig.kv_prefix`` (default ``lake-mesh``). Any other key under the
 prefix is ignored with an event.
@@ -47,6 +48,7 @@ from typing import Any, Literal
 
 from lake_mesh_consul._consul.client import ConsulClient, ConsulResponse
 from lake_mesh_consul._consul.files import read_json_file, write_atomically
+from lake_mesh_consul._consul.instances import refuse_ambiguous
 from lake_mesh_consul._consul.watch import Watch
 from lake_mesh_consul._core.clock import SYSTEM_CLOCK, Clock
 from lake_mesh_consul._core.config import EndpointConfig, MeshConfig, ServiceConfig
@@ -63,6 +65,7 @@ from lake_mesh_consul._core.config_schema import (
     Level,
     parse_document,
 )
+from lake_mesh_consul._core.endpoint import NODE_SEPARATOR
 from lake_mesh_consul.errors import (
     CasConflict,
     ConfigValidationError,
@@ -125,8 +128,24 @@ class KVLayout:
         return f"{self.folder}services/{service}"
 
     def endpoint_key(self, service: str, endpoint: str) -> str:
-        """``<prefix>/services/<service>/endpoints/<endpoint>``."""
+        """``<prefix>/services/<service>/endpoints/<endpoint>``.
+
+        ``endpoint`` is a setting name: ``<id>`` (every instance with that service ID, one
+        where the ID is unique) or ``<id>@<node>`` (one instance; see :meth:`instance_key`).
+        """
         return f"{self.folder}services/{service}/endpoints/{endpoint}"
+
+    def instance_key(self, service: str, instance_id: str, node: str) -> str:
+        """``<prefix>/services/<service>/endpoints/<id>@<node>``: exactly one instance.
+
+        Consul keeps service IDs unique per agent only, so the node names the instance when
+        the same ID is registered on several nodes; this key wins over ``.../<id>``.
+
+        Example:
+            >>> KVLayout("lake-mesh").instance_key("web", "web", "node-1")
+            'lake-mesh/services/web/endpoints/web@node-1'
+        """
+        return self.endpoint_key(service, f"{instance_id}{NODE_SEPARATOR}{node}")
 
     def classify(self, key: str) -> tuple[Level, str | None, str | None] | None:
         """``(level, service, endpoint)`` of a key, or ``None`` if it is not a config key."""
@@ -777,11 +796,14 @@ class ConfigStore:
 
         Raises:
             ConfigValidationError: the document is invalid (nothing written).
+            AmbiguousInstance: ``key`` is ``.../endpoints/<id>`` and that ID is registered
+                on two or more nodes (write ``.../endpoints/<id>@<node>``; nothing written).
             CasConflict: the key changed meanwhile (nothing written).
             ConsulError: KV could not be written.
         """
         body = _body(document)
         preview = self.preview({key: body})
+        refuse_ambiguous(self.client, self.layout, (key,))  # B2: <id> on 2+ nodes
         if dry_run:
             return self._result({key: body}, False, preview)
         if expected_index is None:
@@ -851,6 +873,7 @@ class ConfigStore:
             )
         bodies = {k: (None if d is None else _body(d)) for k, d in changes.items()}
         preview = self.preview(bodies)
+        refuse_ambiguous(self.client, self.layout, (k for k, b in bodies.items() if b is not None))
         if dry_run:
             return self._result(bodies, False, preview)
         indexes = dict(expected_indexes or {})

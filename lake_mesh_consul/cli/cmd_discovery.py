@@ -138,10 +138,11 @@ def run_endpoints(args: argparse.Namespace, out: Output) -> int:
 
 def _line(name: str, snapshot: Sequence[Any], diff: Any) -> str:
     stamp = time.strftime("%Y-%m-%dT%H:%M:%S")
-    parts = [f"+{e.id}" for e in diff.added]
-    parts += [f"-{e.id}" for e in diff.removed]
-    parts += [f"~{e.id}({e.health.value})" for e in diff.changed]
-    members = " ".join(f"{e.id}@{e.host_port}({e.health.value})" for e in snapshot)
+    # An instance is <id>@<node>: the same service ID may be registered on many nodes.
+    parts = [f"+{e.instance}" for e in diff.added]
+    parts += [f"-{e.instance}" for e in diff.removed]
+    parts += [f"~{e.instance}({e.health.value})" for e in diff.changed]
+    members = " ".join(f"{e.instance}={e.host_port}({e.health.value})" for e in snapshot)
     return f"{stamp} {name}: {len(snapshot)} endpoint(s) [{' '.join(parts)}] {members}".rstrip()
 
 

@@ -11,8 +11,9 @@
 * ``lake-mesh explain SERVICE [--json]`` tells, for each instance, why it is or is not
   eligible right now.
 
-Exit codes: 0 ok, 1 failure (unreachable agent, no endpoint, error response), 2 bad usage.
-Anything that waits shows a progress indicator on stderr.
+Exit codes: 0 ok, 1 failure (unreachable agent, no endpoint, error response, a service
+with no instance registered in Consul), 2 bad usage. The agent is asked first, so a dead one
+fails at once with one line. Anything that waits shows a progress indicator on stderr.
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ from lake_mesh_consul.cli._output import (
     config_from_args,
     positive_seconds,
 )
+from lake_mesh_consul.cli._preflight import reach_agent, require_service
 
 __all__ = ["progress", "register"]
 
@@ -140,6 +142,25 @@ def _quiet_library_logs() -> None:
         logger.addHandler(logging.NullHandler())
 
 
+def _preflight(args: argparse.Namespace, services: list[str]) -> None:
+    """Refuse bad names, a dead agent and unknown services before any wait (one line each).
+
+    Raises:
+        InvalidSetting: a name is not a service name.
+        ConsulUnavailable: the agent cannot be reached.
+        NoEndpointsAvailable: a service has no instance registered in Consul.
+    """
+    from lake_mesh_consul._consul.client import ConsulClient
+    from lake_mesh_consul._core.registration import check_service_name
+
+    for name in services:
+        check_service_name(name, "SERVICE")
+    with ConsulClient(config_from_args(args)) as client:
+        reach_agent(client)
+        for name in services:
+            require_service(client, name)
+
+
 def _mesh(args: argparse.Namespace) -> Any:
     from lake_mesh_consul.mesh import Mesh
 
@@ -191,6 +212,7 @@ def run_call(args: argparse.Namespace, out: Output) -> int:
         return EXIT_USAGE
     path = args.path if args.path.startswith("/") else "/" + args.path
     body = _body(args.data)
+    _preflight(args, [args.service])
     with progress(out, f"calling {args.service} through the mesh"):
         mesh = _mesh(args)
         try:
@@ -219,7 +241,9 @@ def run_call(args: argparse.Namespace, out: Output) -> int:
                 "status": response.status_code,
                 "reason": response.reason,
                 "endpoint": (
-                    {"id": endpoint.id, "address": endpoint.host_port} if endpoint else None
+                    {"id": endpoint.id, "node": endpoint.node, "address": endpoint.host_port}
+                    if endpoint
+                    else None
                 ),
                 "headers": dict(response.headers),
                 "body": response.text,
@@ -227,7 +251,7 @@ def run_call(args: argparse.Namespace, out: Output) -> int:
             }
         )
         return code
-    served = f"{endpoint.id} ({endpoint.host_port})" if endpoint else "-"
+    served = f"{endpoint.instance} ({endpoint.host_port})" if endpoint else "-"
     out.info(f"{response.status_code} {response.reason} from {served} in {elapsed * 1000:.1f} ms")
     text = response.text
     out.line(text[:MAX_BODY] + ("..." if len(text) > MAX_BODY else ""))
@@ -236,6 +260,7 @@ def run_call(args: argparse.Namespace, out: Output) -> int:
 
 def run_status(args: argparse.Namespace, out: Output) -> int:
     """Explain every service (or the ones named) and the configuration source."""
+    _preflight(args, list(args.services))
     with progress(out, "reading the catalog and each service"):
         mesh = _mesh(args)
         try:
@@ -251,6 +276,7 @@ def run_status(args: argparse.Namespace, out: Output) -> int:
 
 def run_explain(args: argparse.Namespace, out: Output) -> int:
     """Explain why each instance of a service is or is not eligible."""
+    _preflight(args, [args.service])
     with progress(out, f"asking Consul about {args.service}"):
         mesh = _mesh(args)
         try:
