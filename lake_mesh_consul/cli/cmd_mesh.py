@@ -241,7 +241,9 @@ def run_call(args: argparse.Namespace, out: Output) -> int:
                 "status": response.status_code,
                 "reason": response.reason,
                 "endpoint": (
-                    {"id": endpoint.id, "address": endpoint.host_port} if endpoint else None
+                    {"id": endpoint.id, "node": endpoint.node, "address": endpoint.host_port}
+                    if endpoint
+                    else None
                 ),
                 "headers": dict(response.headers),
                 "body": response.text,
@@ -249,7 +251,7 @@ def run_call(args: argparse.Namespace, out: Output) -> int:
             }
         )
         return code
-    served = f"{endpoint.id} ({endpoint.host_port})" if endpoint else "-"
+    served = f"{endpoint.instance} ({endpoint.host_port})" if endpoint else "-"
     out.info(f"{response.status_code} {response.reason} from {served} in {elapsed * 1000:.1f} ms")
     text = response.text
     out.line(text[:MAX_BODY] + ("..." if len(text) > MAX_BODY else ""))
