@@ -9,7 +9,9 @@
 * ``lake-mesh checks NAME [--json]`` prints every check of every instance of NAME.
 
 Every input is validated before anything is sent. Exit codes: 0 ok, 1 failure (agent
-unreachable, denied, not found, invalid input; one line on stderr), 2 bad usage.
+unreachable, denied, invalid input; a service with no instance in Consul for ``checks``,
+an instance id the agent does not have for ``deregister`` and ``maint``; one line on
+stderr), 2 bad usage.
 """
 
 from __future__ import annotations
@@ -17,12 +19,14 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+from lake_mesh_consul._core.registration import check_service_id, check_service_name
 from lake_mesh_consul.cli._output import (
     EXIT_OK,
     Output,
     add_connection_args,
     config_from_args,
 )
+from lake_mesh_consul.cli._preflight import require_instance, require_service
 from lake_mesh_consul.errors import InvalidSetting
 
 __all__ = ["register"]
@@ -181,8 +185,10 @@ def run_register(args: argparse.Namespace, out: Output) -> int:
 
 
 def run_deregister(args: argparse.Namespace, out: Output) -> int:
-    """Deregister the instance."""
+    """Deregister the instance (exit 1 when the agent has no such instance)."""
+    check_service_id(args.id, "ID")
     with _registry(args) as registry:
+        require_instance(registry.client, args.id)
         registry.deregister(args.id)
     if out.json_mode:
         out.json({"id": args.id, "deregistered": True})
@@ -194,7 +200,9 @@ def run_deregister(args: argparse.Namespace, out: Output) -> int:
 def run_maint(args: argparse.Namespace, out: Output) -> int:
     """Turn maintenance mode on or off."""
     enable = args.state == "on"
+    check_service_id(args.id, "ID")
     with _registry(args) as registry:
+        require_instance(registry.client, args.id)
         registry.maintenance(args.id, enable, args.reason)
     if out.json_mode:
         out.json({"id": args.id, "maintenance": enable, "reason": args.reason if enable else ""})
@@ -204,14 +212,16 @@ def run_maint(args: argparse.Namespace, out: Output) -> int:
 
 
 def run_checks(args: argparse.Namespace, out: Output) -> int:
-    """Print every check of every instance of the service."""
+    """Print every check of every instance of the service (exit 1 when it has none)."""
+    check_service_name(args.name, "NAME")
     with _registry(args) as registry:
+        require_service(registry.client, args.name)
         checks = registry.health_checks(args.name)
     if out.json_mode:
         out.json(checks)
         return EXIT_OK
     if not checks:
-        out.info(f"no checks for service {args.name!r} (is it registered?)")
+        out.info(f"service {args.name!r} has no checks")
         return EXIT_OK
     out.table(
         ["SERVICE ID", "CHECK ID", "TYPE", "STATUS", "NODE", "OUTPUT"],
