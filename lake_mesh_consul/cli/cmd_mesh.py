@@ -142,8 +142,11 @@ def _quiet_library_logs() -> None:
         logger.addHandler(logging.NullHandler())
 
 
-def _preflight(args: argparse.Namespace, services: list[str]) -> None:
-    """Refuse bad names, a dead agent and unknown services before any wait (one line each).
+def _preflight(args: argparse.Namespace, services: list[str], *, known: bool = True) -> None:
+    """Refuse bad names, a dead agent and (``known``) unknown services before any wait.
+
+    ``call`` passes ``known=False``: the mesh itself answers an unknown service with
+    MeshNoEndpoints (exit 1, "none registered"), the error its callers already handle.
 
     Raises:
         InvalidSetting: a name is not a service name.
@@ -157,7 +160,7 @@ def _preflight(args: argparse.Namespace, services: list[str]) -> None:
         check_service_name(name, "SERVICE")
     with ConsulClient(config_from_args(args)) as client:
         reach_agent(client)
-        for name in services:
+        for name in services if known else ():
             require_service(client, name)
 
 
@@ -212,7 +215,7 @@ def run_call(args: argparse.Namespace, out: Output) -> int:
         return EXIT_USAGE
     path = args.path if args.path.startswith("/") else "/" + args.path
     body = _body(args.data)
-    _preflight(args, [args.service])
+    _preflight(args, [args.service], known=False)
     with progress(out, f"calling {args.service} through the mesh"):
         mesh = _mesh(args)
         try:
