@@ -6,8 +6,9 @@
   first snapshot included; JSON lines with ``--json``) until Ctrl-C or N lines.
 
 Exit codes: 0 ok (a known service with no eligible instance included), 1 for a service
-with no instance registered in Consul, an unreachable agent (at once) or no answer in time,
-2 bad usage.
+with no instance registered in Consul (``endpoints``; ``watch`` starts from the empty set
+and reports the service when it appears), an unreachable agent (at once) or no answer in
+time, 2 bad usage.
 """
 
 from __future__ import annotations
@@ -152,7 +153,8 @@ def run_watch(args: argparse.Namespace, out: Output) -> int:
 
     changes: queue.Queue[tuple[tuple[Any, ...], EndpointDiff]] = queue.Queue()
     printed = 0
-    with _discovery(args, known=True) as (_client, discovery):
+    # Not known=True: a watch reports a service appearing, so it may start before it exists.
+    with _discovery(args, known=False) as (_client, discovery):
         filters = _filters(args)
         discovery.endpoints(args.name, **filters)  # DiscoveryTimeout -> exit 1
         discovery.watch(args.name, with_diff(lambda s, d: changes.put((s, d))), **filters)

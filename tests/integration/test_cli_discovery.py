@@ -54,10 +54,11 @@ def test_endpoints_json(mesh_config, consul_agent, unique_name, capsys):
 
 def test_endpoints_exit_codes(consul_agent, unique_name, capsys):
     dead = f"127.0.0.1:{free_port()}"
-    code = main(["endpoints", unique_name, "--json", "--http-addr", dead, "--timeout", "0.5"])
+    # A dead agent fails at once (issue 14.6), not after --timeout: ConsulUnavailable.
+    code = main(["endpoints", unique_name, "--json", "--http-addr", dead, "--timeout", "5"])
     assert code == 1
     captured = capsys.readouterr()
-    assert json.loads(captured.out)["kind"] == "DiscoveryTimeout"
+    assert json.loads(captured.out)["kind"] == "ConsulUnavailable"
     assert "Error:" in captured.err
     assert "Traceback" not in captured.err
     # a rejected filter is a failure too, at once
