@@ -9,21 +9,32 @@ code). Conventions shared by every command:
   commands print JSON lines);
 * exit code 0 on success, 1 on a failure the user can fix (Consul unreachable, denied,
   not found, invalid input), 2 on bad usage (argparse);
-* a user error is one clear line on stderr, never a traceback.
+* a user error is one clear line on stderr, never a traceback;
+* an unknown service exits 1 on every command that answers about it, and a dead agent
+  fails at once (:data:`~lake_mesh_consul.cli._preflight.UNKNOWN_SERVICE_RULE`, printed by
+  ``--help``);
+* a closed stdout (``lake-mesh ... | head``) ends the command quietly with exit 141
+  (128 + SIGPIPE), what the shell reports for ``consul ... | head``.
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import pkgutil
 import sys
 from collections.abc import Sequence
 
 from lake_mesh_consul._version import __version__
 from lake_mesh_consul.cli._output import EXIT_USAGE, Output
+from lake_mesh_consul.cli._preflight import UNKNOWN_SERVICE_RULE
 
-__all__ = ["build_parser", "main"]
+__all__ = ["EXIT_CLOSED_PIPE", "build_parser", "main"]
+
+#: Exit status when stdout was closed by the reader (``| head``): 128 + SIGPIPE, as the
+#: shell reports for ``consul``, which dies of SIGPIPE there.
+EXIT_CLOSED_PIPE = 141
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -32,6 +43,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="lake-mesh",
         description="A client-side service mesh on Consul: register, discover, balance, "
         "fail safely.",
+        epilog=UNKNOWN_SERVICE_RULE,
     )
     parser.add_argument("--version", action="version", version=f"lake-mesh {__version__}")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
@@ -51,15 +63,39 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = parser.parse_args(argv)
     except SystemExit as exc:  # argparse exits 2 on usage errors, 0 on --help
         return int(exc.code) if isinstance(exc.code, int) else EXIT_USAGE
+    except BrokenPipeError:  # `lake-mesh --help | head -1`
+        return EXIT_CLOSED_PIPE
     out = Output(json_mode=bool(getattr(args, "json", False)))
     try:
         code: int = args.func(args, out)
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:  # the reader of stdout went away: nothing left to tell it
+        return EXIT_CLOSED_PIPE
     except Exception as exc:
-        return out.fail(exc)
+        try:
+            return out.fail(exc)
+        except BrokenPipeError:
+            return EXIT_CLOSED_PIPE
     return code
 
 
-def _entry() -> None:  # pragma: no cover - console-script shim
-    sys.exit(main())
+def _entry() -> None:  # pragma: no cover - console-script shim (run by tests as a process)
+    code = main()
+    if code == EXIT_CLOSED_PIPE:
+        _detach_stdout()
+    sys.exit(code)
+
+
+def _detach_stdout() -> None:
+    """Point stdout at /dev/null, so that the interpreter's final flush has nowhere to fail.
+
+    Without it Python prints "Exception ignored ... BrokenPipeError" on its way out (the
+    recipe in the ``signal`` module's documentation, "Note on SIGPIPE").
+    """
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError):
+        pass

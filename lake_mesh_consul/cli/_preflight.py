@@ -5,11 +5,13 @@ Two rules every ``lake-mesh`` command follows (``lake-mesh --help`` and the READ
 * **A dead agent fails at once.** :func:`reach_agent` asks the agent for its leader (no
   ACL needed) before a command starts waiting for anything, so a refused connection is one
   line and exit 1 as fast as the refusal comes, instead of a discovery timeout later.
-* **An unknown service is a failure: exit 1.** A command naming a service that has no
-  instance in Consul's catalog (:func:`require_service`), or an instance id the agent does
-  not have (:func:`require_instance`), prints one line and exits 1, whatever the command.
-  A *known* service with no eligible instance is an answer, not a failure (``endpoints``
-  exits 0 with an empty list; ``call`` exits 1 because it gets no response).
+* **An unknown service is a failure: exit 1.** A command answering about a service that
+  has no instance in Consul's catalog (:func:`require_service`), or an instance id the
+  agent does not have (:func:`require_instance`), prints one line and exits 1, whatever
+  the command. A *known* service with no eligible instance is an answer, not a failure
+  (``endpoints`` exits 0 with an empty list; ``call`` exits 1 because it gets no response).
+  ``watch`` is a stream, not an answer: it may start before the service exists and
+  reports it appearing.
 """
 
 from __future__ import annotations
@@ -21,10 +23,12 @@ __all__ = ["UNKNOWN_SERVICE_RULE", "reach_agent", "require_instance", "require_s
 
 #: The exit-code rule for an unknown service, as ``--help`` prints it.
 UNKNOWN_SERVICE_RULE = (
-    "A service or instance id that Consul does not know is a failure on every command: one "
-    "line on stderr, exit 1 (a known service with no eligible instance is an empty answer, "
-    "exit 0, except for `call`, which gets no response). An unreachable agent: one line, "
-    "exit 1, at once."
+    "Exit codes: 0 ok, 1 failure, 2 bad usage. A service or instance id that Consul does "
+    "not know is a failure on every command that answers about it (endpoints, call, status "
+    "NAME, explain, checks, deregister, maint): one line on stderr, exit 1. A known service "
+    "with no eligible instance is an answer (endpoints: empty, exit 0; call: no response, "
+    "exit 1). `watch` may start before a service exists and reports it appearing. An "
+    "unreachable agent fails at once: one line, exit 1."
 )
 
 

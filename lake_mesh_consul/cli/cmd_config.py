@@ -358,8 +358,15 @@ def run_watch(args: argparse.Namespace, out: Output) -> int:
             else:
                 out.line(json.dumps(payload["global"], sort_keys=True))
 
-    def on_change(change: Any) -> None:
-        show(change.current, change.changed_keys)
+    closed: list[BrokenPipeError] = []
+
+    def on_change(change: Any) -> None:  # on the store's watch thread
+        try:
+            show(change.current, change.changed_keys)
+        except BrokenPipeError as exc:  # `| head` closed stdout: end, from the main thread
+            closed.append(exc)
+            done.set()
+            return
         seen[0] += 1
         if args.count is not None and seen[0] >= args.count:
             done.set()
@@ -376,4 +383,6 @@ def run_watch(args: argparse.Namespace, out: Output) -> int:
             return EXIT_OK
         while not done.wait(0.5):
             pass
+    if closed:
+        raise closed[0]  # cli.main: a quiet end with the closed-pipe status
     return EXIT_OK
