@@ -17,6 +17,11 @@ critical, until someone deregisters it. Spring Cloud Consul deregisters on shutd
    exits run on the way out.
 
 A second signal while the first is handled goes straight on (the close is idempotent).
+A signal that interrupts the main thread inside a section where handling it at once would
+do harm (``defer_while`` says so: the owner is closing already, or registering) is kept: the
+handler returns, the section goes on, and its end calls :meth:`ShutdownHook.release`, which
+handles the signal then (close, hand on). Otherwise SystemExit would cut a drain short, or
+interrupt a registration the agent may already have made, leaving it behind.
 """
 
 from __future__ import annotations
@@ -41,6 +46,8 @@ class ShutdownHook:
         budget: the longest the handler waits for ``close`` before handing the signal on.
         name: shown in the log line and the helper thread's name.
         signals: the signals handled (default: SIGTERM).
+        defer_while: when it returns True (the main thread is in a section that must not
+            be interrupted), a signal is kept until :meth:`release` instead of being handled.
 
     Thread-safety: :meth:`install` and :meth:`uninstall` act only on the main thread (Python
     lets no other thread touch signal handlers); elsewhere they do nothing and say so.
@@ -53,11 +60,14 @@ class ShutdownHook:
         budget: float,
         name: str,
         signals: Sequence[int] = (signal.SIGTERM,),
+        defer_while: Callable[[], bool] | None = None,
     ) -> None:
         self._close = close
         self.budget = budget
         self.name = name
         self.signals = tuple(signals)
+        self._defer_while = defer_while
+        self._deferred: list[tuple[int, FrameType | None]] = []
         self._previous: dict[int, Any] = {}
         # Reentrant: the handler may interrupt the main thread inside install/uninstall.
         self._lock = threading.RLock()
@@ -90,7 +100,26 @@ class ShutdownHook:
             except (ValueError, TypeError, OSError):  # interpreter shutting down
                 pass
 
+    def release(self) -> None:
+        """Handle a signal kept by ``defer_while`` now (call it at the end of the section).
+
+        Only on the main thread (where the signal would have been handled); may raise
+        ``SystemExit`` there, as the signal's handling would have.
+        """
+        if not self._deferred or threading.current_thread() is not threading.main_thread():
+            return
+        signum, frame = self._deferred[0]
+        self._deferred.clear()
+        self._handle_now(signum, frame)
+
     def _handle(self, signum: int, frame: FrameType | None) -> None:
+        if self._defer_while is not None and self._defer_while():
+            log.info("%s: signal %d kept until the current step ends", self.name, signum)
+            self._deferred.append((signum, frame))
+            return
+        self._handle_now(signum, frame)
+
+    def _handle_now(self, signum: int, frame: FrameType | None) -> None:
         previous = self._previous.get(signum, signal.SIG_DFL)
         log.info(
             "%s: signal %d: draining before exit (at most %.1fs)", self.name, signum, self.budget
@@ -103,6 +132,10 @@ class ShutdownHook:
                 "%s: close still running after %.1fs; exiting anyway", self.name, self.budget
             )
         self.uninstall()
+        self._chain(previous, signum, frame)
+
+    @staticmethod
+    def _chain(previous: Any, signum: int, frame: FrameType | None) -> None:
         if callable(previous):
             previous(signum, frame)
         elif previous != signal.SIG_IGN:

@@ -44,13 +44,14 @@ This module imports the heavy parts (requests, python-consul2, tenacity, pybreak
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import os
 import random
 import threading
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
@@ -634,6 +635,9 @@ class Mesh:
         self._closed = False
         self._drain_on_sigterm = drain_on_sigterm
         self._sigterm: ShutdownHook | None = None
+        self._closer: threading.Thread | None = None  # the thread running close()
+        self._close_done = threading.Event()
+        self._main_sections = 0  # main-thread register()/close() calls in progress
 
     @classmethod
     def from_env(cls, **kwargs: Any) -> Mesh:
@@ -692,16 +696,39 @@ class Mesh:
         it, whatever it raced with (a :meth:`register` in flight deregisters its instance
         again; a first use of a service in flight fails with MeshError). Errors while
         draining are logged, not raised.
+
+        A second call (another thread, or the SIGTERM drain) waits for the first to finish,
+        within the same bound; a SIGTERM that arrives while the main thread is closing is
+        handed on once that close has finished, so it never cuts a drain short.
         """
+        with self._signals_deferred():
+            self._close_once()
+        if self._sigterm is not None:
+            self._sigterm.uninstall()
+
+    def _close_once(self) -> None:
+        budget = self.registry.drain_grace + CLOSE_MARGIN
         with self._lock:
-            if self._closed:
-                return
-            self._closed = True
-            services = list(self._services.values())
-            health = list(self._health.values())
-            self._services.clear()
-            self._health.clear()
-        end = time.monotonic() + self.registry.drain_grace + CLOSE_MARGIN
+            closer = self._closer
+            if closer is None:
+                self._closer = threading.current_thread()
+                self._closed = True
+                services = list(self._services.values())
+                health = list(self._health.values())
+                self._services.clear()
+                self._health.clear()
+        if closer is not None:
+            if closer is not threading.current_thread():
+                self._close_done.wait(budget)
+            return
+        try:
+            self._shut_down(services, health, time.monotonic() + budget)
+        finally:
+            self._close_done.set()
+
+    def _shut_down(
+        self, services: list[_Service], health: list[HealthCheckManager], end: float
+    ) -> None:
         for manager in health:
             manager.stop()  # no waiting here: the drain below gives them time to end
         self.registry.close()
@@ -713,8 +740,26 @@ class Mesh:
         for manager in health:
             manager.join(end - time.monotonic())
         self.registry.join(end - time.monotonic())
-        if self._sigterm is not None:
-            self._sigterm.uninstall()
+
+    @contextlib.contextmanager
+    def _signals_deferred(self) -> Iterator[None]:
+        """On the main thread: a SIGTERM arriving inside the block is handled at its end.
+
+        :meth:`register` and :meth:`close` run in such blocks: handled at once, the SIGTERM
+        would raise SystemExit in the middle of a registration the agent may already have
+        made (left behind), or of a drain (cut short).
+        """
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+        self._main_sections += 1
+        try:
+            yield
+        finally:
+            self._main_sections -= 1
+            hook = self._sigterm
+            if hook is not None and self._main_sections == 0:
+                hook.release()  # may raise SystemExit, as the signal would have
 
     def __enter__(self) -> Mesh:
         return self.start()
@@ -748,7 +793,7 @@ class Mesh:
             The instance's HealthCheckManager (``report()``, ``snapshot()``).
 
         On the main thread, the first registration installs the SIGTERM drain (see
-        ``drain_on_sigterm``).
+        ``drain_on_sigterm``) before it calls the agent.
 
         Raises:
             InvalidSetting: an invalid check or option (before any network call).
@@ -768,23 +813,30 @@ class Mesh:
         )
         for fn in functions:
             manager.add_function(fn)
+        # The drain is in place before the instance exists in Consul, and a SIGTERM that
+        # arrives while the main thread registers is handled once the registration is known.
+        with self._signals_deferred():
+            self._install_sigterm()
+            self._start_manager(metadata.id, manager)
+        return manager
+
+    def _start_manager(self, service_id: str, manager: HealthCheckManager) -> None:
+        """Register through ``manager`` and start its heartbeat, known to close() first."""
         # Known to close() before it can start a thread: close() stops it, whatever the order.
         with self._lock:
             self._check_open()
-            old = self._health.get(metadata.id)
-            self._health[metadata.id] = manager
+            old = self._health.get(service_id)
+            self._health[service_id] = manager
         if old is not None:
             old.close()
         try:
             manager.start()
         except BaseException:
             with self._lock:
-                if self._health.get(metadata.id) is manager:
-                    del self._health[metadata.id]
+                if self._health.get(service_id) is manager:
+                    del self._health[service_id]
             manager.close()
             raise
-        self._install_sigterm()
-        return manager
 
     def _install_sigterm(self) -> None:
         """Install the SIGTERM drain once (main thread only; see ``drain_on_sigterm``)."""
@@ -794,6 +846,7 @@ class Mesh:
             self.close,
             budget=self.registry.drain_grace + CLOSE_MARGIN + 0.5,
             name="lake-mesh",
+            defer_while=lambda: self._main_sections > 0,
         )
         if hook.install():
             self._sigterm = hook

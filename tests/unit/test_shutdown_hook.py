@@ -95,3 +95,26 @@ def test_install_is_refused_off_the_main_thread_and_uninstall_keeps_a_newer_hand
     signal.signal(SIG, newer)  # the application replaced our handler meanwhile
     hook.uninstall()
     assert signal.getsignal(SIG) == newer  # not clobbered
+
+
+def test_a_signal_during_close_on_the_main_thread_waits_for_release() -> None:
+    events: list[str] = []
+    closing = [True]
+    signal.signal(SIG, signal.SIG_DFL)
+    hook = ShutdownHook(
+        lambda: events.append("close"),
+        budget=5.0,
+        name="t",
+        signals=(SIG,),
+        defer_while=lambda: closing[0],
+    )
+    hook.install()
+    os.kill(os.getpid(), SIG)  # arrives while "the main thread is closing"
+    assert events == []  # neither a second close nor an exit cutting the first one short
+    assert hook.installed
+    closing[0] = False
+    with pytest.raises(SystemExit) as caught:
+        hook.release()  # the close has finished: the signal goes on
+    assert caught.value.code == 128 + SIG
+    assert signal.getsignal(SIG) == signal.SIG_DFL
+    hook.release()  # nothing kept any more: no second exit
