@@ -485,7 +485,7 @@ def _pick_admission(
     if breaker_for is None and detector is not None:
         breaker_for = detector.breaker
 
-    def admit(key: Key, *, exclude: frozenset[ServiceEndpoint]) -> _PickedAttempt:
+    def admit(key: Key, *, exclude: frozenset[ServiceEndpoint] = _EMPTY) -> _PickedAttempt:
         refused = exclude
         while True:
             if balancer is not None:

@@ -56,12 +56,18 @@ from lake_mesh_consul._core.balancer import (
     LoadBalancer,
     RequestContext,
 )
-from lake_mesh_consul._core.breaker import BreakerPolicy, BreakerSnapshot, BreakerState, Permit
+from lake_mesh_consul._core.breaker import (
+    BreakerPolicy,
+    BreakerSnapshot,
+    BreakerState,
+    Permit,
+    monotonic_of,
+)
 from lake_mesh_consul._core.clock import SYSTEM_CLOCK, Clock
 from lake_mesh_consul._core.detector import DetectorPolicy, FailureDetector
 from lake_mesh_consul._core.endpoint import ServiceEndpoint, Weights, settings_for
 from lake_mesh_consul._core.health import HealthStatus
-from lake_mesh_consul._core.outcome import SUCCESS, Classifier, Outcome, OutcomeKind
+from lake_mesh_consul._core.outcome import SUCCESS, Classifier, Outcome
 from lake_mesh_consul._core.retry import BudgetPolicy, RetryBudget, RetryPolicy, RetryState
 from lake_mesh_consul._core.strategies import Key, StrategyLike
 from lake_mesh_consul.errors import (
@@ -234,20 +240,19 @@ class RouteRequest(RequestContext):
         self.permit = permit
 
     def report(self, outcome: Outcome) -> None:
-        """Finish with ``outcome``: balancer figures, detector and breaker, once each."""
+        """Finish with ``outcome``: balancer figures, detector and breaker, once each.
+
+        An ``IGNORED`` outcome (a business error) counts as a success in the balancer's
+        figures and nowhere else.
+        """
         if self._done:
             return
-        if outcome.kind is OutcomeKind.IGNORED:
-            self._outcome = True  # says nothing about the endpoint: counts as a success
-        elif outcome.failure:
-            self.fail(status=outcome.status, error=outcome.error)
-        else:
-            self._outcome = True
-        super().finish(None)
-        end = self.ended or self.started
-        self._detector.record_outcome(
-            self.endpoint, outcome, max(end - self.started, 0.0), permit=self.permit, now=end
-        )
+        self._done = True
+        end = self.ended = self._lb.monotonic()
+        duration = end - self.started
+        duration = max(duration, 0.0)
+        self._stats.end(end, duration, success=not outcome.failure or outcome.ignored)
+        self._detector.record_outcome(self.endpoint, outcome, duration, permit=self.permit, now=end)
 
     def cancel(self) -> None:
         """End without an outcome (picked, never sent): the permit is released."""
@@ -476,7 +481,28 @@ class Route:
                 disabled or drained; the reason says which), or ``exclude`` covers every
                 candidate (``"all tried"``).
         """
-        refused = exclude
+        lb = self._balancer
+        if not exclude:  # the common case, inlined
+            try:
+                endpoint = lb.pick(key)
+            except NoEndpointsAvailable as exc:
+                return self._panic_request(exc)
+            breaker = self._detector.breaker(endpoint)
+            if breaker is None:
+                return RouteRequest(lb, self._detector, endpoint, None)
+            try:
+                return RouteRequest(lb, self._detector, endpoint, breaker.acquire())
+            except CircuitOpen:
+                return self._repick(key, exclude, frozenset((endpoint,)))
+        return self._repick(key, exclude, exclude)
+
+    def _repick(
+        self,
+        key: Key,
+        exclude: frozenset[ServiceEndpoint],
+        refused: frozenset[ServiceEndpoint],
+    ) -> RouteRequest:
+        """Admission avoiding ``refused`` (tried, or their breakers refused just now)."""
         for _ in range(_MAX_REFUSALS):
             try:
                 endpoint = self._balancer.pick(key, exclude=refused)
@@ -691,18 +717,29 @@ def run_call(
     Admit, call, classify once, report, then ask the :class:`RetryState` (and the budget)
     whether to wait and go again. See :meth:`Route.call` for returns and errors.
     """
-    now = clock.monotonic
+    now = monotonic_of(clock)
     if budget is not None:
         budget.deposit()
-    state = RetryState.begin(policy, now=now())
+    started = now()
+    # The success path builds no RetryState: the first failure does (from ``started``).
+    state: RetryState | None = None
+    first_timeout = _first_timeout(policy)
+    key = options.key
     while True:
-        attempt = _admit(admit, options.key, state)
-        cap = cap_of(attempt.endpoint) if cap_of is not None else None
-        try:
-            timeout = state.timeout(attempt.started, cap)
-        except BaseException:
-            attempt.cancel()
-            raise
+        if state is None:
+            attempt = admit(key)
+            timeout = first_timeout
+            if cap_of is not None:
+                cap = cap_of(attempt.endpoint)
+                if cap is not None:
+                    timeout = cap if timeout is None else min(timeout, cap)
+        else:
+            attempt = _admit(admit, key, state)
+            try:
+                timeout = state.timeout(now(), cap_of(attempt.endpoint) if cap_of else None)
+            except BaseException:
+                attempt.cancel()
+                raise
         try:
             result = fn(attempt.endpoint, timeout)
         except Exception as exc:
@@ -716,7 +753,8 @@ def run_call(
             attempt.cancel()
             raise
         else:
-            status = options.status_of(result) if options.status_of is not None else None
+            status_of = options.status_of
+            status = None if status_of is None else status_of(result)
             if status is None:
                 attempt.report(SUCCESS)
                 return result
@@ -726,6 +764,8 @@ def run_call(
                 return result
             retry_after = options.retry_after_of(result) if options.retry_after_of else None
             has_result = True
+        if state is None:
+            state = RetryState.begin(policy, now=started)
         state = state.increment(
             attempt.endpoint,
             outcome,
@@ -743,6 +783,14 @@ def run_call(
             _raise_stopped(state, outcome)
         if state.wait > 0:
             (sleep or clock.sleep)(state.wait)
+
+
+def _first_timeout(policy: RetryPolicy) -> float | None:
+    """The first attempt's seconds: the per-try timeout, capped by the deadline."""
+    per_try, deadline = policy.per_try_timeout, policy.deadline
+    if per_try is None:
+        return deadline
+    return per_try if deadline is None else min(per_try, deadline)
 
 
 def _admit(admit: Admit, key: Key, state: RetryState) -> RouteRequest:
