@@ -51,6 +51,7 @@ from lake_mesh_consul._core.health import HealthStatus
 from lake_mesh_consul.errors import InvalidSetting
 
 __all__ = [
+    "MAX_GO_INT",
     "MAX_WEIGHT",
     "MIN_DEREGISTER_AFTER",
     "AliasCheck",
@@ -81,8 +82,10 @@ META_MAX_PAIRS = 64
 META_MAX_KEY_LENGTH = 128
 #: Longest meta value Consul accepts, in bytes of UTF-8 (512 ``é`` are 1,024 bytes).
 META_MAX_VALUE_LENGTH = 512
-#: Largest service weight: Consul decodes ``Weights`` into Go ints (64-bit).
-MAX_WEIGHT = 2**63 - 1
+#: Largest whole number Consul decodes (Go's int, 64-bit); a larger one is an HTTP 400.
+MAX_GO_INT = 2**63 - 1
+#: Largest service weight: Consul decodes ``Weights`` into Go ints.
+MAX_WEIGHT = MAX_GO_INT
 
 #: Letters, digits, ``-``, ``_`` and ``.``; starts and ends with a letter or digit.
 _NAME_RE = re.compile(r"[A-Za-z0-9]([A-Za-z0-9_.\-]*[A-Za-z0-9])?\Z")
@@ -232,8 +235,8 @@ def _duration(field_name: str, value: Any, *, optional: bool) -> float | None:
 
 
 def _non_negative_int(field_name: str, value: Any) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        raise _fail(field_name, f"must be a whole number >= 0, got {value!r}")
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_GO_INT:
+        raise _fail(field_name, f"must be a whole number in 0..2**63-1, got {value!r:.40}")
     return value
 
 
