@@ -20,7 +20,9 @@ How a pick is made (the common path takes no lock and does O(1) work):
    left the pick fails with reason ``"all tried"``. An empty ``exclude`` costs nothing.
 4. ``request()`` picks and counts the request as outstanding; leaving the ``with`` block
    folds its latency into the endpoint's peak EWMA and reports the outcome to the
-   recorders (the failure detector and breakers), unless ``record=False``.
+   recorders, unless ``record=False``. A balancer owned by a route
+   (:meth:`LoadBalancer.admit_through`) sends ``request()`` through the route's admission
+   instead: pick and breaker permit in one step, one recording path.
 
 Eligibility rules, as a table (first match wins)::
 
@@ -35,11 +37,12 @@ Eligibility rules, as a table (first match wins)::
 Panic threshold (Envoy's ``healthy_panic_threshold``, default 50%): when the eligible
 endpoints are fewer than ``panic_threshold`` of the routable ones (all but maintenance),
 the balancer stops trusting health and balances over all routable endpoints, rather than
-pile the whole load on the few that look healthy and take them down too. Unlike Envoy,
-when *no* endpoint is eligible at all the pick fails with
-:class:`~lake_mesh_consul.errors.NoEndpointsAvailable` (saying why) instead of sending
-blindly: a caller's fallback is better served by a clear error. ``panic_threshold=0``
-disables panic mode.
+pile the whole load on the few that look healthy and take them down too. When *no*
+endpoint is eligible at all, the balancer's own pick fails with
+:class:`~lake_mesh_consul.errors.NoEndpointsAvailable` (saying why); the
+:class:`~lake_mesh_consul._core.route.Route` that owns it then sends to the best candidate
+(Envoy's panic, Finagle's "pick among all when all are marked dead"), failing fast only for
+instances in maintenance, disabled or drained. ``panic_threshold=0`` disables panic mode.
 
 Slow start (Envoy's formula): an endpoint that becomes eligible after the first snapshot
 (new, or back from critical) weighs
@@ -69,10 +72,10 @@ from lake_mesh_consul._core.strategies import (
     BalancerStrategy,
     Key,
     PeakEwma,
-    Picker,
+    PickFunction,
     Prepared,
     StrategyLike,
-    Walker,
+    WalkFunction,
     ZoneAware,
     prepare_pair,
     resolve_strategy,
@@ -227,14 +230,14 @@ class _Snapshot:
         self.stats = stats
         self.stats_by_key = stats_by_key
         self.routable = routable
-        self.picker: Picker | None = prepared[0] if prepared is not None else None
-        self.walker: Walker | None = prepared[1] if prepared is not None else None
+        self.picker: PickFunction | None = prepared[0] if prepared is not None else None
+        self.walker: WalkFunction | None = prepared[1] if prepared is not None else None
         self.panic = panic
         self.failure = failure
         self.refresh_at = refresh_at
         #: The picker a plain pick may call at once: no gates to ask (or panic mode, which
         #: ignores them) and no slow-start refresh due; else None (the full path decides).
-        self.direct: Picker | None = (
+        self.direct: PickFunction | None = (
             self.picker if refresh_at == _INF and (panic or not gated) else None
         )
         #: Picker and walker over gate-filtered subsets, keyed by the refused endpoint keys.
@@ -260,8 +263,8 @@ class _Census:
     ) -> None:
         self.snap = snap
         self.expires = expires
-        self.picker: Picker | None = prepared[0] if prepared is not None else None
-        self.walker: Walker | None = prepared[1] if prepared is not None else None
+        self.picker: PickFunction | None = prepared[0] if prepared is not None else None
+        self.walker: WalkFunction | None = prepared[1] if prepared is not None else None
         self.panic = panic
         self.failure = failure
         self.available = available
@@ -317,8 +320,8 @@ class RequestContext:
     The exception itself always propagates. Recorders are called after the latency has
     been folded into the endpoint's stats; a recorder that raises is logged and skipped.
     A context started with ``record=False`` tracks load and latency only: its caller
-    reports the outcome to the detector and breakers itself (as
-    :func:`~lake_mesh_consul._core.retry.execute` does, with the breaker's permit).
+    reports the outcome to the detector and breakers itself (as the route's
+    :class:`~lake_mesh_consul._core.route.RouteRequest` does, with the breaker's permit).
 
     Example:
         >>> lb = LoadBalancer("web", endpoints=[ServiceEndpoint.create("w1", "10.0.0.1", 80)])
@@ -839,7 +842,7 @@ class LoadBalancer:
 
     def _walk(
         self,
-        walker: Walker | None,
+        walker: WalkFunction | None,
         key: Key,
         accept: Callable[[ServiceEndpoint], bool],
         candidates: tuple[ServiceEndpoint, ...],
@@ -852,7 +855,7 @@ class LoadBalancer:
             raise NoEndpointsAvailable(self.service, _ALL_TRIED)
         return endpoint
 
-    def _pick_gated(self, snap: _Snapshot, picker: Picker, key: Key) -> ServiceEndpoint:
+    def _pick_gated(self, snap: _Snapshot, picker: PickFunction, key: Key) -> ServiceEndpoint:
         census = self._census
         if census is not None and census.snap is snap:
             if self.clock.monotonic() < census.expires:

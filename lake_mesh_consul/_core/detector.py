@@ -65,10 +65,10 @@ from lake_mesh_consul.errors import InvalidSetting
 __all__ = [
     "ClassificationPolicy",
     "DetectorPolicy",
+    "DetectorState",
     "EjectionEvent",
     "EjectionListener",
     "EjectionPolicy",
-    "EndpointState",
     "FailureDetector",
     "OutcomeKind",
     "OutlierPolicy",
@@ -210,7 +210,7 @@ EjectionListener = Callable[[EjectionEvent], None]
 
 
 @dataclass(frozen=True, slots=True)
-class EndpointState:
+class DetectorState:
     """A read-only view of one endpoint for ``explain``.
 
     Attributes:
@@ -749,7 +749,7 @@ class FailureDetector:
 
     # --- reading -------------------------------------------------------------------------
 
-    def state(self, endpoint: ServiceEndpoint) -> EndpointState:
+    def state(self, endpoint: ServiceEndpoint) -> DetectorState:
         """The read-only state of ``endpoint`` (for ``explain``); zeros if never seen."""
         events: list[EjectionEvent] = []
         now = self._now()
@@ -762,7 +762,7 @@ class FailureDetector:
                 calls = st.window.counts(now)[0]
                 rates = st.window.rates(now)
             until = st.ejected_until
-            snapshot = EndpointState(
+            snapshot = DetectorState(
                 endpoint=endpoint,
                 available=False,
                 ejected_until=until,
@@ -786,7 +786,7 @@ class FailureDetector:
             breaker=br.snapshot() if br is not None else None,
         )
 
-    def states(self, service: str | None = None) -> list[EndpointState]:
+    def states(self, service: str | None = None) -> list[DetectorState]:
         """:meth:`state` of every known endpoint (of ``service``, if given)."""
         with self._lock:
             if service is None:

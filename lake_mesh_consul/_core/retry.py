@@ -58,7 +58,7 @@ __all__ = [
     "DEFAULT_ALLOWED_METHODS",
     "DEFAULT_RETRY_ON",
     "BudgetPolicy",
-    "PickFunction",
+    "ExcludingPick",
     "RetryBudget",
     "RetryPolicy",
     "RetryState",
@@ -408,7 +408,7 @@ class RetryBudget:
         )
 
 
-class PickFunction(Protocol):
+class ExcludingPick(Protocol):
     """Picks an endpoint not in ``exclude``; raises NoEndpointsAvailable when none is left."""
 
     def __call__(self, *, exclude: frozenset[ServiceEndpoint]) -> ServiceEndpoint:
@@ -475,7 +475,7 @@ class _PickedAttempt:
 
 
 def _pick_admission(
-    pick: PickFunction | None,
+    pick: ExcludingPick | None,
     balancer: LoadBalancer | None,
     detector: FailureDetector | None,
     breaker_for: Callable[[ServiceEndpoint], CircuitBreaker | None] | None,
@@ -509,7 +509,7 @@ def _pick_admission(
 
 
 def execute(
-    pick: PickFunction | None,
+    pick: ExcludingPick | None,
     call: Callable[[ServiceEndpoint, float | None], _T],
     *,
     policy: RetryPolicy | None = None,
