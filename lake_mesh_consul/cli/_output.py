@@ -20,10 +20,12 @@ __all__ = [
     "EXIT_FAILURE",
     "EXIT_OK",
     "EXIT_USAGE",
+    "MAX_INDEX",
     "MAX_SECONDS",
     "Output",
     "add_connection_args",
     "config_from_args",
+    "modify_index",
     "non_negative_int",
     "number_in",
     "port_number",
@@ -98,6 +100,24 @@ def non_negative_int(text: str) -> int:
     value = _whole(text)
     if value is None or value < 0:
         raise argparse.ArgumentTypeError(f"expected a whole number >= 0, got {text!r}")
+    return value
+
+
+#: Largest Consul index (``ModifyIndex``, ``--cas``): Consul parses it as a uint64.
+MAX_INDEX = 2**64 - 1
+
+
+def modify_index(text: str) -> int:
+    """A Consul index flag (``--cas``): a whole number in 0..2**64-1 (Consul's uint64).
+
+    Raises:
+        argparse.ArgumentTypeError: anything else (Consul would answer HTTP 500 for it).
+    """
+    value = _whole(text)
+    if value is None or not 0 <= value <= MAX_INDEX:
+        raise argparse.ArgumentTypeError(
+            f"expected a Consul index, a whole number in 0..2**64-1, got {text[:40]!r}"
+        )
     return value
 
 

@@ -30,6 +30,7 @@ from lake_mesh_consul.cli._output import (
     Output,
     add_connection_args,
     config_from_args,
+    modify_index,
     non_negative_int,
 )
 
@@ -59,7 +60,7 @@ def register(subparsers: Any) -> None:
     put.add_argument("key", metavar="KEY")
     put.add_argument("file", metavar="FILE", help="the JSON document, or - for stdin")
     put.add_argument(
-        "--cas", type=non_negative_int, metavar="INDEX", help="expected ModifyIndex (0: new)"
+        "--cas", type=modify_index, metavar="INDEX", help="expected ModifyIndex (0: new)"
     )
     put.add_argument("--dry-run", action="store_true", help="show the effect, write nothing")
     _common(put)
@@ -87,9 +88,7 @@ def register(subparsers: Any) -> None:
 
     delete = sub.add_parser("delete", help="delete a key (settings fall back a level)")
     delete.add_argument("key", metavar="KEY")
-    delete.add_argument(
-        "--cas", type=non_negative_int, metavar="INDEX", help="expected ModifyIndex"
-    )
+    delete.add_argument("--cas", type=modify_index, metavar="INDEX", help="expected ModifyIndex")
     delete.add_argument("--dry-run", action="store_true", help="show the effect, delete nothing")
     _common(delete)
     delete.set_defaults(func=run_delete)

@@ -10,6 +10,7 @@ Everything here is refused before any network call with one clear error naming t
 
 from __future__ import annotations
 
+import argparse
 import io
 from pathlib import Path
 from typing import Any
@@ -33,7 +34,7 @@ from lake_mesh_consul._core.registration import (
     utf8_length,
 )
 from lake_mesh_consul.cli import main
-from lake_mesh_consul.cli._output import Output
+from lake_mesh_consul.cli._output import Output, modify_index
 from lake_mesh_consul.errors import ConfigValidationError, InvalidSetting
 
 # --- lengths in bytes ------------------------------------------------------------------------
@@ -255,3 +256,17 @@ def _capturing(err: io.StringIO) -> Any:
         return Output(stdout=io.StringIO(), stderr=err, **kwargs)
 
     return build
+
+
+@pytest.mark.parametrize(
+    ("text", "ok"), [("0", True), (str(2**64 - 1), True), (str(2**64), False), ("-1", False)]
+)
+def test_cas_index_is_a_uint64_like_consuls(text: str, ok: bool) -> None:
+    # Consul answered HTTP 500 (strconv.ParseUint) for --cas 99999999999999999999999999.
+    argv = ["config", "delete", "services/web", "--cas", text, "--dry-run", "--http-addr"]
+    if ok:
+        assert modify_index(text) == int(text)
+        return
+    with pytest.raises(argparse.ArgumentTypeError, match=r"0\.\.2\*\*64-1"):
+        modify_index(text)
+    assert main([*argv, "127.0.0.1:1"]) == 2
