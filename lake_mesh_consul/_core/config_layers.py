@@ -132,7 +132,8 @@ class EffectiveConfig:
         provenance: the :class:`Provenance` of every value.
 
     ``settings`` and ``endpoint_settings`` give the typed view; ``breaker_policy()``,
-    ``detector_policy()`` and ``retry_policy()`` build the breaking issue's policies.
+    ``detector_policy()`` and ``retry_policy()`` build the policies of
+    :mod:`lake_mesh_consul.policies`.
     """
 
     service: str
@@ -165,19 +166,19 @@ class EffectiveConfig:
         return from_flat(EndpointConfig, self.values)
 
     def breaker_policy(self) -> Any:
-        """The breaking issue's BreakerPolicy for these settings."""
+        """The breaker's ``BreakerPolicy`` for these settings (:mod:`lake_mesh_consul.policies`)."""
         from lake_mesh_consul._core.config_policies import breaker_policy
 
         return breaker_policy(self.values)
 
     def detector_policy(self) -> Any:
-        """The breaking issue's outlier-detection policy for these settings."""
+        """The detector's ``DetectorPolicy`` for these settings (``lake_mesh_consul.policies``)."""
         from lake_mesh_consul._core.config_policies import detector_policy
 
         return detector_policy(self.values)
 
     def retry_policy(self) -> Any:
-        """The breaking issue's RetryPolicy for these settings."""
+        """The retry ``RetryPolicy`` for these settings (:mod:`lake_mesh_consul.policies`)."""
         from lake_mesh_consul._core.config_policies import retry_policy
 
         return retry_policy(self.values)

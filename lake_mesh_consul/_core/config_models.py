@@ -10,8 +10,8 @@ durations may be given as Consul writes them (``"250ms"``, ``"1m30s"``) and are 
 seconds. A bad value raises :class:`~lake_mesh_consul.errors.ConfigValidationError` naming
 the field.
 
-The policy objects of the breaking issue are built lazily (``ServiceConfig.retry_policy()``),
-so importing this module imports neither pybreaker nor tenacity.
+The policy objects of :mod:`lake_mesh_consul.policies` are built lazily
+(``ServiceConfig.retry_policy()``), so importing this module imports neither pybreaker nor tenacity.
 """
 
 from __future__ import annotations
@@ -291,19 +291,19 @@ class ServiceConfig(_Level):
         return values
 
     def breaker_policy(self) -> Any:
-        """The breaking issue's ``BreakerPolicy`` for these settings (defaults filled in)."""
+        """The breaker's ``BreakerPolicy`` for these settings (defaults filled in)."""
         from lake_mesh_consul._core.config_policies import breaker_policy
 
         return breaker_policy(self.resolved())
 
     def detector_policy(self) -> Any:
-        """The breaking issue's outlier-detection policy for these settings."""
+        """The detector's ``DetectorPolicy`` for these settings (defaults filled in)."""
         from lake_mesh_consul._core.config_policies import detector_policy
 
         return detector_policy(self.resolved())
 
     def retry_policy(self) -> Any:
-        """The breaking issue's ``RetryPolicy`` for these settings (defaults filled in)."""
+        """The retry ``RetryPolicy`` for these settings (defaults filled in)."""
         from lake_mesh_consul._core.config_policies import retry_policy
 
         return retry_policy(self.resolved())

@@ -1,7 +1,8 @@
 """Converters from configuration settings to the policy objects of the other core parts.
 
 Each function takes settings by dotted path (an effective mapping, or
-``ServiceConfig.resolved()``) and builds the frozen policy dataclass of the breaking issue.
+``ServiceConfig.resolved()``) and builds the frozen policy dataclass
+(:mod:`lake_mesh_consul.policies`).
 The policy modules are imported here, inside the functions, so that importing the config
 models never imports pybreaker or tenacity.
 """
