@@ -12,6 +12,7 @@ stops when the client goes away or its byte/time budget is spent.
 from __future__ import annotations
 
 import socket
+import ssl
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -31,8 +32,11 @@ class HostileServer:
     answer. :attr:`heads` holds every request head received, :attr:`sent` the bytes written.
     """
 
-    def __init__(self, answer: Answer, host: str = "127.0.0.1") -> None:
+    def __init__(
+        self, answer: Answer, host: str = "127.0.0.1", tls: ssl.SSLContext | None = None
+    ) -> None:
         self.answer = answer
+        self.tls = tls
         self.heads: list[bytes] = []
         self.sent = 0
         self.connections = 0
@@ -58,14 +62,20 @@ class HostileServer:
             except OSError:
                 continue
             self.connections += 1
-            with conn:
-                conn.settimeout(5)
-                try:
-                    head = _read_head(conn)
-                    self.heads.append(head)
-                    self.answer(conn, head)
-                except OSError:
-                    pass
+            self._serve_one(conn)
+
+    def _serve_one(self, conn: socket.socket) -> None:
+        conn.settimeout(5)
+        try:
+            if self.tls is not None:
+                conn = self.tls.wrap_socket(conn, server_side=True)
+            head = _read_head(conn)
+            self.heads.append(head)
+            self.answer(conn, head)
+        except OSError:  # the client went away (or refused the handshake)
+            pass
+        finally:
+            conn.close()
 
     def send(self, conn: socket.socket, data: bytes) -> None:
         """Write ``data`` and count it."""
@@ -90,9 +100,11 @@ def _read_head(conn: socket.socket) -> bytes:
 
 
 @contextmanager
-def hostile(answer: Answer, host: str = "127.0.0.1") -> Iterator[HostileServer]:
-    """A :class:`HostileServer` for the duration of a ``with`` block."""
-    server = HostileServer(answer, host)
+def hostile(
+    answer: Answer, host: str = "127.0.0.1", tls: ssl.SSLContext | None = None
+) -> Iterator[HostileServer]:
+    """A :class:`HostileServer` (HTTPS with ``tls``) for the duration of a ``with`` block."""
+    server = HostileServer(answer, host, tls)
     try:
         yield server
     finally:

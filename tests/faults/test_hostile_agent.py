@@ -13,6 +13,7 @@ The connection-limit test runs a real agent.
 from __future__ import annotations
 
 import socket
+import ssl
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -34,6 +35,7 @@ from lake_mesh_consul.errors import (
 )
 from lake_mesh_consul.testing._agent import DevAgent, find_consul_binary
 from lake_mesh_consul.testing._secret_scan import secret_findings
+from lake_mesh_consul.testing._tls import TLSMaterial, create_tls_material
 
 from ._hostile import (
     Answer,
@@ -289,6 +291,51 @@ def test_close_wakes_a_thread_parked_in_a_request() -> None:
     assert woke < 1.0
     assert isinstance(outcome[0], ConsulUnavailable)
     assert "client closed (read leader)" in str(outcome[0])
+
+
+# --- the same guards over TLS (the guarded socket wraps an SSL socket there) -------------
+
+
+@pytest.fixture(scope="module")
+def tls_material(tmp_path_factory: pytest.TempPathFactory) -> TLSMaterial:
+    binary = find_consul_binary()
+    if binary is None:
+        pytest.skip("no consul binary (for `consul tls`)")
+    return create_tls_material(binary, tmp_path_factory.mktemp("tls"))
+
+
+def _server_context(material: TLSMaterial) -> ssl.SSLContext:
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(material.server_cert, material.server_key)
+    return context
+
+
+def _tls_config(server: HostileServer, material: TLSMaterial, **kwargs: object) -> MeshConfig:
+    return _config(server, scheme="https", ca_file=str(material.ca_file), **kwargs)
+
+
+def test_over_tls_a_trickling_agent_is_cut_at_the_deadline(tls_material: TLSMaterial) -> None:
+    answer = trickle(RESPONSE, interval=0.1, max_bytes=200)
+    with hostile(answer, tls=_server_context(tls_material)) as agent:
+        config = _tls_config(agent, tls_material, connect_timeout=0.5, read_timeout=1.0)
+        error, took = _fails(config, _leader)
+    assert "deadline of 1.5s exceeded" in str(error)
+    assert took < 2.2
+
+
+def test_over_tls_answers_are_read_and_capped(tls_material: TLSMaterial) -> None:
+    context = _server_context(tls_material)
+    with (
+        hostile(fixed("200 OK", b'"127.0.0.1:8300"'), tls=context) as agent,
+        ConsulClient(_tls_config(agent, tls_material)) as client,
+    ):
+        assert client.leader() == "127.0.0.1:8300"
+    box: list[HostileServer] = []
+    answer = endless(lambda: box[0], announce=False, total=50 * CAP)
+    with hostile(answer, tls=context) as agent:
+        box.append(agent)
+        error, _ = _fails(_tls_config(agent, tls_material, max_answer_bytes=CAP), _leader)
+    assert isinstance(error, ConsulAnswerTooLarge)
 
 
 # --- memory over a thousand bad answers ----------------------------------------------------
