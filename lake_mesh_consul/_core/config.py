@@ -64,6 +64,9 @@ ENV_VARS = (
 
 #: Consul's default agent address.
 DEFAULT_ADDRESS = "127.0.0.1:8500"
+#: Longest connect or read timeout accepted (a day): beyond it sockets overflow, and no
+#: non-blocking Consul answer is worth waiting for longer.
+MAX_TIMEOUT = 86400.0
 
 #: Largest answer read from the agent (``max_answer_bytes``): 64 MiB. A health answer costs
 #: about 1.5-3 KB per instance (node, service and checks), so this holds over 20,000 instances
@@ -375,6 +378,8 @@ class MeshConfig:
                 set_(self, name, value)
             if not isinstance(value, int | float) or isinstance(value, bool) or value <= 0:
                 raise InvalidSetting(name, f"must be a positive number of seconds, got {value!r}")
+            if not value <= MAX_TIMEOUT:  # 1e300 or inf would overflow the socket's timeval
+                raise InvalidSetting(name, f"must be at most {MAX_TIMEOUT:g}s, got {value!r:.40}")
         limit = self.max_answer_bytes
         if not isinstance(limit, int) or isinstance(limit, bool) or not 1024 <= limit <= 2**40:
             raise InvalidSetting(

@@ -18,6 +18,7 @@ from typing import Any
 import pytest
 
 from lake_mesh_consul._consul.registry import encode_service
+from lake_mesh_consul._core.config import MeshConfig
 from lake_mesh_consul._core.config_schema import parse_document
 from lake_mesh_consul._core.durations import MAX_DURATION, format_duration, parse_duration
 from lake_mesh_consul._core.endpoint import Weights
@@ -270,3 +271,12 @@ def test_cas_index_is_a_uint64_like_consuls(text: str, ok: bool) -> None:
     with pytest.raises(argparse.ArgumentTypeError, match=r"0\.\.2\*\*64-1"):
         modify_index(text)
     assert main([*argv, "127.0.0.1:1"]) == 2
+
+
+@pytest.mark.parametrize("value", [1e300, float("inf"), float("nan"), 10**400, 86400.5])
+@pytest.mark.parametrize("name", ["read_timeout", "connect_timeout"])
+def test_client_timeouts_are_bounded_with_a_clear_error(name: str, value: float) -> None:
+    # read_timeout=1e300 used to be accepted, then raise a raw OverflowError in the socket.
+    with pytest.raises(InvalidSetting, match="at most 86400s") as exc:
+        MeshConfig(**{name: value})
+    assert exc.value.setting == name
