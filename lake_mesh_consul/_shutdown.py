@@ -19,9 +19,11 @@ critical, until someone deregisters it. Spring Cloud Consul deregisters on shutd
 A second signal while the first is handled goes straight on (the close is idempotent).
 A signal that interrupts the main thread inside a section where handling it at once would
 do harm (``defer_while`` says so: the owner is closing already, or registering) is kept: the
-handler returns, the section goes on, and its end calls :meth:`ShutdownHook.release`, which
-handles the signal then (close, hand on). Otherwise SystemExit would cut a drain short, or
-interrupt a registration the agent may already have made, leaving it behind.
+handler starts the close beside it and returns, the section goes on (bounded: the close
+cancels a registration's retries and wakes its call), and its end calls
+:meth:`ShutdownHook.release`, which handles the signal then (close done, hand on). Handled
+at once, SystemExit would cut a drain short, or interrupt a registration the agent may
+already have made, leaving it behind.
 """
 
 from __future__ import annotations
@@ -116,6 +118,11 @@ class ShutdownHook:
         if self._defer_while is not None and self._defer_while():
             log.info("%s: signal %d kept until the current step ends", self.name, signum)
             self._deferred.append((signum, frame))
+            # Start closing now, beside the step (which it cuts short cleanly, e.g. a
+            # registration retrying against a dead agent): release() then only waits for it.
+            threading.Thread(
+                target=self._run_close, name=f"{self.name}-shutdown", daemon=True
+            ).start()
             return
         self._handle_now(signum, frame)
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import os
 import random
+import select
 import signal
 import socket
 import subprocess
@@ -100,6 +101,14 @@ def _finish(proc: subprocess.Popen[str], timeout: float = 20.0) -> tuple[int, st
     return proc.returncode, out + err
 
 
+def _wait_line(proc: subprocess.Popen[str], text: str, timeout: float) -> None:
+    assert proc.stdout is not None
+    ready, _, _ = select.select([proc.stdout], [], [], timeout)
+    assert ready, f"no {text!r} within {timeout}s"
+    line = proc.stdout.readline()
+    assert text in line, line
+
+
 def _lake_threads(before: set[int]) -> list[str]:
     return [
         t.name
@@ -121,8 +130,8 @@ def test_sigterm_drains_the_readme_quickstart(consul_agent, client, unique_name)
     port = _free_port()
     proc = _spawn([str(QUICKSTART), "--name", unique_name, "--port", str(port)], consul_agent)
     try:
-        ids = _until(lambda: _instances(client, unique_name), 30, "the quickstart to register")
-        (service_id,) = ids
+        _wait_line(proc, "registered", 60)  # register() returned: the service is up
+        (service_id,) = _instances(client, unique_name)
         sent = time.monotonic()
         proc.send_signal(signal.SIGTERM)
         maintenance_at = None
@@ -159,8 +168,7 @@ def test_sigterm_with_the_agent_hung_exits_within_grace_plus_5s(
     proc = _spawn([str(QUICKSTART), "--name", unique_name, "--port", str(port)], agent)
     paused = False
     try:
-        with ConsulClient(MeshConfig(address=agent.address)) as own:
-            _until(lambda: _instances(own, unique_name), 30, "the quickstart to register")
+        _wait_line(proc, "registered", 60)
         agent.pause()
         paused = True
         sent = time.monotonic()
@@ -261,6 +269,39 @@ def test_sigterm_during_close_does_not_cut_the_drain_short(consul_agent, client,
     assert left == {}, output  # and the instance deregistered
     assert code == 128 + signal.SIGTERM, output  # then the signal went on
     assert "swallowed" not in output
+
+
+_REGISTER_DOWN = textwrap.dedent(
+    """
+    from lake_mesh_consul import ServiceMetadata
+    from lake_mesh_consul.mesh import Mesh
+
+    with Mesh.from_env(watch_config=False) as mesh:
+        print("registering", flush=True)
+        mesh.register(ServiceMetadata("never-up", 8080, address="127.0.0.1"))  # retries 30 s
+    """
+)
+
+
+def test_sigterm_while_register_retries_a_down_agent_exits_in_time() -> None:
+    """register() retries a dead agent for up to 30 s; SIGTERM still ends it within grace + 5 s."""
+    down = ConsulAgentHandle(address=f"127.0.0.1:{_free_port()}")  # nothing listens there
+    proc = _spawn(["-c", _REGISTER_DOWN], down)
+    try:
+        _wait_line(proc, "registering", 60)
+        time.sleep(1.0)  # the main thread is inside register(), retrying
+        assert proc.poll() is None
+        sent = time.monotonic()
+        proc.send_signal(signal.SIGTERM)
+        code, output = _finish(proc, timeout=DEFAULT_DRAIN_GRACE + 15)
+        exited_at = time.monotonic() - sent
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(5)
+    print(f"\nSIGTERM during register() against a down agent: exit {code} after {exited_at:.2f}s")
+    assert code == 128 + signal.SIGTERM, output
+    assert exited_at <= DEFAULT_DRAIN_GRACE + 5.0, output
 
 
 # --- close() and register() in-process -----------------------------------------------------------
