@@ -33,7 +33,7 @@ import threading
 from array import array
 from bisect import bisect_left
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import TypeVar
 
 from lake_mesh_consul._core.clock import SYSTEM_CLOCK, Clock
@@ -46,7 +46,6 @@ from lake_mesh_consul._core.strategies.base import (
     PairedStrategy,
     Prepared,
     constant_pair,
-    extended,
     next_owner,
     walk_cap,
 )
@@ -321,16 +320,41 @@ def _next_prime(n: int) -> int:
     return n
 
 
+def _turns(weights: Sequence[float]) -> Iterator[int]:
+    """The order in which Maglev's instances claim slots, forever (Envoy's weighted rule).
+
+    In round ``r`` instance ``i`` claims while ``r * weight_i`` has earned it a turn (its
+    claims so far times the heaviest weight); the heaviest claims in every round, so with
+    equal weights this is plain round robin.
+    """
+    n = len(weights)
+    if weights.count(weights[0]) == n:
+        yield from itertools.cycle(range(n))
+        return
+    heaviest = max(weights)
+    earned = [0.0] * n
+    for turn in itertools.count(1):
+        for i in range(n):
+            if turn * weights[i] >= earned[i]:
+                earned[i] += heaviest
+                yield i
+
+
 def maglev_fill(
-    offsets: Sequence[int], skips: Sequence[int], weights: Sequence[float], size: int
+    offsets: Sequence[int],
+    skips: Sequence[int],
+    weights: Sequence[float],
+    size: int,
+    labels: Sequence[int] | None = None,
 ) -> list[int]:
-    """The Maglev table: the owner (an index into ``offsets``) of each of ``size`` slots.
+    """The Maglev table: the owner of each of ``size`` slots.
+
+    The owner is written as ``labels[i]`` for instance ``i`` (default: ``i`` itself).
 
     Instance ``i`` prefers the slots ``offsets[i] + j * skips[i] (mod size)`` for j = 0,
-    1, 2...; in turns, each instance claims the first slot of its preference that is
-    still free (Maglev's ``Populate``), heavier instances more often (Envoy: an instance
-    claims in a round only while ``round * weight`` has earned it a turn, the heaviest in
-    every round). ``size`` must be a prime, every skip in ``[1, size)``.
+    1, 2...; taking turns (:func:`_turns`), each claims the first slot of its preference
+    that is still free (Maglev's ``Populate``). ``size`` must be a prime and every skip in
+    ``[1, size)``.
 
     Cost: probing a nearly full table is what makes this slow (the last free slots take
     ``size / free`` probes each), so once only ``sqrt(size)`` slots are free each claim
@@ -342,44 +366,36 @@ def maglev_fill(
     n = len(offsets)
     owner = [-1] * size
     taken = bytearray(size)
-    position = list(offsets)
-    left = size
-    dense = min(size, max(16, math.isqrt(size)))
-    free: list[int] | None = None
-    equal = all(w == weights[0] for w in weights)
-    heaviest = max(weights)
-    earned = [0.0] * n
-    turn = 0
-    while left:
-        turn += 1
-        for i in range(n):
-            if not equal:
-                if turn * weights[i] < earned[i]:
-                    continue
-                earned[i] += heaviest
-            if left > dense:
-                slot = position[i]
-                skip = skips[i]
-                while taken[slot]:
-                    slot += skip
-                    if slot >= size:
-                        slot -= size
-                taken[slot] = 1
-                owner[slot] = i
-                slot += skip
-                position[i] = slot - size if slot >= size else slot
-            else:
-                if free is None:
-                    free = [s for s in range(size) if not taken[s]]
-                inverse = pow(skips[i], -1, size)
-                base = -offsets[i] * inverse % size
-                places = [(s * inverse + base) % size for s in free]
-                k = places.index(min(places))
-                owner[free[k]] = i
-                del free[k]
-            left -= 1
-            if not left:
-                break
+    # Per instance: [its next preferred slot, its skip, its index].
+    names = range(n) if labels is None else labels
+    state = [[o, s, i] for o, s, i in zip(offsets, skips, names, strict=True)]
+    probed = size - min(size, max(16, math.isqrt(size)))
+    turns = _turns(weights)
+    rounds = probed // n if weights.count(weights[0]) == n else 0
+    for _ in range(rounds):  # equal weights: whole rounds without a turn lookup (hot loop)
+        for entry in state:
+            slot, skip, i = entry
+            while taken[slot]:
+                slot = (slot + skip) % size
+            taken[slot] = 1
+            owner[slot] = i
+            entry[0] = (slot + skip) % size
+    for i in itertools.islice(turns, probed - rounds * n):  # the same claim, by turns
+        entry = state[i]
+        slot, skip, label = entry
+        while taken[slot]:
+            slot = (slot + skip) % size
+        taken[slot] = 1
+        owner[slot] = label
+        entry[0] = (slot + skip) % size
+    free = [s for s in range(size) if not taken[s]]
+    for i in itertools.islice(turns, len(free)):
+        inverse = pow(skips[i], -1, size)
+        base = -offsets[i] * inverse % size
+        places = [(s * inverse + base) % size for s in free]
+        k = places.index(min(places))
+        owner[free[k]] = state[i][2]
+        del free[k]
     return owner
 
 
@@ -439,13 +455,13 @@ class Maglev(PairedStrategy):
         self._hashes = fresh
         order = sorted(range(n), key=tokens.__getitem__)  # the same turns in every process
         hashes = [fresh[tokens[i]] for i in order]
-        filled = maglev_fill(
+        table = maglev_fill(
             [h1 % size for h1, _ in hashes],
             [h2 % (size - 1) + 1 for _, h2 in hashes],
             [weights[i] for i in order],
             size,
+            order,
         )
-        table = list(map(order.__getitem__, filled))
         _remember(self._tables, ident, table)
         return table
 
@@ -458,16 +474,17 @@ class Maglev(PairedStrategy):
         """The table's lookup and a walk that goes on to the next distinct owner."""
         if len(endpoints) == 1:
             return constant_pair(endpoints[0])
-        table = tuple(map(endpoints.__getitem__, self.build_table(endpoints, weights)))
-        size = len(table)
+        owners = self.build_table(endpoints, weights)
+        size = len(owners)
+        # One copy, with the last slot twice: int(random() * size) may round up to size.
+        table = tuple(map(endpoints.__getitem__, itertools.chain(owners, owners[-1:])))
         rnd = self._rng.random
         hash_key = hash64
-        table_x = extended(table)
         cap = walk_cap(len(endpoints), size)
 
         def pick(key: Key = None) -> ServiceEndpoint:
             if key is None:
-                return table_x[int(rnd() * size)]
+                return table[int(rnd() * size)]
             return table[hash_key(key) % size]
 
         def walk(key: Key, accept: Accept) -> ServiceEndpoint | None:
