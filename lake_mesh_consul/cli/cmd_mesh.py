@@ -183,10 +183,22 @@ def _mesh(args: argparse.Namespace) -> Any:
 
 
 def _headers(values: list[str]) -> dict[str, str] | None:
+    """``NAME: VALUE`` flags as a dict; ``None`` when one is malformed (a usage error).
+
+    A CR, LF or other control character would split or corrupt the request's header block
+    (requests refuses it only when sending, after discovery): refused here, before anything.
+    """
+    from lake_mesh_consul._core.registration import check_text
+    from lake_mesh_consul.errors import InvalidSetting
+
     headers: dict[str, str] = {}
     for value in values:
         name, sep, text = value.partition(":")
         if not sep or not name.strip():
+            return None
+        try:
+            check_text(value, "--header", allow="\t")
+        except InvalidSetting:
             return None
         headers[name.strip()] = text.strip()
     return headers
@@ -211,7 +223,7 @@ def run_call(args: argparse.Namespace, out: Output) -> int:
 
     headers = _headers(args.header)
     if headers is None:
-        out.info("Error: --header takes 'NAME: VALUE'")
+        out.info("Error: --header takes 'NAME: VALUE' (no control characters)")
         return EXIT_USAGE
     path = args.path if args.path.startswith("/") else "/" + args.path
     body = _body(args.data)

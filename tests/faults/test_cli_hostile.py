@@ -229,3 +229,12 @@ def test_config_set_refuses_an_invalid_service_key_and_writes_nothing(
             "GET", f"/v1/kv/{prefix}/", operation="read", params={"keys": ""}, allow_404=True
         )
         assert answer.status == 404  # nothing under the prefix
+
+
+@pytest.mark.parametrize("header", ["X-A: a\r\nX-Evil: 1", "X-A: a\nb", "X-A: \x00", "X-A"])
+def test_call_refuses_a_header_that_would_split_the_request(
+    consul_agent: ConsulAgentHandle, known: str, header: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    argv = ["call", known, "/", "-H", header, "--http-addr", consul_agent.address]
+    assert main(argv) == 2  # a usage error, before discovery or any request
+    assert capsys.readouterr().err.count("\n") == 1
