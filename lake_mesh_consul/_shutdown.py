@@ -17,21 +17,22 @@ critical, until someone deregisters it. Spring Cloud Consul deregisters on shutd
    exits run on the way out.
 
 A second signal while the first is handled goes straight on (the close is idempotent).
-A signal that interrupts the main thread inside a section where handling it at once would
-do harm (``defer_while`` says so: the owner is closing already, or registering) is kept: the
+A signal that interrupts the main thread inside a :meth:`ShutdownHook.deferring` block (where
+handling it at once would do harm: the owner is closing already, or registering) is kept: the
 handler starts the close beside it and returns, the section goes on (bounded: the close
-cancels a registration's retries and wakes its call), and its end calls
-:meth:`ShutdownHook.release`, which handles the signal then (close done, hand on). Handled
+cancels a registration's retries and wakes its call), and the block's end handles the
+signal (close done, hand on). Handled
 at once, SystemExit would cut a drain short, or interrupt a registration the agent may
 already have made, leaving it behind.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import signal
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from types import FrameType
 from typing import Any
 
@@ -48,8 +49,6 @@ class ShutdownHook:
         budget: the longest the handler waits for ``close`` before handing the signal on.
         name: shown in the log line and the helper thread's name.
         signals: the signals handled (default: SIGTERM).
-        defer_while: when it returns True (the main thread is in a section that must not
-            be interrupted), a signal is kept until :meth:`release` instead of being handled.
 
     Thread-safety: :meth:`install` and :meth:`uninstall` act only on the main thread (Python
     lets no other thread touch signal handlers); elsewhere they do nothing and say so.
@@ -62,14 +61,14 @@ class ShutdownHook:
         budget: float,
         name: str,
         signals: Sequence[int] = (signal.SIGTERM,),
-        defer_while: Callable[[], bool] | None = None,
     ) -> None:
         self._close = close
         self.budget = budget
         self.name = name
         self.signals = tuple(signals)
-        self._defer_while = defer_while
-        self._deferred: list[tuple[int, FrameType | None]] = []
+        self._sections = 0  # deferring() blocks the main thread is in
+        # Kept signals, with the handler they go on to (read when the signal came).
+        self._deferred: list[tuple[int, FrameType | None, Any]] = []
         self._previous: dict[int, Any] = {}
         # Reentrant: the handler may interrupt the main thread inside install/uninstall.
         self._lock = threading.RLock()
@@ -102,32 +101,40 @@ class ShutdownHook:
             except (ValueError, TypeError, OSError):  # interpreter shutting down
                 pass
 
-    def release(self) -> None:
-        """Handle a signal kept by ``defer_while`` now (call it at the end of the section).
+    @contextlib.contextmanager
+    def deferring(self) -> Iterator[None]:
+        """On the main thread: a signal arriving inside the block is handled at its end.
 
-        Only on the main thread (where the signal would have been handled); may raise
-        ``SystemExit`` there, as the signal's handling would have.
+        Elsewhere (no signal handler runs on another thread) it does nothing. Leaving the
+        outermost block may raise ``SystemExit``, as the signal's handling would have.
         """
-        if not self._deferred or threading.current_thread() is not threading.main_thread():
+        if threading.current_thread() is not threading.main_thread():
+            yield
             return
-        signum, frame = self._deferred[0]
-        self._deferred.clear()
-        self._handle_now(signum, frame)
+        self._sections += 1
+        try:
+            yield
+        finally:
+            self._sections -= 1
+            if self._sections == 0 and self._deferred:
+                signum, frame, previous = self._deferred[0]
+                self._deferred.clear()
+                self._handle_now(signum, frame, previous)
 
     def _handle(self, signum: int, frame: FrameType | None) -> None:
-        if self._defer_while is not None and self._defer_while():
+        if self._sections > 0:
             log.info("%s: signal %d kept until the current step ends", self.name, signum)
-            self._deferred.append((signum, frame))
+            previous = self._previous.get(signum, signal.SIG_DFL)
+            self._deferred.append((signum, frame, previous))
             # Start closing now, beside the step (which it cuts short cleanly, e.g. a
-            # registration retrying against a dead agent): release() then only waits for it.
+            # registration retrying against a dead agent): the block's end only waits for it.
             threading.Thread(
                 target=self._run_close, name=f"{self.name}-shutdown", daemon=True
             ).start()
             return
-        self._handle_now(signum, frame)
+        self._handle_now(signum, frame, self._previous.get(signum, signal.SIG_DFL))
 
-    def _handle_now(self, signum: int, frame: FrameType | None) -> None:
-        previous = self._previous.get(signum, signal.SIG_DFL)
+    def _handle_now(self, signum: int, frame: FrameType | None, previous: Any) -> None:
         log.info(
             "%s: signal %d: draining before exit (at most %.1fs)", self.name, signum, self.budget
         )

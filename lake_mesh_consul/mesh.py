@@ -44,14 +44,13 @@ This module imports the heavy parts (requests, python-consul2, tenacity, pybreak
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import logging
 import os
 import random
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
@@ -634,10 +633,14 @@ class Mesh:
         self._started = False
         self._closed = False
         self._drain_on_sigterm = drain_on_sigterm
-        self._sigterm: ShutdownHook | None = None
+        # Installed by the first register() on the main thread. register() and close() run
+        # in its deferring() blocks: a SIGTERM handled in the middle of them would cut a
+        # drain short, or leave behind a registration the agent may already have made.
+        self._sigterm = ShutdownHook(
+            self.close, budget=self.registry.drain_grace + CLOSE_MARGIN + 0.5, name="lake-mesh"
+        )
         self._closer: threading.Thread | None = None  # the thread running close()
         self._close_done = threading.Event()
-        self._main_sections = 0  # main-thread register()/close() calls in progress
 
     @classmethod
     def from_env(cls, **kwargs: Any) -> Mesh:
@@ -701,10 +704,9 @@ class Mesh:
         within the same bound; a SIGTERM that arrives while the main thread is closing is
         handed on once that close has finished, so it never cuts a drain short.
         """
-        with self._signals_deferred():
+        with self._sigterm.deferring():
             self._close_once()
-        if self._sigterm is not None:
-            self._sigterm.uninstall()
+        self._sigterm.uninstall()
 
     def _close_once(self) -> None:
         budget = self.registry.drain_grace + CLOSE_MARGIN
@@ -740,26 +742,6 @@ class Mesh:
         for manager in health:
             manager.join(end - time.monotonic())
         self.registry.join(end - time.monotonic())
-
-    @contextlib.contextmanager
-    def _signals_deferred(self) -> Iterator[None]:
-        """On the main thread: a SIGTERM arriving inside the block is handled at its end.
-
-        :meth:`register` and :meth:`close` run in such blocks: handled at once, the SIGTERM
-        would raise SystemExit in the middle of a registration the agent may already have
-        made (left behind), or of a drain (cut short).
-        """
-        if threading.current_thread() is not threading.main_thread():
-            yield
-            return
-        self._main_sections += 1
-        try:
-            yield
-        finally:
-            self._main_sections -= 1
-            hook = self._sigterm
-            if hook is not None and self._main_sections == 0:
-                hook.release()  # may raise SystemExit, as the signal would have
 
     def __enter__(self) -> Mesh:
         return self.start()
@@ -815,7 +797,7 @@ class Mesh:
             manager.add_function(fn)
         # The drain is in place before the instance exists in Consul, and a SIGTERM that
         # arrives while the main thread registers is handled once the registration is known.
-        with self._signals_deferred():
+        with self._sigterm.deferring():
             self._install_sigterm()
             self._start_manager(metadata.id, manager)
         return manager
@@ -840,17 +822,9 @@ class Mesh:
 
     def _install_sigterm(self) -> None:
         """Install the SIGTERM drain once (main thread only; see ``drain_on_sigterm``)."""
-        if not self._drain_on_sigterm or self._sigterm is not None:
+        if not self._drain_on_sigterm or self._sigterm.installed:
             return
-        hook = ShutdownHook(
-            self.close,
-            budget=self.registry.drain_grace + CLOSE_MARGIN + 0.5,
-            name="lake-mesh",
-            defer_while=lambda: self._main_sections > 0,
-        )
-        if hook.install():
-            self._sigterm = hook
-        else:
+        if not self._sigterm.install():
             _log.warning(
                 "Mesh: register() ran off the main thread, so SIGTERM will not drain this "
                 "process's instances; register once from the main thread, or call "

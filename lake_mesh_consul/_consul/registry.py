@@ -45,6 +45,7 @@ treated as "the agent forgot us".
 from __future__ import annotations
 
 import atexit
+import contextlib
 import logging
 import random
 import signal
@@ -348,7 +349,8 @@ class ServiceRegistry:
                 raise MeshError("the ServiceRegistry is closed")
             self._registering += 1
         try:
-            self._register_counted(metadata, replace_existing_checks)
+            with self._signals_deferred():
+                self._register_counted(metadata, replace_existing_checks)
         finally:
             with self._lock:
                 self._registering -= 1
@@ -690,6 +692,11 @@ class ServiceRegistry:
                 return
             self._closed = True
             self._closing.set()  # under the lock: register() and _ensure_thread() check it
+        with self._signals_deferred():
+            self._close_steps(drain)
+        self._uninstall_hooks()  # after the block: a kept signal still knows where it goes
+
+    def _close_steps(self, drain: bool | None) -> None:
         self._wake.set()
         if self.drain_on_close if drain is None else drain:
             try:
@@ -698,7 +705,6 @@ class ServiceRegistry:
                 log.warning("drain on close failed: %s", exc)
         with self._idle:
             self._idle.wait_for(lambda: self._registering == 0, CLOSE_REGISTRATION_WAIT)
-        self._uninstall_hooks()
         if self._owns_client:
             self._client.close()
         self.join(CLOSE_JOIN_TIMEOUT)
@@ -748,6 +754,11 @@ class ServiceRegistry:
         if at_exit and not self._atexit_installed:
             atexit.register(self.close)
             self._atexit_installed = True
+
+    def _signals_deferred(self) -> contextlib.AbstractContextManager[None]:
+        """A SIGTERM on the main thread inside the block is handled at its end (see hooks)."""
+        hook = self._hook
+        return hook.deferring() if hook is not None else contextlib.nullcontext()
 
     def _uninstall_hooks(self) -> None:
         if self._atexit_installed:

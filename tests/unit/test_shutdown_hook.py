@@ -97,26 +97,40 @@ def test_install_is_refused_off_the_main_thread_and_uninstall_keeps_a_newer_hand
     assert signal.getsignal(SIG) == newer  # not clobbered
 
 
-def test_a_signal_inside_a_deferred_section_is_handed_on_at_release() -> None:
+def test_a_signal_inside_a_deferring_block_is_handled_at_its_end() -> None:
     events: list[str] = []
     closed = threading.Event()
-    inside = [True]
 
     def close() -> None:
         events.append("close")
         closed.set()
 
-    signal.signal(SIG, signal.SIG_DFL)
-    hook = ShutdownHook(close, budget=5.0, name="t", signals=(SIG,), defer_while=lambda: inside[0])
+    def application(signum: int, frame: FrameType | None) -> None:
+        events.append("application")
+
+    signal.signal(SIG, application)
+    hook = ShutdownHook(close, budget=5.0, name="t", signals=(SIG,))
     hook.install()
-    os.kill(os.getpid(), SIG)  # arrives while the main thread registers or closes
-    # No exit cutting the step short; the close starts beside it at once.
-    assert closed.wait(5)
-    assert hook.installed
-    inside[0] = False
-    with pytest.raises(SystemExit) as caught:
-        hook.release()  # the step has ended: the signal is handled now
-    assert caught.value.code == 128 + SIG
-    assert events == ["close", "close"]  # the second one returns at once in a real owner
-    assert signal.getsignal(SIG) == signal.SIG_DFL
-    hook.release()  # nothing kept any more: no second exit
+    with hook.deferring():  # e.g. the main thread registering, or closing already
+        with hook.deferring():  # nested: only the outermost end hands the signal on
+            os.kill(os.getpid(), SIG)
+        # No handling cutting the step short; the close starts beside it at once.
+        assert closed.wait(5)
+        assert "application" not in events
+        hook.uninstall()  # the owner's close may uninstall inside the block
+    assert events == ["close", "close", "application"]  # a real owner's 2nd close is a no-op
+    assert signal.getsignal(SIG) == application
+
+
+def test_deferring_does_nothing_off_the_main_thread() -> None:
+    hook = _hook([])
+    done: list[bool] = []
+
+    def worker() -> None:
+        with hook.deferring():
+            done.append(True)
+
+    thread = threading.Thread(target=worker)
+    thread.start()
+    thread.join(5)
+    assert done == [True]
