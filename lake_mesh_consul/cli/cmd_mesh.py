@@ -227,6 +227,14 @@ def run_call(args: argparse.Namespace, out: Output) -> int:
         return EXIT_USAGE
     path = args.path if args.path.startswith("/") else "/" + args.path
     body = _body(args.data)
+    if args.strategy:  # refused before the mesh starts: one line, not after a progress line
+        from lake_mesh_consul._core.config_schema import FIELDS_BY_PATH, check_value
+        from lake_mesh_consul.errors import ConfigValidationError, InvalidSetting
+
+        try:
+            check_value(FIELDS_BY_PATH["strategy"], args.strategy)
+        except ConfigValidationError as exc:
+            raise InvalidSetting("--strategy", exc.reason) from None
     _preflight(args, [args.service], known=False)
     with progress(out, f"calling {args.service} through the mesh"):
         mesh = _mesh(args)
