@@ -24,7 +24,7 @@ from typing import Any
 import requests
 from _common import Context, Row, alternate, compare, compare_alternated, percentile
 
-from lake_mesh_consul._consul.health import HealthCheckManager
+from lake_mesh_consul._consul.health_checks import HealthCheckManager
 from lake_mesh_consul._consul.registry import ServiceRegistry, encode_service
 from lake_mesh_consul._core.config import MeshConfig
 from lake_mesh_consul._core.health import HealthStatus

@@ -23,7 +23,7 @@ from lake_mesh_consul._version import __version__ as __version__
 
 if TYPE_CHECKING:
     from lake_mesh_consul._consul.discovery import ServiceDiscovery
-    from lake_mesh_consul._consul.health import HealthCheckManager
+    from lake_mesh_consul._consul.health_checks import HealthCheckManager
     from lake_mesh_consul._consul.registry import ServiceRegistry
     from lake_mesh_consul._core.balancer import LoadBalancer
     from lake_mesh_consul._core.breaker import BreakerState, CircuitBreaker
@@ -59,7 +59,7 @@ _EXPORTS: dict[str, str] = {
     "CircuitBreaker": "lake_mesh_consul._core.breaker",
     "EndpointConfig": "lake_mesh_consul._core.config",
     "FailureDetector": "lake_mesh_consul._core.detector",
-    "HealthCheckManager": "lake_mesh_consul._consul.health",
+    "HealthCheckManager": "lake_mesh_consul._consul.health_checks",
     "HealthMetrics": "lake_mesh_consul._core.health",
     "HealthStatus": "lake_mesh_consul._core.health",
     "LoadBalancer": "lake_mesh_consul._core.balancer",

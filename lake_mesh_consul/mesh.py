@@ -56,7 +56,7 @@ from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from lake_mesh_consul._consul.client import ConsulClient
 from lake_mesh_consul._consul.discovery import ServiceDiscovery, ServiceSnapshot
-from lake_mesh_consul._consul.health import CheckFunction, HealthCheckManager
+from lake_mesh_consul._consul.health_checks import CheckFunction, HealthCheckManager
 from lake_mesh_consul._consul.kvconfig import ConfigChange, ConfigStore, StartMode
 from lake_mesh_consul._consul.registry import ServiceRegistry
 from lake_mesh_consul._consul.watch import Consistency
@@ -768,7 +768,7 @@ class Mesh:
         ``checks`` are added to ``metadata.checks``. ``functions`` drive the instance's TTL
         check (it must have exactly one TTL check then; use the returned manager's
         ``add_function(fn, check_id=...)`` for several). ``health_options`` go to
-        :class:`~lake_mesh_consul._consul.health.HealthCheckManager` (``failure_threshold``,
+        :class:`~lake_mesh_consul._consul.health_checks.HealthCheckManager` (``failure_threshold``,
         ``interval``...). The instance is drained and deregistered when the mesh closes.
 
         Returns:

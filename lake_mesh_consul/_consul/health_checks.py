@@ -46,7 +46,7 @@ from lake_mesh_consul.errors import ConsulError, ConsulNotFound, InvalidSetting
 
 __all__ = ["DEFAULT_IDLE_INTERVAL", "CheckFunction", "HealthCheckManager"]
 
-# Not "lake_mesh_consul.health": that is the Consul-free HealthMetrics' logger.
+# Named for this module (the Consul-free _core/health.py logs as "lake_mesh_consul.health").
 log = logging.getLogger("lake_mesh_consul.health_checks")
 
 #: A local check function: no arguments; returns a status, (status, output), bool or None.

@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 from lake_mesh_consul._consul.client import ConsulClient
-from lake_mesh_consul._consul.health import HealthCheckManager
+from lake_mesh_consul._consul.health_checks import HealthCheckManager
 from lake_mesh_consul._consul.registry import ServiceRegistry
 from lake_mesh_consul._core.config import MeshConfig
 from lake_mesh_consul._core.endpoint import Weights

@@ -7,7 +7,7 @@ from typing import Any, cast
 
 import pytest
 
-from lake_mesh_consul._consul.health import HealthCheckManager
+from lake_mesh_consul._consul.health_checks import HealthCheckManager
 from lake_mesh_consul._consul.registry import ServiceRegistry
 from lake_mesh_consul._core.health import (
     DAMPING,
