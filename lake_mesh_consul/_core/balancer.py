@@ -55,12 +55,14 @@ from __future__ import annotations
 import itertools
 import logging
 import math
+import operator
 import random
 import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
+from itertools import compress, repeat
 from types import TracebackType
 
 from lake_mesh_consul._core.clock import SYSTEM_CLOCK, Clock, SystemClock
@@ -282,10 +284,21 @@ def _salted(key: Key, attempt: int) -> Key:
     return f"{key}\x00{attempt}"
 
 
+#: Most endpoints changed at once that :meth:`LoadBalancer._patch` edits in place.
+_PATCH_LIMIT = 64
+
+
+def _position(items: list[ServiceEndpoint], target: ServiceEndpoint) -> int | None:
+    """Index of ``target`` itself (by identity) in ``items``: a C-level search."""
+    return next(compress(itertools.count(), map(operator.is_, items, repeat(target))), None)
+
+
 def _same_endpoints(a: tuple[ServiceEndpoint, ...], b: tuple[ServiceEndpoint, ...]) -> bool:
     """Whether two snapshots are the same for picking: members, order, health, weights."""
     if len(a) != len(b):
         return False
+    if not any(map(operator.is_not, a, b)):  # the same objects: C-level, no field compared
+        return True
     return all(x is y or x.same_as(y) for x, y in zip(a, b, strict=True))
 
 
@@ -585,6 +598,9 @@ class LoadBalancer:
 
     @staticmethod
     def _dedupe(endpoints: Iterable[ServiceEndpoint]) -> tuple[ServiceEndpoint, ...]:
+        endpoints = tuple(endpoints)
+        if len(set(endpoints)) == len(endpoints):  # the usual case: C-level, no key tuples
+            return endpoints
         seen: dict[EndpointKey, ServiceEndpoint] = {}
         for endpoint in endpoints:
             seen.setdefault(endpoint.key, endpoint)  # keep discovery's order, first wins
@@ -597,17 +613,97 @@ class LoadBalancer:
         it in atomically; picks keep using the previous one until then. Stats of endpoints
         that left are forgotten; endpoints that became eligible enter slow start.
         """
-        frozen = self._dedupe(endpoints)
+        frozen = tuple(endpoints)
         with self._update_lock:
             current = self._snap
-            if _same_endpoints(current.endpoints, frozen) and current.refresh_at == _INF:
+            if current.refresh_at == _INF and _same_endpoints(current.endpoints, frozen):
                 return  # nothing a pick depends on changed: keep the prepared snapshot
-            self._snap = self._build(frozen, self.clock.monotonic())
+            patched = self._patch(current, frozen)
+            if patched is None:
+                patched = self._build(self._dedupe(frozen), self.clock.monotonic())
+            self._snap = patched
 
     def follow(self, source: EndpointSource) -> Callable[[], None]:
         """Take ``source``'s snapshot now and every change after; return the unsubscriber."""
         self.update(source.snapshot())
         return source.subscribe(self.update)
+
+    def _patch(self, snap: _Snapshot, endpoints: tuple[ServiceEndpoint, ...]) -> _Snapshot | None:
+        """The snapshot after a few endpoints changed in place, or None (build it whole).
+
+        Same members in the same order, no slow start, no panic before or after, no
+        maintenance change: the eligible list is edited where the changed endpoints sit
+        (C-level searches), stats are reused, and only the strategy prepares again. A
+        one-instance health flip then costs the strategy's preparation, not a rebuild.
+        """
+        old = snap.endpoints
+        if len(old) != len(endpoints) or snap.panic or not snap.eligible:
+            return None
+        if self.slow_start_window > 0 or self._warm_since:
+            return None
+        changed = list(compress(range(len(old)), map(operator.is_not, old, endpoints)))
+        if len(changed) > _PATCH_LIMIT:
+            return None
+        weight_of = getattr(self._strategy, "endpoint_weight", None)
+        eligible = list(snap.eligible)
+        weights = list(snap.weights)
+        stats = list(snap.stats)
+        routable = list(snap.routable)
+        maintenance = HealthStatus.MAINTENANCE
+        left: set[EndpointKey] = set()
+        joined: set[EndpointKey] = set()
+        for i in changed:
+            before, after = old[i], endpoints[i]
+            if before != after or (before.health is maintenance) != (after.health is maintenance):
+                return None  # membership or routability changed
+            if before.health is not maintenance:
+                routable[_position(routable, before)] = after  # type: ignore[index]
+            at = _position(eligible, before)
+            weight = 0.0
+            if after.ineligible_reason is None:
+                weight = 1.0 if weight_of is None else float(weight_of(after))
+            if at is not None:
+                if weight > 0:
+                    eligible[at], weights[at] = after, weight
+                else:
+                    del eligible[at], weights[at], stats[at]
+                    left.add(after.key)
+            elif weight > 0:
+                joined.add(after.key)
+                at = self._insertion_point(eligible, endpoints, i)
+                eligible.insert(at, after)
+                weights.insert(at, weight)
+                stats.insert(at, snap.stats_by_key[after.key])
+        if not eligible or len(eligible) < self.panic_threshold * len(routable):
+            return None  # nothing eligible, or panic: the whole build decides
+        frozen = tuple(eligible)
+        self._was_eligible = (self._was_eligible - left) | joined
+        self._census = None
+        return _Snapshot(
+            endpoints=endpoints,
+            eligible=frozen,
+            weights=tuple(weights),
+            stats=tuple(stats),
+            stats_by_key=snap.stats_by_key,
+            routable=tuple(routable),
+            prepared=prepare_pair(self._strategy, frozen, tuple(weights), tuple(stats)),
+            panic=False,
+            failure="",
+            refresh_at=_INF,
+            gated=bool(self._gates),
+        )
+
+    @staticmethod
+    def _insertion_point(
+        eligible: list[ServiceEndpoint], endpoints: tuple[ServiceEndpoint, ...], i: int
+    ) -> int:
+        """Where endpoint ``i`` goes in ``eligible`` to keep discovery's order."""
+        members = set(map(id, eligible))
+        for later in endpoints[i + 1 :]:
+            if id(later) in members:
+                at = _position(eligible, later)
+                return len(eligible) if at is None else at
+        return len(eligible)
 
     def _base_weight(self, endpoint: ServiceEndpoint) -> float:
         fn = getattr(self._strategy, "endpoint_weight", None)
@@ -618,34 +714,39 @@ class LoadBalancer:
     ) -> _Snapshot:
         """Build a snapshot (caller holds ``_update_lock``)."""
         strategy = self._strategy
+        weight_of = getattr(strategy, "endpoint_weight", None)
+        all_keys = [e.key for e in endpoints]  # each key once: the property builds a tuple
         eligible: list[ServiceEndpoint] = []
+        eligible_keys: list[EndpointKey] = []
         base: list[float] = []
         why_not: Counter[str] = Counter()
-        for endpoint in endpoints:
+        for endpoint, key in zip(endpoints, all_keys, strict=True):
             reason = endpoint.ineligible_reason
-            weight = self._base_weight(endpoint) if reason is None else 0.0
-            if reason is None and weight <= 0:
-                reason = "weight 0"
+            weight = 0.0
+            if reason is None:
+                weight = 1.0 if weight_of is None else float(weight_of(endpoint))
+                if weight <= 0:
+                    reason = "weight 0"
             if reason is None:
                 eligible.append(endpoint)
+                eligible_keys.append(key)
                 base.append(weight)
             else:
                 why_not[reason] += 1
-        keys = frozenset(e.key for e in eligible)
-        self._track_slow_start(keys, now, rebuild=rebuild)
-        present = {e.key for e in endpoints}
-        self._registry.retain(present)
+        self._track_slow_start(frozenset(eligible_keys), now, rebuild=rebuild)
         registry = self._registry
-        stats_by_key = {e.key: registry.get(e) for e in endpoints}
-        routable = tuple(e for e in endpoints if e.health is not HealthStatus.MAINTENANCE)
+        registry.retain(all_keys)
+        stats_by_key = dict(zip(all_keys, registry.get_many(endpoints, all_keys), strict=True))
+        maintenance = HealthStatus.MAINTENANCE
+        routable = tuple(e for e in endpoints if e.health is not maintenance)
 
         factors = [1.0] * len(eligible)
         refresh_at = _INF
         window = self.slow_start_window
         if window > 0 and self._warm_since:
             step = window / _SLOW_START_STEPS
-            for i, endpoint in enumerate(eligible):
-                since = self._warm_since.get(endpoint.key)
+            for i, key in enumerate(eligible_keys):
+                since = self._warm_since.get(key)
                 if since is None:
                     continue
                 factors[i] = self._factor(now - since)
@@ -658,7 +759,7 @@ class LoadBalancer:
             refresh_at = _INF
 
         frozen_eligible = tuple(eligible)
-        stats = tuple(stats_by_key[e.key] for e in frozen_eligible)
+        stats = tuple(map(stats_by_key.__getitem__, eligible_keys))
         panic = bool(eligible) and len(eligible) < self.panic_threshold * len(routable)
         failure = ""
         prepared: Prepared | None = None

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import math
 import threading
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 
 from lake_mesh_consul._core.endpoint import ServiceEndpoint
 
@@ -188,6 +188,17 @@ class StatsRegistry:
                 self._by_key[endpoint.key] = stats
             return stats
 
+    def get_many(
+        self, endpoints: Sequence[ServiceEndpoint], keys: Sequence[EndpointKey]
+    ) -> list[EndpointStats]:
+        """:meth:`get` for each endpoint, given its key (``keys[i]`` is ``endpoints[i].key``)."""
+        found: list[EndpointStats | None] = list(map(self._by_key.get, keys))
+        if None in found:
+            for i, stats in enumerate(found):
+                if stats is None:
+                    found[i] = self.get(endpoints[i])
+        return found  # type: ignore[return-value]  # no None left
+
     def peek(self, key: EndpointKey) -> EndpointStats | None:
         """The stats for ``key`` if known, without creating them."""
         return self._by_key.get(key)
@@ -200,6 +211,8 @@ class StatsRegistry:
         """
         keep = set(keys)
         with self._lock:
+            if keep.issuperset(self._by_key):  # nobody left (the usual case): C-level check
+                return
             self._by_key = {k: v for k, v in self._by_key.items() if k in keep}
 
     def __len__(self) -> int:

@@ -43,11 +43,13 @@ No I/O: time, sleep and randomness are injected.
 from __future__ import annotations
 
 import itertools
+import operator
 import random
 import threading
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
+from itertools import compress
 from typing import Any, TypeVar
 
 from lake_mesh_consul._core.balancer import (
@@ -94,6 +96,8 @@ _NO_EXCLUDE: frozenset[ServiceEndpoint] = frozenset()
 _MAX_REFUSALS = 3
 #: The health ranks of panic candidates: the healthiest are tried first.
 _RANK = {HealthStatus.PASSING: 0, HealthStatus.WARNING: 1, HealthStatus.CRITICAL: 2}
+#: Health that brings an ejected or breaker-open endpoint back when it was critical.
+_BACK = frozenset({HealthStatus.PASSING, HealthStatus.WARNING})
 
 
 @dataclass(frozen=True, slots=True)
@@ -346,6 +350,7 @@ class Route:
         self._balancer.admit_through(self._admit_recorded)
         self._budget = RetryBudget.from_policy(settings.budget, clock=clock)
         self._raw: tuple[ServiceEndpoint, ...] = ()
+        self._adjusted: tuple[ServiceEndpoint, ...] = ()
         self._per_try: dict[ServiceEndpoint, float] = {}
         self._turn = itertools.count()
         self.update(endpoints)
@@ -391,18 +396,45 @@ class Route:
         once (:meth:`FailureDetector.restore`: its ejection ends, an open breaker goes
         half-open). Thread-safe.
         """
+        new = tuple(endpoints)
         with self._lock:
-            previous = {e.key: e.health for e in self._raw}
-            self._raw = tuple(endpoints)
-            adjusted = self._apply_settings(self._raw)
-            self._detector.update_endpoints(self.service, adjusted)
-            self._balancer.update(adjusted)
-            for endpoint in self._raw:
-                if previous.get(endpoint.key) is HealthStatus.CRITICAL and endpoint.health in (
-                    HealthStatus.PASSING,
-                    HealthStatus.WARNING,
-                ):
-                    self._detector.restore(endpoint, "passing again in Consul")
+            old = self._raw
+            if len(old) == len(new):
+                # Only what changed is applied (issue 15: a change costs what changed).
+                changed = list(compress(range(len(new)), map(operator.is_not, old, new)))
+                if not changed:
+                    return
+                if all(old[i] == new[i] for i in changed):  # same members, same order
+                    self._patch(old, new, changed)
+                    return
+            previous = {e: e.health for e in old}
+            self._raw = new
+            self._adjusted = self._apply_settings(new)
+            self._detector.update_endpoints(self.service, self._adjusted)
+            self._balancer.update(self._adjusted)
+            for endpoint in new:
+                self._restore_if_passing(previous.get(endpoint), endpoint)
+
+    def _patch(
+        self,
+        old: tuple[ServiceEndpoint, ...],
+        new: tuple[ServiceEndpoint, ...],
+        changed: list[int],
+    ) -> None:
+        """Apply a change of a few endpoints' fields (membership unchanged). Lock held."""
+        adjusted = list(self._adjusted)
+        keep_warning = self._settings.keep_warning
+        for i in changed:
+            adjusted[i] = self._adjust(new[i], keep_warning)
+        self._raw = new
+        self._adjusted = tuple(adjusted)
+        self._balancer.update(self._adjusted)
+        for i in changed:
+            self._restore_if_passing(old[i].health, new[i])
+
+    def _restore_if_passing(self, before: HealthStatus | None, endpoint: ServiceEndpoint) -> None:
+        if before is HealthStatus.CRITICAL and endpoint.health in _BACK:
+            self._detector.restore(endpoint, "passing again in Consul")
 
     def configure(self, settings: RouteSettings) -> None:
         """Adopt new settings in place (a configuration reload); state is kept.
@@ -426,9 +458,9 @@ class Route:
             if settings.budget != old.budget:
                 self._budget = RetryBudget.from_policy(settings.budget, clock=self.clock)
             self._settings = settings
-            adjusted = self._apply_settings(self._raw)
-            self._detector.update_endpoints(self.service, adjusted)
-            lb.update(adjusted)
+            self._adjusted = self._apply_settings(self._raw)
+            self._detector.update_endpoints(self.service, self._adjusted)
+            lb.update(self._adjusted)
 
     def _settings_of(self, endpoint: ServiceEndpoint) -> EndpointSettings | None:
         settings = self._settings.endpoints
@@ -443,26 +475,27 @@ class Route:
         not even in panic); :meth:`explain` says which setting it was. Lock held.
         """
         keep_warning = self._settings.keep_warning
-        adjusted: list[ServiceEndpoint] = []
-        per_try: dict[ServiceEndpoint, float] = {}
-        for e in endpoints:
-            own = self._settings_of(e)
-            weights, health = e.weights, e.health
-            if own is not None:
-                if own.weight is not None:
-                    weights = Weights(int(own.weight), weights.warning)
-                if own.disabled or own.drained:
-                    health = HealthStatus.MAINTENANCE
-                if own.per_try_timeout is not None:
-                    per_try[e] = own.per_try_timeout
-            if not keep_warning and health is HealthStatus.WARNING:
-                weights = Weights(weights.passing, 0)
-            if weights is not e.weights or health is not e.health:
-                adjusted.append(replace(e, weights=weights, health=health))
+        self._per_try = {}
+        return tuple(self._adjust(e, keep_warning) for e in endpoints)
+
+    def _adjust(self, e: ServiceEndpoint, keep_warning: bool) -> ServiceEndpoint:
+        """One endpoint as the balancer sees it; records its per-try timeout. Lock held."""
+        own = self._settings_of(e)
+        weights, health = e.weights, e.health
+        if own is not None:
+            if own.weight is not None:
+                weights = Weights(int(own.weight), weights.warning)
+            if own.disabled or own.drained:
+                health = HealthStatus.MAINTENANCE
+            if own.per_try_timeout is not None:
+                self._per_try[e] = own.per_try_timeout
             else:
-                adjusted.append(e)
-        self._per_try = per_try
-        return tuple(adjusted)
+                self._per_try.pop(e, None)
+        if not keep_warning and health is HealthStatus.WARNING:
+            weights = Weights(weights.passing, 0)
+        if weights is not e.weights or health is not e.health:
+            return replace(e, weights=weights, health=health)
+        return e
 
     # --- admission ---------------------------------------------------------------------------
 
