@@ -10,11 +10,13 @@ Everything else (``localhost``, IP addresses, dotted names such as ``api.example
 any host with an explicit port) is left alone and sent by the ordinary adapters. With
 ``services=[...]`` only those single-label names are routed.
 
-What happens to a mesh request (:class:`MeshAdapter`): the service's balancer picks an
-endpoint, its breaker admits the attempt, the URL's host is replaced by the endpoint's
-``address:port`` and the request goes out through an ordinary
-:class:`requests.adapters.HTTPAdapter` (connection pooling, TLS, streaming as usual) with the
-per-try timeout. Latency and outcome feed the balancer, the failure detector and the breaker.
+What happens to a mesh request (:class:`MeshAdapter`): it goes through the service's route
+(``mesh.route(service).call(...)``, see :mod:`lake_mesh_consul._core.route`): each attempt
+is admitted (the balancer's pick and the endpoint's breaker permit in one step), the URL's
+host is replaced by the endpoint's ``address:port`` and the request goes out through an
+ordinary :class:`requests.adapters.HTTPAdapter` (connection pooling, TLS, streaming as usual)
+with the per-try timeout. The status is classified once and reported once: the balancer's
+latency and load figures, the failure detector and the breaker.
 A failure is retried on another endpoint when the service's RetryPolicy allows it:
 transport errors, timeouts, 502/503/504 and 429 (honouring ``Retry-After``) — for
 idempotent methods only (GET, HEAD, PUT, DELETE, OPTIONS, TRACE), except a failure to
