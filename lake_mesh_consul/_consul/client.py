@@ -49,12 +49,12 @@ import requests
 import requests.adapters
 
 from lake_mesh_consul._consul.client_transport import (
+    GUARDED_POOL_CLASSES,
     ConnectHook,
     ConnectionRegistry,
     Exchange,
     current_exchange,
     exchange,
-    guarded_pool_classes,
     process_connections,
 )
 from lake_mesh_consul._core.blocking import read_timeout_for_wait
@@ -168,11 +168,8 @@ class ConsulResponse:
 class _ServerNameAdapter(requests.adapters.HTTPAdapter):
     """Our transport: guarded connections (deadline, registry) and CONSUL_TLS_SERVER_NAME."""
 
-    def __init__(
-        self, server_name: str | None, registry: ConnectionRegistry, **kwargs: Any
-    ) -> None:
+    def __init__(self, server_name: str | None, **kwargs: Any) -> None:
         self._server_name = server_name
-        self._registry = registry
         super().__init__(**kwargs)
 
     def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
@@ -180,28 +177,21 @@ class _ServerNameAdapter(requests.adapters.HTTPAdapter):
             kwargs["server_hostname"] = self._server_name
             kwargs["assert_hostname"] = self._server_name
         super().init_poolmanager(*args, **kwargs)
-        self.poolmanager.pool_classes_by_scheme = guarded_pool_classes(self._registry)
+        self.poolmanager.pool_classes_by_scheme = dict(GUARDED_POOL_CLASSES)
 
 
-def build_session(
-    config: MeshConfig, registry: ConnectionRegistry | None = None
-) -> requests.Session:
+def build_session(config: MeshConfig) -> requests.Session:
     """A requests session carrying the token header and TLS settings of ``config``.
 
     Its connections are guarded (overall deadlines, see
-    :mod:`~lake_mesh_consul._consul.client_transport`) and listed in ``registry``; it never
-    follows redirects and refuses an answer announcing more than ``config.max_answer_bytes``.
+    :mod:`~lake_mesh_consul._consul.client_transport`); it never follows redirects and
+    refuses an answer announcing more than ``config.max_answer_bytes``.
     """
     session = requests.Session()
     session.trust_env = False  # proxies from the environment must not see agent traffic
     session.max_redirects = 0  # the token is a session header: it must never follow one
     session.hooks["response"].append(_answer_guard(config))
-    adapter = _ServerNameAdapter(
-        config.tls_server_name,
-        registry or ConnectionRegistry(),
-        pool_connections=4,
-        pool_maxsize=POOL_SIZE,
-    )
+    adapter = _ServerNameAdapter(config.tls_server_name, pool_connections=4, pool_maxsize=POOL_SIZE)
     session.mount("http://", adapter)
     session.mount("https://", adapter)
     if config.token:
@@ -375,7 +365,7 @@ class ConsulClient:
     ) -> None:
         self.config = config or MeshConfig.from_env()
         self._connections = ConnectionRegistry(on_connect)
-        self.session = build_session(self.config, self._connections)
+        self.session = build_session(self.config)
         self._consul = _Consul(self)
         self._closed = threading.Event()
 
@@ -434,7 +424,7 @@ class ConsulClient:
         """
         self._check_open(operation)
         seconds = self.deadline_for(kwargs.get("wait"))
-        with exchange(seconds, operation, self._raw_limit()) as current:
+        with exchange(seconds, operation, self._raw_limit(), self._connections) as current:
             try:
                 return fn(*args, **kwargs)
             except consul.ACLPermissionDenied as exc:
@@ -500,7 +490,7 @@ class ConsulClient:
             query["wait"] = f"{_wait_seconds(wait):g}s"
         if dc and self.config.datacenter and "dc" not in query:
             query["dc"] = self.config.datacenter
-        with exchange(seconds, operation, self._raw_limit()) as current:
+        with exchange(seconds, operation, self._raw_limit(), self._connections) as current:
             raw = self._send(
                 method=method,
                 path=path,

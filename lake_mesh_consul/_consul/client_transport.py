@@ -26,7 +26,7 @@ import socket
 import threading
 import time
 import weakref
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -35,11 +35,11 @@ from urllib3.connection import HTTPConnection, HTTPSConnection
 from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
 
 __all__ = [
+    "GUARDED_POOL_CLASSES",
     "ConnectionRegistry",
     "Exchange",
     "current_exchange",
     "exchange",
-    "guarded_pool_classes",
     "process_connections",
 ]
 
@@ -63,6 +63,7 @@ class Exchange:
         received: bytes read from the agent so far (headers included).
         expired: a read or write failed because the deadline had passed.
         oversize: the answer passed ``limit``.
+        registry: where a connection opened for it is listed (the client's).
     """
 
     deadline: float | None
@@ -73,6 +74,7 @@ class Exchange:
     received: int = 0
     expired: bool = False
     oversize: bool = False
+    registry: ConnectionRegistry | None = None
 
     def remaining(self) -> float | None:
         """Seconds left (``None``: no deadline); may be negative."""
@@ -109,7 +111,10 @@ def current_exchange() -> Exchange | None:
 
 @contextmanager
 def exchange(
-    seconds: float | None, operation: str = "", limit: int | None = None
+    seconds: float | None,
+    operation: str = "",
+    limit: int | None = None,
+    registry: ConnectionRegistry | None = None,
 ) -> Iterator[Exchange]:
     """Run one exchange on this thread: every socket read and write ends by ``seconds``.
 
@@ -119,7 +124,11 @@ def exchange(
     deadline = None if seconds is None else time.monotonic() + seconds
     if outer is not None and _earlier(outer.deadline, deadline):
         deadline, seconds = outer.deadline, outer.seconds
-    current = Exchange(deadline=deadline, seconds=seconds, operation=operation, limit=limit)
+    if registry is None and outer is not None:
+        registry = outer.registry
+    current = Exchange(
+        deadline=deadline, seconds=seconds, operation=operation, limit=limit, registry=registry
+    )
     _local.exchange = current
     try:
         yield current
@@ -149,8 +158,6 @@ class ConnectionRegistry:
         with self._lock:
             self._conns.add(conn)
             closed = self.closed
-        with _ALL_LOCK:
-            _ALL.add(conn)
         if closed:
             shut(conn)
         elif self._on_connect is not None:
@@ -304,38 +311,54 @@ class _SocketReader(io.RawIOBase):
             sock.file_closed()
 
 
-def _connected(conn: HTTPConnection, registry: ConnectionRegistry) -> None:
+def _before_connect() -> None:
+    current = current_exchange()
+    registry = None if current is None else current.registry
+    if registry is not None and registry.closed:
+        raise ConnectionAbortedError("client closed")
+
+
+def _connected(conn: HTTPConnection) -> None:
     conn.sock = _GuardedSocket(conn.sock)
+    with _ALL_LOCK:
+        _ALL.add(conn)
     current = current_exchange()
     if current is not None:
         current.fresh_connection = True
-    registry.add(conn)
+        if current.registry is not None:
+            current.registry.add(conn)
 
 
-def guarded_pool_classes(registry: ConnectionRegistry) -> dict[str, type[HTTPConnectionPool]]:
-    """urllib3 pool classes (by scheme) whose connections are guarded and in ``registry``.
+class _GuardedHTTPConnection(HTTPConnection):
+    """An HTTP connection whose socket is guarded and listed in the exchange's registry."""
 
-    Install them as ``pool_manager.pool_classes_by_scheme``.
-    """
+    def connect(self) -> None:
+        _before_connect()
+        super().connect()
+        _connected(self)
 
-    class _GuardedHTTPConnection(HTTPConnection):
-        def connect(self) -> None:
-            if registry.closed:
-                raise ConnectionAbortedError("client closed")
-            super().connect()
-            _connected(self, registry)
 
-    class _GuardedHTTPSConnection(HTTPSConnection):
-        def connect(self) -> None:
-            if registry.closed:
-                raise ConnectionAbortedError("client closed")
-            super().connect()
-            _connected(self, registry)
+class _GuardedHTTPSConnection(HTTPSConnection):
+    """An HTTPS connection whose (TLS) socket is guarded and listed in the exchange's registry."""
 
-    class _Pool(HTTPConnectionPool):
-        ConnectionCls = _GuardedHTTPConnection
+    def connect(self) -> None:
+        _before_connect()
+        super().connect()
+        _connected(self)
 
-    class _TLSPool(HTTPSConnectionPool):
-        ConnectionCls = _GuardedHTTPSConnection
 
-    return {"http": _Pool, "https": _TLSPool}
+class _GuardedPool(HTTPConnectionPool):
+    ConnectionCls = _GuardedHTTPConnection
+
+
+class _GuardedTLSPool(HTTPSConnectionPool):
+    ConnectionCls = _GuardedHTTPSConnection
+
+
+#: urllib3 pool classes by scheme whose connections are guarded: install a copy as a pool
+#: manager's ``pool_classes_by_scheme``. One set for the process (classes made per client
+#: cost about 9 KB each); the registry a new connection joins is the running exchange's.
+GUARDED_POOL_CLASSES: Mapping[str, type[HTTPConnectionPool]] = {
+    "http": _GuardedPool,
+    "https": _GuardedTLSPool,
+}
