@@ -33,7 +33,7 @@ name                what it does
                     2; a full scan for small sets)
 ``peak_ewma``       power of two choices on peak-EWMA latency x (outstanding + 1)
                     (Finagle, Linkerd: decay 10 s, 30 ms for unseen instances)
-``ring_hash``       consistent hashing on a ring: 512 points per unit of weight, about
+``ring_hash``       consistent hashing on a ring: 256 points per unit of weight, about
                     1/N of keys move for any N, none between unchanged instances
 ``maglev``          Maglev consistent hashing (Envoy ``MAGLEV``: table size 65537)
 ``nearest_first``   the first candidate in discovery's order (Consul ``?near=``)

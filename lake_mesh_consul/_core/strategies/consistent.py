@@ -61,13 +61,19 @@ __all__ = [
     "ring_points",
 ]
 
-#: Envoy's ``minimum_ring_size`` for ring hash (a lone instance gets this many points).
-DEFAULT_MIN_RING_SIZE = 1024
-#: Ring points of an instance of weight 1 (its share is within ~5% of fair at 512).
-DEFAULT_POINTS_PER_WEIGHT = 512
+#: Fewest points on a ring (Envoy's ``minimum_ring_size``, whose default is 1024). Here it
+#: only lifts rings whose total weight is below ``DEFAULT_MIN_RING_SIZE /
+#: DEFAULT_POINTS_PER_WEIGHT`` = 2 (one instance, or fractional weights): a larger minimum
+#: would give small fleets more points per instance than large ones, and move keys
+#: between unchanged instances when the fleet grows.
+DEFAULT_MIN_RING_SIZE = 512
+#: Ring points of an instance of weight 1 (the spread of shares is about 1/sqrt(points):
+#: about 6% at 256).
+DEFAULT_POINTS_PER_WEIGHT = 256
 #: Upper bound of ring points: beyond it the points per weight shrink (large fleets only:
-#: 65536 / 512 = 128 instances of weight 1 fit before it applies).
-DEFAULT_MAX_RING_SIZE = 1 << 16
+#: 32768 / 256 = 128 instances of weight 1 fit before it applies). A bigger ring costs a
+#: pick more (a deeper bisect, more cache misses) and an update more.
+DEFAULT_MAX_RING_SIZE = 1 << 15
 #: Envoy's default Maglev table size (a prime).
 DEFAULT_MAGLEV_TABLE_SIZE = 65537
 #: Tables (ring or Maglev) kept by instance set, so a set seen lately costs no rebuild.
@@ -183,9 +189,9 @@ class RingHash(PairedStrategy):
     instance's points depend on nothing but itself, so when one of N instances leaves only
     its keys move (about 1/N), each to the next point's owner, and when one joins it takes
     about 1/(N+1), from every instance alike; no key moves between instances that did not
-    change, for any N. A lone instance gets ``min_ring_size`` points. Above
-    ``max_ring_size`` points (very large fleets) the points per weight shrink to fit, and a
-    change that crosses such a step moves about ``1 / points`` more.
+    change, for every N up to ``max_ring_size / points_per_weight`` (128 by default). Above
+    that (large fleets) the points per weight shrink to fit the ring, and a change that
+    crosses such a step moves about ``1 / points`` of the keys more.
 
     Points come from the instance's identity ``(datacenter, node, id)``, keys are hashed
     with BLAKE2b, so every process maps a key to the same instance. Without a key a random
@@ -193,7 +199,7 @@ class RingHash(PairedStrategy):
 
     Args:
         points_per_weight: ring points of an instance of weight 1.
-        min_ring_size: Envoy's ``minimum_ring_size`` (1024); reached by a lone instance.
+        min_ring_size: fewest ring points (Envoy's ``minimum_ring_size``; see the constant).
         max_ring_size: upper bound of ring points.
         rng: used only for picks without a key.
     """
