@@ -175,7 +175,9 @@ class Explanation:
         panic: whether panic mode is on (fewer eligible than ``panic_threshold`` percent:
             the balancer uses every routable instance).
         panic_threshold: the threshold in percent.
-        reason: why a pick would fail now, or None.
+        reason: why nothing is eligible now, or None. With ``panic`` on, requests still go
+            to the best candidate; without it (every instance in maintenance, disabled or
+            drained) they fail fast with this reason.
         stale: whether discovery serves a stale snapshot (Consul unreachable); age: seconds
             since Consul last answered; snapshot_source: ``consul``, ``persisted`` or
             ``failover``; discovery_error: the last error while stale.
@@ -222,7 +224,9 @@ class Explanation:
         ]
         if self.panic:
             parts.append(f"PANIC (below {self.panic_threshold:g}%: using every instance)")
-        if self.reason:
+        if self.reason and self.panic and self.eligible == 0:
+            parts.append(f"nothing eligible ({self.reason}): requests go to the best candidate")
+        elif self.reason:
             parts.append(f"a pick would fail: {self.reason}")
         if self.stale:
             age = "never answered" if self.age is None else f"{self.age:.1f}s old"

@@ -651,14 +651,16 @@ class Route:
             original = raw.get(state.endpoint.key, state.endpoint)
             instances.append(self._explain_one(original, state))
         reason = stats.reason
-        if reason is not None and all(e.health not in _RANK for e in self._balancer.endpoints):
+        routable = any(e.health in _RANK for e in self._balancer.endpoints)
+        if reason is not None and not routable:
             reason = self._why_none()
         return RouteState(
             service=self.service,
             strategy=stats.strategy,
             registered=stats.registered,
             eligible=stats.eligible,
-            panic=stats.panic or (stats.eligible == 0 and stats.registered > 0),
+            # Nothing eligible but something routable: requests go to the best candidate.
+            panic=stats.panic or (stats.eligible == 0 and routable),
             reason=reason,
             instances=tuple(instances),
         )

@@ -218,7 +218,9 @@ def test_a_fast_failure_says_why(
     route.update([replace(e, health=h) for e, h in zip(_endpoints(2), healths, strict=True)])
     with pytest.raises(NoEndpointsAvailable, match=reason):
         route.request()
-    assert route.explain().reason is not None
+    state = route.explain()
+    assert state.reason is not None
+    assert not state.panic  # nothing to send to: a fast failure, not panic
 
 
 def test_none_registered() -> None:
