@@ -238,3 +238,40 @@ def test_call_refuses_a_header_that_would_split_the_request(
     argv = ["call", known, "/", "-H", header, "--http-addr", consul_agent.address]
     assert main(argv) == 2  # a usage error, before discovery or any request
     assert capsys.readouterr().err.count("\n") == 1
+
+
+def test_config_watch_ends_quietly_when_the_reader_goes_away_later(
+    consul_agent: ConsulAgentHandle,
+) -> None:
+    # The lines after the first are printed by the store's watch thread: the closed pipe
+    # must still end the command quietly (the thread hands the error to the main thread).
+    env = _env(consul_agent)
+    prefix = env["LAKE_MESH_KV_PREFIX"]
+    with subprocess.Popen(
+        [*LAKE_MESH, "config", "watch"],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    ) as proc:
+        try:
+            assert proc.stdout is not None
+            assert proc.stdout.readline().startswith(b"# index")  # the configuration now
+            proc.stdout.close()  # `head -n 1` is done
+            with ConsulClient(_config(consul_agent)) as client:
+                for n in range(20):  # each change prints; the first print after close fails
+                    body = json.dumps({"deadline": f"{n + 1}s"}).encode()
+                    client.request("PUT", f"/v1/kv/{prefix}/global", operation="put", data=body)
+                    try:
+                        proc.wait(0.5)
+                        break
+                    except subprocess.TimeoutExpired:
+                        continue
+            assert proc.wait(RUN_TIMEOUT) == EXIT_CLOSED_PIPE
+            assert proc.stderr is not None
+            stderr = proc.stderr.read().decode(errors="replace")
+            assert "Traceback" not in stderr, stderr
+            assert "Error" not in stderr, stderr
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
