@@ -7,21 +7,30 @@ shared by every process on a host, so a few processes watching a few dozen servi
 exhaust it. :class:`Multiplexer` follows every watched ``/v1/health/service/<name>`` query
 of one :class:`~lake_mesh_consul._consul.watch.WatchHub` with a fixed cost:
 
-=============================  ==================================================================
-blocking query                 wakes for (proven against Consul 1.8 in tests/integration/
-                               test_watch_mux.py)
-=============================  ==================================================================
-``/v1/health/state/any``       every check change: status, maintenance (service and node),
-                               node checks, a check registered or removed. Its index is the
-                               checks table's; each check carries its ``ModifyIndex``.
-``/v1/catalog/services``       every change to the services table: register, deregister, tag,
-                               meta, port or address change (which leave the checks alone).
-=============================  ==================================================================
+====================================  ===========================================================
+blocking query                        wakes for (proven against Consul 1.8 in
+                                      tests/integration/test_watch_mux.py)
+====================================  ===========================================================
+``/v1/health/state/any`` with         every change to the checks table (its index is the
+``filter=Status != "passing"``        table's); the answer lists only the checks that are not
+                                      passing, each with its ``ModifyIndex``: a check that
+                                      leaves or enters "passing", changes between warning and
+                                      critical, or goes into or out of maintenance (service or
+                                      node) shows up in the difference. A healthy cluster
+                                      answers with a near-empty list, so a wake costs little
+                                      whatever the number of checks.
+``/v1/catalog/services``              every change to the services table: register,
+                                      deregister, tag, meta, port or address change (which
+                                      leave the checks alone).
+====================================  ===========================================================
 
 On a wake only the services that may have changed are read, each with a plain
 (non-blocking) read of its own query over the waking loop's connection:
 
-* a check whose ``ModifyIndex`` moved, or that appeared or vanished: its ``ServiceName``;
+* a non-passing check whose ``ModifyIndex`` moved, or that appeared (left "passing") or
+  vanished (became passing, or was removed): its ``ServiceName``. A check that is passing
+  before and after (or is added or removed as passing) changes no endpoint's health; an
+  instance registered or deregistered with its checks is a catalog change too;
 * a node-level check (no ``ServiceName``) that changed: every watched service, since any of
   them may have an instance on that node (rare: node failure, node maintenance);
 * a catalog change: every watched service that is or was in the catalog (a service never
@@ -68,7 +77,7 @@ from lake_mesh_consul._core.clock import SYSTEM_CLOCK, Clock
 from lake_mesh_consul._core.config import MeshConfig
 from lake_mesh_consul.errors import ConsulUnavailable, MeshError
 
-__all__ = ["HEALTH_PATH", "Multiplexer", "MuxMember", "muxable"]
+__all__ = ["CHECKS_QUERY", "HEALTH_PATH", "Multiplexer", "MuxMember", "muxable"]
 
 log = logging.getLogger("lake_mesh_consul.watch")
 
@@ -83,6 +92,10 @@ _MUXABLE_PARAMS = frozenset({"tag", "passing"})
 
 #: The Watch options the two loops take from the watch that started them.
 _LOOP_OPTIONS = frozenset({"wait", "backoff", "rate", "burst"})
+
+#: Seconds an idle reader thread waits for more first reads before it exits (and closes its
+#: connection): services asked for one after another share one thread and one connection.
+READER_LINGER = 1.0
 
 #: The outcome of one targeted read.
 ReadOutcome = Literal["ok", "failed", "unavailable", "closed"]
@@ -108,8 +121,12 @@ def muxable(path: str, params: Mapping[str, ParamValue] | None, options: Mapping
     )
 
 
+#: The checks loop's query: every check change wakes it, only non-passing checks are sent.
+CHECKS_QUERY = {"filter": 'Status != "passing"'}
+
+
 def _decode_checks(response: ConsulResponse) -> dict[CheckKey, CheckValue]:
-    """``/v1/health/state/any`` as ``{(node, check id): (modify index, service, status)}``."""
+    """The non-passing checks as ``{(node, check id): (modify index, service, status)}``."""
     data = response.json()
     if not isinstance(data, list):
         raise ValueError("the check list is not a list")
@@ -271,6 +288,7 @@ class _Loop:
         path: str,
         decode: Callable[[ConsulResponse], Any],
         *,
+        params: Mapping[str, str],
         name: str,
         rng: random.Random,
         options: Mapping[str, Any],
@@ -282,6 +300,7 @@ class _Loop:
         self.watch: Watch[Any] = Watch(
             mux.config,
             path,
+            params,
             decode=decode,
             on_change=self._on_change,
             on_error=self._on_error,
@@ -341,7 +360,8 @@ class Multiplexer:
         self._loops: tuple[_Loop, ...] = ()
         self._pending: set[MuxMember[Any]] = set()
         self._reader: threading.Thread | None = None
-        self._reader_wake = threading.Event()
+        self._reader_work = threading.Event()  # set when members are queued
+        self._reader_stop = threading.Event()  # set by close()
         self._reader_client: PollClient | None = None
         self._closed = False
         self._closed_requests = 0
@@ -362,6 +382,7 @@ class Multiplexer:
             if start_loops:
                 self._loops = self._new_loops()
             self._ensure_reader()
+        self._reader_work.set()
         if start_loops:
             for loop in self._loops:
                 loop.watch.start()
@@ -412,7 +433,8 @@ class Multiplexer:
             self._closed_requests += sum(loop.watch.requests for loop in loops)
             self._pending.clear()
             reader, client = self._reader, self._reader_client
-        self._reader_wake.set()
+        self._reader_stop.set()
+        self._reader_work.set()
         if client is not None:
             client.interrupt()
         _close_loops(loops)
@@ -427,13 +449,14 @@ class Multiplexer:
                 self,
                 path,
                 decode,
+                params=params,
                 name=name,
                 rng=random.Random(self._rng.random()),
                 options=self._loop_options,
             )
-            for path, decode, name in (
-                ("/v1/health/state/any", _decode_checks, "mux checks"),
-                ("/v1/catalog/services", _decode_catalog, "mux catalog"),
+            for path, params, decode, name in (
+                ("/v1/health/state/any", CHECKS_QUERY, _decode_checks, "mux checks"),
+                ("/v1/catalog/services", {}, _decode_catalog, "mux catalog"),
             )
         )
 
@@ -487,7 +510,11 @@ class Multiplexer:
     # -- the reader: first reads and retries ---------------------------------------------
 
     def _queue(self, members: Iterable[MuxMember[Any]]) -> None:
-        """Leave ``members`` to the reader (it starts if none runs; a pausing one is not woken)."""
+        """Leave failed ``members`` to the reader, starting one if none runs.
+
+        A lingering reader is not woken: retries wait for its pause or linger (a new
+        member's first read, in :meth:`add`, wakes it).
+        """
         with self._lock:
             if self._closed:
                 return
@@ -506,16 +533,28 @@ class Multiplexer:
             )
             self._reader.start()
 
-    def _take_pending(self) -> list[MuxMember[Any]]:
-        """The pending members, emptied; when none, the reader retires (under the lock)."""
+    def _take_pending(self, *, retire: bool) -> list[MuxMember[Any]]:
+        """The pending members, emptied; with ``retire`` and none, the reader retires."""
         with self._lock:
-            batch = [m for m in self._pending if not m.closed]
+            batch = [] if self._closed else [m for m in self._pending if not m.closed]
             self._pending.clear()
-            if not batch or self._closed:
+            if retire and not batch:
                 self._reader = None
                 self._reader_client = None
-                return []
             return batch
+
+    def _next_batch(self) -> list[MuxMember[Any]]:
+        """The next members to read, lingering a moment for more; [] when the reader retires."""
+        batch = self._take_pending(retire=False)
+        if batch:
+            return batch
+        self._reader_work.clear()
+        batch = self._take_pending(retire=False)  # queued between the take and the clear
+        if batch:
+            return batch
+        # Real time: how long an idle thread and its connection live is not behaviour.
+        self._reader_work.wait(READER_LINGER)
+        return self._take_pending(retire=True)
 
     def _read_pending(self, client: PollClient) -> None:
         failures = 0
@@ -527,10 +566,7 @@ class Multiplexer:
             )
 
         try:
-            while True:
-                batch = self._take_pending()
-                if not batch:
-                    return
+            while batch := self._next_batch():
                 retry: list[MuxMember[Any]] = []
                 for position, member in enumerate(batch):
                     outcome = member.refresh(read)
@@ -543,7 +579,9 @@ class Multiplexer:
                 if retry:
                     self._queue(retry)
                     pause = self._backoff.delay(failures, self._rng)
-                    self.clock.wait(self._reader_wake, pause)
+                    if self.clock.wait(self._reader_stop, pause):
+                        self._take_pending(retire=True)
+                        return
         except Exception:  # a bug: log it; the loops' next wake queues the members again
             log.exception("watch multiplexer: reader stopped by an unexpected error")
             with self._lock:
