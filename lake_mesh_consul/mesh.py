@@ -245,7 +245,7 @@ class Explanation:
         headers = ("ID", "ADDRESS", "HEALTH", "BREAKER", "ELIGIBLE", "LAT", "REQ", "WHY NOT")
         rows = [
             (
-                i.id,
+                f"{i.id}@{i.node}" if i.node else i.id,  # IDs repeat across nodes
                 i.address,
                 i.health,
                 i.breaker or "-",

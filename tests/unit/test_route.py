@@ -324,3 +324,55 @@ def test_retry_state_is_a_value() -> None:
         ep, Classifier().of_status(500), duration=0.1, now=0.1, idempotent=True
     )
     assert not_retried.stop == "server_error is not retried"
+
+
+def test_the_explanation_table_names_the_node() -> None:
+    from lake_mesh_consul.mesh import Explanation, InstanceExplanation
+
+    rows = [
+        InstanceExplanation(
+            id="web",
+            address=f"10.0.0.{n}:80",
+            health="passing",
+            eligible=True,
+            reasons=(),
+            breaker="closed",
+            breaker_retry_after=None,
+            ejected_until=None,
+            ejection_reason=None,
+            outstanding=0,
+            latency_ms=1.0,
+            requests=0,
+            failures=0,
+            weight=1.0,
+            slow_start=1.0,
+            node=f"node-{n}",
+        )
+        for n in (1, 2)
+    ]
+    text = str(
+        Explanation(
+            service="web",
+            strategy="round_robin",
+            strategy_source="built-in",
+            registered=2,
+            eligible=2,
+            panic=False,
+            panic_threshold=50.0,
+            reason=None,
+            stale=False,
+            age=0.1,
+            snapshot_source="consul",
+            discovery_error=None,
+            retry_budget_left=100,
+            retry_attempts=3,
+            per_try_timeout=None,
+            deadline=15.0,
+            config_stale=False,
+            config_index=1,
+            instances=tuple(rows),
+            at=0.0,
+        )
+    )
+    assert "web@node-1" in text
+    assert "web@node-2" in text
