@@ -46,13 +46,11 @@ per-process salted :func:`hash`, so every process maps a key alike.
 from lake_mesh_consul._core.strategies.base import (
     BalancerStrategy,
     Key,
-    Picker,
     PickFunction,
     Prepared,
     PreparedStrategy,
     StrategyFunction,
     StrategyLike,
-    Walker,
     WalkFunction,
 )
 from lake_mesh_consul._core.strategies.consistent import Maglev, RingHash
@@ -78,7 +76,6 @@ __all__ = [
     "NearestFirst",
     "PeakEwma",
     "PickFunction",
-    "Picker",
     "Prepared",
     "PreparedStrategy",
     "RandomChoice",
@@ -87,7 +84,6 @@ __all__ = [
     "StrategyFunction",
     "StrategyLike",
     "WalkFunction",
-    "Walker",
     "Weighted",
     "ZoneAware",
     "prepare_pair",

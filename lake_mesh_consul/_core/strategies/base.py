@@ -38,13 +38,11 @@ __all__ = [
     "Key",
     "PairedStrategy",
     "PickFunction",
-    "Picker",
     "Prepared",
     "PreparedStrategy",
     "StrategyFunction",
     "StrategyLike",
     "WalkFunction",
-    "Walker",
     "constant_pair",
     "extended",
     "next_owner",
@@ -70,9 +68,6 @@ WalkFunction = Callable[[Key, Accept], ServiceEndpoint | None]
 Prepared = tuple[PickFunction, WalkFunction]
 #: A plain function that counts as a strategy: ``fn(candidates, key) -> endpoint``.
 StrategyFunction = Callable[[Sequence[ServiceEndpoint], Key], ServiceEndpoint]
-#: The former names of :data:`PickFunction` and :data:`WalkFunction` (the balancer's).
-Picker = PickFunction
-Walker = WalkFunction
 
 #: Random re-draws a walker makes before it scans (random, P2C, a strategy that only picks).
 WALK_DRAWS = 3
