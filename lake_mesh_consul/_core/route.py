@@ -253,8 +253,7 @@ class RouteRequest(RequestContext):
             return
         self._done = True
         end = self.ended = self._lb.monotonic()
-        duration = end - self.started
-        duration = max(duration, 0.0)
+        duration = max(end - self.started, 0.0)
         self._stats.end(end, duration, success=not outcome.failure or outcome.ignored)
         self._detector.record_outcome(self.endpoint, outcome, duration, permit=self.permit, now=end)
 
@@ -765,16 +764,9 @@ def run_call(
             attempt = admit(key)
             timeout = first_timeout
             if cap_of is not None:
-                cap = cap_of(attempt.endpoint)
-                if cap is not None:
-                    timeout = cap if timeout is None else min(timeout, cap)
+                timeout = _capped(timeout, cap_of(attempt.endpoint))
         else:
-            attempt = _admit(admit, key, state)
-            try:
-                timeout = state.timeout(now(), cap_of(attempt.endpoint) if cap_of else None)
-            except BaseException:
-                attempt.cancel()
-                raise
+            attempt, timeout = _retry_attempt(admit, key, state, cap_of, now())
         try:
             result = fn(attempt.endpoint, timeout)
         except Exception as exc:
@@ -782,7 +774,6 @@ def run_call(
             attempt.report(outcome)
             if outcome.kind not in policy.retry_on:
                 raise
-            retry_after = _retry_after_of_error(exc)
             has_result = False
         except BaseException:
             attempt.cancel()
@@ -790,34 +781,81 @@ def run_call(
         else:
             status_of = options.status_of
             status = None if status_of is None else status_of(result)
-            if status is None:
-                attempt.report(SUCCESS)
-                return result
-            outcome = classifier.of_status(status)
+            outcome = SUCCESS if status is None else classifier.of_status(status)
             attempt.report(outcome)
-            if outcome.kind not in policy.retry_on:
+            if status is None or outcome.kind not in policy.retry_on:
                 return result
-            retry_after = options.retry_after_of(result) if options.retry_after_of else None
             has_result = True
-        if state is None:
-            state = RetryState.begin(policy, now=started)
-        state = state.increment(
-            attempt.endpoint,
+        state = _next_state(
+            state or RetryState.begin(policy, now=started),
+            attempt,
             outcome,
-            duration=attempt.duration,
+            options,
+            result if has_result else None,
+            budget=budget,
             now=now(),
-            idempotent=options.idempotent,
-            retry_after=retry_after,
             rng=rng,
         )
-        if state.stop is None and budget is not None and not budget.try_withdraw():
-            state = state.stopped("retry budget exhausted")
         if state.stop is not None:
             if has_result:
                 return result
             _raise_stopped(state, outcome)
         if state.wait > 0:
             (sleep or clock.sleep)(state.wait)
+
+
+def _capped(timeout: float | None, cap: float | None) -> float | None:
+    if cap is None:
+        return timeout
+    return cap if timeout is None else min(timeout, cap)
+
+
+def _retry_attempt(
+    admit: Admit,
+    key: Key,
+    state: RetryState,
+    cap_of: Callable[[ServiceEndpoint], float | None] | None,
+    now: float,
+) -> tuple[RouteRequest, float | None]:
+    """Admit a retry and give it its seconds (what the deadline leaves, capped)."""
+    attempt = _admit(admit, key, state)
+    try:
+        return attempt, state.timeout(now, cap_of(attempt.endpoint) if cap_of else None)
+    except BaseException:
+        attempt.cancel()
+        raise
+
+
+def _next_state(
+    state: RetryState,
+    attempt: RouteRequest,
+    outcome: Outcome,
+    options: CallOptions,
+    result: Any,
+    *,
+    budget: RetryBudget | None,
+    now: float,
+    rng: random.Random | None,
+) -> RetryState:
+    """The retry state after ``attempt`` failed with ``outcome``; the budget has the last say."""
+    if outcome.error is not None:
+        retry_after = _retry_after_of_error(outcome.error)
+    elif options.retry_after_of is not None:
+        retry_after = options.retry_after_of(result)
+    else:
+        retry_after = None
+    state = state.increment(
+        attempt.endpoint,
+        outcome,
+        duration=attempt.duration,
+        now=now,
+        idempotent=options.idempotent,
+        retry_after=retry_after,
+        rng=rng,
+    )
+    if state.stop is None and budget is not None and not budget.try_withdraw():
+        return state.stopped("retry budget exhausted")
+    return state
 
 
 def _first_timeout(policy: RetryPolicy) -> float | None:
