@@ -3,20 +3,24 @@
 Python's built-in :func:`hash` is salted per process (``PYTHONHASHSEED``), so two clients,
 or one client before and after a restart, would send the same key to different instances.
 Everything here uses BLAKE2b from :mod:`hashlib` (in C, about 0.3 us for a short key),
-which is stable across processes, machines and Python versions.
+and SHAKE-128 for a stream of ring points, both stable across processes, machines and
+Python versions.
 """
 
 from __future__ import annotations
 
 import hashlib
+import sys
+from array import array
 
-__all__ = ["HashKey", "endpoint_token", "hash64", "hash128", "key_bytes"]
+__all__ = ["HashKey", "endpoint_token", "hash64", "hash128", "key_bytes", "point_stream"]
 
 #: What a hashing strategy accepts as a key: bytes are used as they are, str as UTF-8.
 HashKey = bytes | str
 
 _blake2b = hashlib.blake2b
 _from_bytes = int.from_bytes
+_BIG_ENDIAN = sys.byteorder == "big"
 
 
 def key_bytes(key: HashKey) -> bytes:
@@ -62,3 +66,16 @@ def endpoint_token(datacenter: str, node: str, endpoint_id: str) -> bytes:
     the same ID on two nodes get their own places. NUL separates the parts unambiguously.
     """
     return f"{datacenter}\x00{node}\x00{endpoint_id}".encode()
+
+
+def point_stream(token: bytes, count: int) -> array[int]:
+    """The first ``count`` 64-bit points of ``token``'s stream (ring hash's points).
+
+    SHAKE-128 of the token (an extendable-output hash), cut into little-endian unsigned
+    64-bit integers: the same in every process, and the first ``k`` points are the same
+    whatever ``count >= k`` is asked for. One C call for all of them.
+    """
+    points = array("Q", hashlib.shake_128(token).digest(8 * count))
+    if _BIG_ENDIAN:
+        points.byteswap()
+    return points

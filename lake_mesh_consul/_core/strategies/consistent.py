@@ -2,7 +2,7 @@
 
 What a reader finds here: :class:`RingHash` (Karger et al.; Envoy ``RING_HASH``) and
 :class:`Maglev` (Eisenbud et al., NSDI 2016; Envoy ``MAGLEV``), the functions that build
-their structures (:func:`ring_points`, :func:`maglev_fill`), and the rules that keep keys
+their structures (:class:`_Ring`, :func:`maglev_fill`), and the rules that keep keys
 where they are:
 
 * Every point and permutation comes from the instance's identity ``(datacenter, node,
@@ -15,20 +15,19 @@ where they are:
 * Maglev: about 1/N of the keys move, and a small share (a few percent of the table)
   between others, as the paper describes.
 
-Both build in C-speed pieces where Python allows (SHAKE-128 digests cut into 64-bit
-points, ``sorted`` of plain ints, ``map`` over a dict), reuse per-instance hashes from the
-previous snapshot, and keep the last few tables by instance set, so an instance that goes
-critical and comes back costs no rebuild. A pick is one hash and one ``bisect`` (ring) or
-one index (Maglev), whatever the number of instances.
+Cost of a change: the ring is kept between snapshots, and an instance that leaves or
+joins takes out or puts in only its own points (``bisect`` and ``list.insert``/``del``, in
+C); Maglev refills its table (a third of the paper loop's time, see :func:`maglev_fill`),
+reuses each instance's hashes, and keeps the last few tables by instance set, so an
+instance that goes critical and comes back costs no refill. A pick is one hash and one
+``bisect`` (ring) or one index (Maglev), whatever the number of instances.
 """
 
 from __future__ import annotations
 
-import hashlib
 import itertools
 import math
 import random
-import sys
 import threading
 from array import array
 from bisect import bisect_left
@@ -38,7 +37,7 @@ from typing import TypeVar
 
 from lake_mesh_consul._core.clock import SYSTEM_CLOCK, Clock
 from lake_mesh_consul._core.endpoint import ServiceEndpoint
-from lake_mesh_consul._core.hashing import endpoint_token, hash64, hash128
+from lake_mesh_consul._core.hashing import endpoint_token, hash64, hash128, point_stream
 from lake_mesh_consul._core.loadstats import EndpointStats, StatsRegistry
 from lake_mesh_consul._core.strategies.base import (
     Accept,
@@ -58,7 +57,6 @@ __all__ = [
     "Maglev",
     "RingHash",
     "maglev_fill",
-    "ring_points",
 ]
 
 #: Fewest points on a ring (Envoy's ``minimum_ring_size``, whose default is 1024). Here it
@@ -79,7 +77,6 @@ DEFAULT_MAGLEV_TABLE_SIZE = 65537
 #: Tables (ring or Maglev) kept by instance set, so a set seen lately costs no rebuild.
 _KEPT_TABLES = 4
 
-_BIG_ENDIAN = sys.byteorder == "big"
 _V = TypeVar("_V")
 
 
@@ -95,20 +92,6 @@ def _remember(kept: OrderedDict[object, _V], key: object, value: _V) -> None:
 
 
 # --- ring hash -----------------------------------------------------------------------------
-
-
-def ring_points(token: bytes, count: int) -> array[int]:
-    """The first ``count`` ring points of the instance whose identity is ``token``.
-
-    SHAKE-128 of the token, cut into little-endian 64-bit integers: an instance's points
-    are the same in every process, and its first ``k`` points are the same whatever
-    ``count >= k`` is asked for (an extendable-output hash), so an instance that gets fewer
-    points keeps the keys of the ones it keeps.
-    """
-    points = array("Q", hashlib.shake_128(token).digest(8 * count))
-    if _BIG_ENDIAN:
-        points.byteswap()
-    return points
 
 
 class _Ring:
@@ -148,7 +131,7 @@ class _Ring:
         """The first ``count`` points of ``token`` (computed once, then cached)."""
         points = (cache or self.cache).get(token)
         if points is None or len(points) < count:
-            points = ring_points(token, count)
+            points = point_stream(token, count)
         self.cache[token] = points
         return points[:count]
 
