@@ -27,6 +27,7 @@ from __future__ import annotations
 import logging
 import random
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -101,6 +102,15 @@ class _Runner:
         with self._lock:
             self._stopped = True
         self._request.set()
+
+    def join(self, timeout: float) -> bool:
+        """Wait up to ``timeout`` seconds for the thread to end (a hung function keeps it)."""
+        with self._lock:
+            thread = self._thread
+        if thread is not None:
+            thread.join(max(0.0, timeout))
+            return not thread.is_alive()
+        return True
 
     def _loop(self) -> None:
         while True:
@@ -323,16 +333,23 @@ class HealthCheckManager:
             runner.stop()
 
     def join(self, timeout: float) -> bool:
-        """Wait up to ``timeout`` seconds for the heartbeat thread to end; True if it did.
+        """Wait up to ``timeout`` seconds for the heartbeat and check threads; True if ended.
 
         A thread parked in a call to a hung agent ends when that call's deadline expires or
-        when the client is closed (which wakes it at once).
+        when the client is closed (which wakes it at once). A check function that hangs
+        keeps its own thread (it is abandoned, as a daemon): then False.
         """
+        end = time.monotonic() + timeout
         thread = self._thread
-        if thread is None or thread is threading.current_thread():
-            return True
-        thread.join(max(0.0, timeout))
-        return not thread.is_alive()
+        ended = True
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(max(0.0, timeout))
+            ended = not thread.is_alive()
+        with self._lock:
+            runners = [r for s in self._ttl.values() for r in s.runners]
+        for runner in runners:
+            ended = runner.join(end - time.monotonic()) and ended
+        return ended
 
     def close(self) -> None:
         """Stop the heartbeat and the check threads; returns within 1 s. Idempotent.
