@@ -15,6 +15,10 @@ code). Conventions shared by every command:
   ``--help``);
 * a closed stdout (``lake-mesh ... | head``) ends the command quietly with exit 141
   (128 + SIGPIPE), what the shell reports for ``consul ... | head``.
+
+Start-up cost: a command imports only its own module (:data:`COMMANDS` says which); every
+``cmd_*`` module is imported only for ``--help``, no command, or a command that does not
+exist (so that argparse lists every choice). ``--version`` imports none.
 """
 
 from __future__ import annotations
@@ -30,15 +34,51 @@ from lake_mesh_consul._version import __version__
 from lake_mesh_consul.cli._output import EXIT_USAGE, Output
 from lake_mesh_consul.cli._preflight import UNKNOWN_SERVICE_RULE
 
-__all__ = ["EXIT_CLOSED_PIPE", "build_parser", "main"]
+__all__ = ["COMMANDS", "EXIT_CLOSED_PIPE", "build_parser", "main"]
 
 #: Exit status when stdout was closed by the reader (``| head``): 128 + SIGPIPE, as the
 #: shell reports for ``consul``, which dies of SIGPIPE there.
 EXIT_CLOSED_PIPE = 141
 
+#: The module (in this package) that registers each command. tests/unit/test_cli_startup.py
+#: checks it against what every ``cmd_*`` module really registers.
+COMMANDS: dict[str, str] = {
+    "agent": "cmd_agent",
+    "call": "cmd_mesh",
+    "checks": "cmd_register",
+    "config": "cmd_config",
+    "demo": "cmd_demo",
+    "deregister": "cmd_register",
+    "doctor": "cmd_doctor",
+    "endpoints": "cmd_discovery",
+    "explain": "cmd_mesh",
+    "maint": "cmd_register",
+    "register": "cmd_register",
+    "status": "cmd_mesh",
+    "version": "cmd_version",
+    "watch": "cmd_discovery",
+}
 
-def build_parser() -> argparse.ArgumentParser:
-    """Build the top-level parser with every ``cmd_*`` module's subcommands."""
+
+def _command_modules(argv: Sequence[str]) -> list[str] | None:
+    """The ``cmd_*`` modules ``argv`` needs: [] for ``--version``, None for all of them."""
+    for word in argv:
+        if word in ("-h", "--help"):
+            return None
+        if word == "--version":
+            return []
+        if not word.startswith("-"):
+            module = COMMANDS.get(word)
+            return [module] if module else None
+    return None
+
+
+def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
+    """Build the top-level parser with the subcommands ``argv`` needs (all when None).
+
+    Only the module of the command named in ``argv`` is imported; ``--help``, no command or
+    an unknown one import every ``cmd_*`` module.
+    """
     parser = argparse.ArgumentParser(
         prog="lake-mesh",
         description="A client-side service mesh on Consul: register, discover, balance, "
@@ -48,19 +88,22 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"lake-mesh {__version__}")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     subparsers.required = True
-    package = importlib.import_module(__name__)
-    for info in sorted(pkgutil.iter_modules(package.__path__), key=lambda m: m.name):
-        if info.name.startswith("cmd_"):
-            module = importlib.import_module(f"{__name__}.{info.name}")
-            module.register(subparsers)
+    names = None if argv is None else _command_modules(argv)
+    if names is None:
+        package = importlib.import_module(__name__)
+        found = pkgutil.iter_modules(package.__path__)
+        names = sorted(m.name for m in found if m.name.startswith("cmd_"))
+    for name in names:
+        importlib.import_module(f"{__name__}.{name}").register(subparsers)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the CLI; return the exit code (0 ok, 1 failure, 2 usage)."""
-    parser = build_parser()
+    arguments = sys.argv[1:] if argv is None else list(argv)
+    parser = build_parser(arguments)
     try:
-        args = parser.parse_args(argv)
+        args = parser.parse_args(arguments)
     except SystemExit as exc:  # argparse exits 2 on usage errors, 0 on --help
         return int(exc.code) if isinstance(exc.code, int) else EXIT_USAGE
     except BrokenPipeError:  # `lake-mesh --help | head -1`
