@@ -5,6 +5,9 @@
   failures, 30 s, ``max_ejection_percent`` 10%). Breakers and ejections together take at
   most one instance out of rotation, so callers succeed again within 2 s of the backends
   recovering (before the Route: every request failed with ``MeshNoEndpoints`` for 28 s).
+* **Half-open through ``mesh.balancer(...).request()``**: a still failing instance whose
+  breaker opened gets one probe per reset timeout through the balancer's own request path
+  (before the Route: its full share, 10 of 30 requests, indefinitely).
 * **Un-ejection on passing**: an instance ejected with its breaker open, reported critical
   and then passing again by Consul, is back in rotation at once (no waiting out its 30 s),
   and the request that goes to it is the half-open probe that closes the breaker.
@@ -23,7 +26,13 @@ from typing import Any
 import requests
 
 from lake_mesh_consul._core.breaker import BreakerState
-from lake_mesh_consul._core.config import EndpointConfig, MeshConfig
+from lake_mesh_consul._core.config import (
+    BreakerSettings,
+    DetectorSettings,
+    EndpointConfig,
+    MeshConfig,
+    ServiceConfig,
+)
 from lake_mesh_consul._core.health import HealthStatus
 from lake_mesh_consul._core.registration import ServiceMetadata, TtlCheck
 from lake_mesh_consul._demo import DemoInstance
@@ -168,3 +177,43 @@ def _health(mesh: Mesh, service: str, instance: str) -> str:
 
 def _eligible(mesh: Mesh, service: str, instance: str) -> bool:
     return next(i.eligible for i in mesh.explain(service).instances if i.id == instance)
+
+
+def test_a_failing_instance_gets_one_probe_through_the_balancers_request(
+    mesh_config: MeshConfig, unique_name: str, record_property: RecordProperty
+) -> None:
+    settings = ServiceConfig(
+        strategy="round_robin",
+        # Ejection off in effect (a huge threshold): the breaker alone decides here.
+        detector=DetectorSettings(consecutive_failures=1000, max_ejection_percent=100.0),
+        breaker=BreakerSettings(consecutive_failures=3, reset_timeout=1.0),
+    )
+    with _registered(mesh_config, unique_name, 3, services={unique_name: settings}) as (
+        mesh,
+        instances,
+    ):
+        bad = instances[0]
+        bad.failing = True
+        balancer = mesh.balancer(unique_name)
+        session = requests.Session()
+
+        def one() -> str:
+            with balancer.request() as ctx:
+                answer = session.get(f"http://{ctx.endpoint.host_port}/", timeout=2)
+                if answer.status_code >= 500:
+                    ctx.fail(status=answer.status_code)
+                return ctx.endpoint.id
+
+        for _ in range(12):  # the bad instance fails 3 in a row: its breaker opens
+            one()
+        breaker = mesh.detector(unique_name).breaker(
+            next(e for e in balancer.endpoints if e.id == bad.name)
+        )
+        assert breaker is not None
+        assert breaker.state is BreakerState.OPEN
+        time.sleep(1.2)  # past the reset timeout
+        served = [one() for _ in range(30)]
+        session.close()
+    record_property("half_open_via_balancer", {"to_failing_of_30": served.count(bad.name)})
+    assert served.count(bad.name) == 1  # the probe, which failed and reopened the breaker
+    assert breaker.state is BreakerState.OPEN
