@@ -51,15 +51,10 @@ import dataclasses
 import functools
 import logging
 import random
-import socket
 import threading
-import weakref
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Generic, Literal, TypeVar, cast
-
-from urllib3.connection import HTTPConnection, HTTPSConnection
-from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
 
 from lake_mesh_consul._consul.client import ConsulClient, ConsulResponse
 from lake_mesh_consul._core.blocking import (
@@ -153,87 +148,22 @@ class WatchState(Generic[T]):
         return None if self.updated_at is None else max(0.0, now - self.updated_at)
 
 
-# --- an HTTP pool whose sockets can be shut from another thread ---------------------------
-
-
-class _Sockets:
-    """The live connections of one watch's pool, so close() can wake a parked read."""
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._conns: weakref.WeakSet[HTTPConnection] = weakref.WeakSet()
-        self.closed = False
-
-    def add(self, conn: HTTPConnection) -> None:
-        with self._lock:
-            self._conns.add(conn)
-            closed = self.closed
-        if closed:
-            _shut(conn)
-
-    def shut_all(self) -> None:
-        with self._lock:
-            self.closed = True
-            conns = list(self._conns)
-        for conn in conns:
-            _shut(conn)
-
-
-def _shut(conn: HTTPConnection) -> None:
-    sock = getattr(conn, "sock", None)
-    if sock is None:
-        return
-    try:
-        # shutdown (not close) wakes a recv() blocked in another thread with EOF.
-        sock.shutdown(socket.SHUT_RDWR)
-    except OSError:
-        pass
-
-
-def _poll_client(config: MeshConfig, sockets: _Sockets) -> ConsulClient:
-    """A ConsulClient of the watch's own, whose connections register in ``sockets``."""
-
-    class _Conn(HTTPConnection):
-        def connect(self) -> None:
-            if sockets.closed:
-                raise ConnectionAbortedError("watch closed")
-            super().connect()
-            sockets.add(self)
-
-    class _TLSConn(HTTPSConnection):
-        def connect(self) -> None:
-            if sockets.closed:
-                raise ConnectionAbortedError("watch closed")
-            super().connect()
-            sockets.add(self)
-
-    class _Pool(HTTPConnectionPool):
-        ConnectionCls = _Conn
-
-    class _TLSPool(HTTPSConnectionPool):
-        ConnectionCls = _TLSConn
-
-    client = ConsulClient(config)
-    for adapter in client.session.adapters.values():
-        manager = getattr(adapter, "poolmanager", None)
-        if manager is not None:
-            manager.pool_classes_by_scheme = {"http": _Pool, "https": _TLSPool}
-    return client
+# --- a client whose parked request can be woken from another thread ----------------------
 
 
 class PollClient:
     """A ConsulClient of one owner whose in-flight requests can be interrupted.
 
-    A parked long poll holds its socket for up to the whole wait; :meth:`interrupt`
-    shuts every socket of this client (a blocked read returns at once with an error) and
-    refuses new connections, so the owner's :meth:`close` returns within a second.
+    A parked long poll holds its socket for up to the whole wait; :meth:`interrupt` closes
+    the client, which shuts every socket it opened (a blocked read returns at once with
+    ConsulUnavailable) and refuses later requests, so the owner's ``close()`` returns
+    within a second. Requests run under the client's deadlines and answer-size cap.
 
     Thread-safety: :meth:`request` from the owner's thread, :meth:`interrupt` from any.
     """
 
     def __init__(self, config: MeshConfig) -> None:
-        self._sockets = _Sockets()
-        self._client = _poll_client(config, self._sockets)
+        self._client = ConsulClient(config)
 
     def request(
         self,
@@ -251,11 +181,11 @@ class PollClient:
         )
 
     def interrupt(self) -> None:
-        """Shut every socket (waking a parked read) and refuse new connections."""
-        self._sockets.shut_all()
+        """Shut every socket (waking a parked read) and refuse later requests."""
+        self._client.close()
 
     def close(self) -> None:
-        """Close the connection pool. Idempotent."""
+        """Close the client. Idempotent."""
         self._client.close()
 
 
@@ -1053,9 +983,7 @@ class WatchHub:
 
         eligible = watch_mux.muxable(path, params, options)
         if not eligible or len(self._dedicated_keys) < self.dedicated:
-            if eligible:
-                self._dedicated_keys.add(key)
-            return Watch(
+            watch: Watch[Any] = Watch(
                 self.config,
                 path,
                 params,
@@ -1065,6 +993,12 @@ class WatchHub:
                 rng=random.Random(self._rng.random()),
                 **options,
             )
+            if eligible:
+                self._dedicated_keys.add(key)
+                # First listener: the same service's multiplexed queries (other tags or
+                # health filters) are read before anyone hears of this change.
+                watch.subscribe(functools.partial(self._refresh_siblings, path, watch))
+            return watch
         if self._mux is None:
             self._mux = watch_mux.Multiplexer(
                 self.config,
@@ -1081,6 +1015,11 @@ class WatchHub:
             clock=self._clock,
             **{k: v for k, v in options.items() if k in _MEMBER_OPTIONS},
         )
+
+    def _refresh_siblings(self, path: str, via: Watch[Any], _value: object) -> None:
+        mux = self._mux
+        if mux is not None:
+            mux.refresh_service(path.rsplit("/", 1)[-1], via=via)
 
     def _release(self, key: tuple[Any, ...]) -> None:
         to_close: WatchBase[Any] | None = None

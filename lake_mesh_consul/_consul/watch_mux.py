@@ -480,6 +480,17 @@ class Multiplexer:
             names = None if node_level else changed
         self._refresh(loop.watch, names)
 
+    def refresh_service(self, service: str, *, via: Watch[Any]) -> None:
+        """Read ``service``'s members now, over ``via``'s connection.
+
+        A dedicated watch of the same service saw it change, so its other queries (other
+        tags or health filters) may have changed too.
+        """
+        with self._lock:
+            known = service in self._members
+        if known:
+            self._refresh(via, (service,))
+
     def _member_names(self) -> list[str]:
         with self._lock:
             return list(self._members)

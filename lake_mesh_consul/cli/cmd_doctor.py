@@ -199,15 +199,17 @@ def run(args: argparse.Namespace, out: Output) -> int:
                     else "no (http)"
                 ),
                 "consul client": consul_client.summary,
-                "agent connection limit": (
+                "agent limit": (
                     "unknown"
                     if limit is None
-                    else f"{limit} per client IP (limits.http_max_conns_per_client)"
+                    else f"{limit} connections per client IP (limits.http_max_conns_per_client)"
                 ),
-                "connections (this process)": (
-                    "unknown" if conns["this_process"] is None else conns["this_process"]
+                "connections": (
+                    "unknown"
+                    if conns["this_process"] is None
+                    else f"{conns['this_process']} from this process"
                 ),
-                "watch engine budget": (
+                "watch budget": (
                     f"{budget['connections']} connections, {budget['threads']} threads per "
                     f"process, whatever the number of services ({budget['dedicated_watches']} "
                     "dedicated + 2 multiplexed)"

@@ -302,5 +302,6 @@ def test_doctor_shows_the_connection_limit_and_budget(consul_agent, capsys):
     assert conns["watch_budget"]["connections"] <= 4
     assert main(["doctor", "--http-addr", consul_agent.address]) == 0
     out = capsys.readouterr().out
-    assert "200 per client IP (limits.http_max_conns_per_client)" in out
-    assert "watch engine budget:" in out
+    assert "200 connections per client IP (limits.http_max_conns_per_client)" in out
+    assert "watch budget:" in out
+    assert "acls enforced: no" in out  # the key column keeps its width
