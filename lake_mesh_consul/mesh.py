@@ -512,7 +512,9 @@ class Mesh:
         config: connection settings and mesh-wide defaults (default:
             ``MeshConfig.from_env()``).
         services: service-level settings from code (KV settings win over them).
-        endpoints: endpoint-level settings from code, by ``(service, instance id)``.
+        endpoints: endpoint-level settings from code, by ``(service, name)``: the name is an
+            instance id (every instance with that id), or ``"<id>@<node>"`` for one instance
+            where the id is registered on several nodes (the same rule as KV's keys).
         watch_config: read and watch KV configuration under ``config.kv_prefix``; when
             False only the code/environment levels apply.
         config_start_mode: what :meth:`start` does when KV cannot be read (``"fail"``
@@ -527,11 +529,14 @@ class Mesh:
             with ``SystemExit(143)``. Default True (Spring Cloud Consul deregisters on
             shutdown too); pass False to keep SIGTERM to yourself, and call
             :meth:`close` from your own handler.
-        persist_dir, invalidate_after, failover, consistency, max_stale, cached: the
-            :class:`~lake_mesh_consul._consul.discovery.ServiceDiscovery` options of the
-            same names (snapshots kept on disk for a start while Consul is down; how long a
-            stale snapshot is served; failover datacenters; read consistency; re-read from
-            the leader past ``max_stale`` seconds; the agent cache).
+        persist_dir, invalidate_after, failover, consistency, max_stale, cached,
+            dedicated_watches: the ServiceDiscovery options of the same names (see
+            :class:`~lake_mesh_consul._consul.discovery.ServiceDiscovery`: snapshots kept on
+            disk for a start while Consul is down; how long a stale snapshot is served;
+            failover datacenters; read consistency; re-read from the leader past
+            ``max_stale`` seconds; the agent cache; how many services get a blocking query
+            of their own before the rest share the multiplexed watcher: the process's
+            thread and connection budget).
         clock: time source for everything the mesh builds.
         rng: randomness (seed it for reproducible balancing and jitter).
         overrides: MeshConfig fields applied over ``config`` (or the environment), e.g.
@@ -581,6 +586,7 @@ class Mesh:
         consistency: Consistency = "stale",
         max_stale: float | None = None,
         cached: bool = False,
+        dedicated_watches: int | None = None,
         clock: Clock = SYSTEM_CLOCK,
         rng: random.Random | None = None,
         **overrides: Any,
@@ -618,6 +624,7 @@ class Mesh:
             consistency=consistency,
             max_stale=max_stale,
             cached=cached,
+            dedicated_watches=dedicated_watches,
         )
         self.store = ConfigStore(
             config,

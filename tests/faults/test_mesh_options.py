@@ -50,3 +50,27 @@ def test_persist_dir_routes_a_start_while_the_agent_is_down(
     assert served == ports
     assert explained.snapshot_source == "persisted"
     assert explained.stale
+
+
+@pytest.mark.parametrize("dedicated", [0, 2])
+def test_dedicated_watches_sets_the_thread_budget(
+    consul_agent: ConsulAgentHandle, unique_name: str, dedicated: int
+) -> None:
+    config = MeshConfig(address=consul_agent.address, kv_prefix=unique_name)
+    names = [f"{unique_name}-{i}" for i in range(4)]
+    with ServiceRegistry(config, drain_on_close=False) as registry:
+        for port, name in enumerate(names, start=32100):
+            registry.register(ServiceMetadata(name, port, address="127.0.0.1"))
+        try:
+            with Mesh(config, dedicated_watches=dedicated, drain_on_sigterm=False) as mesh:
+                for name in names:
+                    assert mesh.balancer(name).stats().registered == 1
+                hub = mesh.discovery.hub
+                multiplexed, threads = hub.multiplexed, hub.threads
+        finally:
+            for name in names:
+                for service in registry.registered:
+                    if service.name == name:
+                        registry.deregister(service.id)
+    print(f"\ndedicated_watches={dedicated}: {multiplexed} of 4 multiplexed, {threads} threads")
+    assert multiplexed == len(names) - dedicated
