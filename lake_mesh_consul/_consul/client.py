@@ -31,20 +31,15 @@ connection pool per host, which urllib3 makes thread-safe).
 
 from __future__ import annotations
 
-import importlib
 import json as _json
 import logging
 import math
 import threading
-import warnings
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
 
-import consul
-import consul.base
-import consul.std
 import requests
 import requests.adapters
 
@@ -215,135 +210,6 @@ def build_session(config: MeshConfig) -> requests.Session:
     return session
 
 
-#: The endpoint groups the adapter builds, by attribute and class name. python-consul2 nests
-#: them in ``consul.base.Consul``; py-consul (the maintained fork, same API family) keeps each
-#: in ``consul.api.<module>``. Only these are built: the rest are never called.
-_GROUPS: tuple[tuple[str, str, str], ...] = (
-    # (attribute, class, py-consul module)
-    ("agent", "Agent", "agent"),
-    ("catalog", "Catalog", "catalog"),
-    ("coordinate", "Coordinate", "coordinates"),
-    ("event", "Event", "event"),
-    ("health", "Health", "health"),
-    ("kv", "KV", "kv"),
-    ("session", "Session", "session"),
-    ("status", "Status", "status"),
-    ("txn", "Txn", "txn"),
-)
-
-#: HTTP 400 from the consul module: in ``consul.base`` (python-consul2) or
-#: ``consul.exceptions`` (py-consul). The other error classes are exported by both packages
-#: at top level (``consul.ACLPermissionDenied``, ``consul.NotFound``, ...).
-_BadRequest: type[Exception] = (
-    getattr(consul.base, "BadRequest", None)
-    or importlib.import_module("consul.exceptions").BadRequest
-)
-
-
-def _endpoint_group(cls_name: str, module: str) -> Any:
-    nested = getattr(consul.base.Consul, cls_name, None)
-    if isinstance(nested, type):
-        return nested  # python-consul2
-    return getattr(importlib.import_module(f"consul.api.{module}"), cls_name)  # py-consul
-
-
-class _HTTPClient(consul.std.HTTPClient):  # type: ignore[misc]
-    """The consul module's transport over our session, with a timeout derived per request.
-
-    Works with python-consul2 and py-consul alike: both subclass ``consul.base.HTTPClient``
-    with the same constructor and ``get/put/delete/post(callback, path, params, ...)``;
-    py-consul adds ``raw`` to ``get`` (snapshots) and an abstract ``close``.
-    """
-
-    def __init__(self, owner: ConsulClient) -> None:
-        config = owner.config
-        super().__init__(
-            host=config.host,
-            port=config.port,
-            scheme=config.scheme,
-            verify=owner.session.verify,
-            cert=owner.session.cert,
-        )
-        self.base_uri = config.base_url
-        # The consul module opened a session of its own; ours replaces it.
-        own: requests.Session = self.__dict__["session"]
-        own.close()
-        self.session = owner.session
-        self._owner = owner
-
-    def _timeout_for(self, params: Any) -> tuple[float, float]:
-        wait = None
-        for key, value in params.items() if isinstance(params, dict) else params or ():
-            if key == "wait":
-                wait = value
-        return self._owner.timeout_for(wait)
-
-    def get(
-        self, callback: Any, path: str, params: Any = None, headers: Any = None, raw: bool = False
-    ) -> Any:
-        uri = self.uri(path, params)
-        response = self.session.get(uri, headers=headers, timeout=self._timeout_for(params))
-        return callback(self.response(response, raw=True) if raw else self.response(response))
-
-    def put(
-        self, callback: Any, path: str, params: Any = None, data: Any = "", headers: Any = None
-    ) -> Any:
-        uri = self.uri(path, params)
-        response = self.session.put(
-            uri, data=data, headers=headers, timeout=self._owner.timeout_for(None)
-        )
-        return callback(self.response(response))
-
-    def delete(
-        self, callback: Any, path: str, params: Any = None, data: Any = "", headers: Any = None
-    ) -> Any:
-        uri = self.uri(path, params)
-        response = self.session.delete(
-            uri, data=data, headers=headers, timeout=self._owner.timeout_for(None)
-        )
-        return callback(self.response(response))
-
-    def post(
-        self, callback: Any, path: str, params: Any = None, headers: Any = None, data: Any = ""
-    ) -> Any:
-        uri = self.uri(path, params)
-        response = self.session.post(
-            uri, data=data, headers=headers, timeout=self._owner.timeout_for(None)
-        )
-        return callback(self.response(response))
-
-    def close(self) -> None:
-        """Nothing to do: the session belongs to the ConsulClient, which closes it."""
-
-
-class _Consul(consul.base.Consul):  # type: ignore[misc]
-    """The consul module's client (python-consul2 or py-consul), built without the environment.
-
-    ``consul.base.Consul.__init__`` reads CONSUL_HTTP_ADDR, CONSUL_HTTP_SSL(_VERIFY) and lets
-    CONSUL_HTTP_TOKEN override the explicit token (python-consul2 even raises on an address
-    it cannot split). We build the endpoint groups of :data:`_GROUPS` from MeshConfig instead,
-    and leave ``token`` unset so it is never put in a query string.
-    """
-
-    def __init__(self, owner: ConsulClient) -> None:
-        config = owner.config
-        self.consistency = "default"
-        self.dc = config.datacenter
-        self.http = _HTTPClient(owner)
-        self.scheme = config.scheme
-        self.token = None  # the token travels in the session's X-Consul-Token header
-        with warnings.catch_warnings():
-            # python-consul2 warns while building some groups about APIs we never call;
-            # those warnings say nothing about our use.
-            warnings.simplefilter("ignore", DeprecationWarning)
-            for attribute, cls_name, module in _GROUPS:
-                setattr(self, attribute, _endpoint_group(cls_name, module)(self))
-
-    def http_connect(self, *args: Any, **kwargs: Any) -> Any:
-        """py-consul's abstract factory; never called (``http`` is set in ``__init__``)."""
-        return self.http
-
-
 class ConsulClient:
     """The adapter's entry point: one per MeshConfig, shared by registry, discovery and KV.
 
@@ -366,15 +232,24 @@ class ConsulClient:
         self.config = config or MeshConfig.from_env()
         self._connections = ConnectionRegistry(on_connect)
         self.session = build_session(self.config)
-        self._consul = _Consul(self)
+        self._consul: Any = None  # the consul package's client, built on first use
+        self._consul_lock = threading.Lock()
         self._closed = threading.Event()
 
     # -- plumbing ----------------------------------------------------------------------------
 
     @property
     def consul(self) -> Any:
-        """The underlying python-consul2 client (no token in its query strings)."""
-        return self._consul
+        """The consul package's client (python-consul2 or py-consul), built on first use.
+
+        No token in its query strings: it travels in this client's ``X-Consul-Token`` header.
+        """
+        with self._consul_lock:
+            if self._consul is None:
+                from lake_mesh_consul._consul import consul_module
+
+                self._consul = consul_module.build_client(self)
+            return self._consul
 
     @property
     def address(self) -> str:
@@ -422,17 +297,19 @@ class ConsulClient:
             operation: what is being done, for error messages ("read key 'x'").
             fn: a bound python-consul2 method, e.g. ``client.consul.kv.get``.
         """
+        from lake_mesh_consul._consul import consul_module as glue
+
         self._check_open(operation)
         seconds = self.deadline_for(kwargs.get("wait"))
         with exchange(seconds, operation, self._raw_limit(), self._connections) as current:
             try:
                 return fn(*args, **kwargs)
-            except consul.ACLPermissionDenied as exc:
+            except glue.ACLPermissionDenied as exc:
                 raise PermissionDenied(operation) from self._detach(exc)
-            except consul.NotFound as exc:
+            except glue.NotFound as exc:
                 body = self._quote(str(exc))
                 raise ConsulNotFound(404, body, operation) from self._detach(exc)
-            except consul.ConsulException as exc:
+            except glue.ConsulException as exc:
                 status = _status_from_consul_exception(exc, operation, self.config.token)
                 raise status from self._detach(exc)
             except requests.RequestException as exc:
@@ -614,7 +491,7 @@ class ConsulClient:
 
     def agent_self(self) -> dict[str, Any]:
         """``/v1/agent/self``: the agent's configuration and member info."""
-        result: dict[str, Any] = self.call("read agent self", self._consul.agent.self)
+        result: dict[str, Any] = self.call("read agent self", self.consul.agent.self)
         return result
 
     def leader(self) -> str:
@@ -809,9 +686,11 @@ def _status_from_consul_exception(
     text = _mask(str(exc), token)
     head, _, body = text.partition(" ")
     code = int(head) if head.isdigit() else 500
-    if isinstance(exc, _BadRequest):
+    from lake_mesh_consul._consul import consul_module as glue
+
+    if isinstance(exc, glue.BadRequest):
         code = 400
-    elif isinstance(exc, consul.ACLDisabled):
+    elif isinstance(exc, glue.ACLDisabled):
         code, body = 401, text
     return ConsulStatusError(code, _clean(body or text), operation)
 
