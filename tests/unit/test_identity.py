@@ -8,6 +8,7 @@ hash strategies and the per-instance settings.
 from __future__ import annotations
 
 from collections import Counter
+from typing import Any
 
 import pytest
 
@@ -104,6 +105,7 @@ def test_weighted_overrides_address_one_instance_by_id_at_node() -> None:
 @pytest.mark.parametrize("name", ["ring_hash", "maglev"])
 def test_hash_points_come_from_the_node_too(name: str) -> None:
     eps = same_id_on(3)
-    strategy = strategy_by_name(name, **({"table_size": 5003} if name == "maglev" else {}))
+    options: dict[str, Any] = {"table_size": 5003} if name == "maglev" else {}
+    strategy = strategy_by_name(name, **options)
     counts = Counter(strategy.pick(eps, f"k{i}").node for i in range(3000))
     assert min(counts.values()) >= 600, counts

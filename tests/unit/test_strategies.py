@@ -11,6 +11,7 @@ import textwrap
 from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -445,3 +446,64 @@ def test_a_function_strategy_walks_over_the_accepted_candidates_only() -> None:
     assert walk(None, lambda e: e.id != "web-3") == eps[2]
     assert seen == [("web-0", "web-1", "web-2")]
     assert walk(None, lambda e: False) is None
+
+
+# --- cost of a change ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", STRATEGIES)
+def test_an_unchanged_snapshot_is_not_prepared_again(name: str) -> None:
+    eps = make(6)
+    registry = StatsRegistry(FakeClock())
+    stats = tuple(registry.get(e) for e in eps)
+    options: dict[str, Any] = {"table_size": 211} if name == "maglev" else {}
+    strategy = strategy_by_name(name, **options)
+    first = prepare_pair(strategy, eps, (1.0,) * 6, stats)
+    assert prepare_pair(strategy, tuple(eps), (1.0,) * 6, stats) is first
+    # A new endpoint object (its health changed) is a new snapshot: the pick must return it.
+    flipped = (*eps[:5], ServiceEndpoint.create("web-5", "10.0.0.9", 8080, service="web"))
+    pick = prepare_pair(strategy, flipped, (1.0,) * 6, stats)[0]
+    keys = [f"k{i}" for i in range(200)] if name in {"ring_hash", "maglev"} else [None] * 200
+    assert any(pick(k) is flipped[5] for k in keys) or name == "nearest_first"
+    assert all(pick(k) in flipped for k in keys)
+
+
+def _paper_maglev(
+    offsets: list[int], skips: list[int], weights: list[float], size: int
+) -> list[int]:
+    """Maglev's Populate as the paper and Envoy write it (the reference for maglev_fill)."""
+    n = len(offsets)
+    nexts, earned, table = [0] * n, [0.0] * n, [-1] * size
+    filled, turn, heaviest = 0, 0, max(weights)
+    while filled < size:
+        turn += 1
+        for i in range(n):
+            if turn * weights[i] < earned[i]:
+                continue
+            earned[i] += heaviest
+            slot = (offsets[i] + skips[i] * nexts[i]) % size
+            while table[slot] >= 0:
+                nexts[i] += 1
+                slot = (offsets[i] + skips[i] * nexts[i]) % size
+            table[slot] = i
+            nexts[i] += 1
+            filled += 1
+            if filled == size:
+                break
+    return table
+
+
+@pytest.mark.parametrize(
+    ("n", "size", "weighted"),
+    [(3, 211, False), (7, 1009, True), (40, 5003, False), (40, 5003, True)],
+)
+def test_maglev_fill_is_the_papers_table(n: int, size: int, weighted: bool) -> None:
+    from lake_mesh_consul._core.strategies.consistent import maglev_fill
+
+    rng = random.Random(n * size)
+    offsets = [rng.randrange(size) for _ in range(n)]
+    skips = [rng.randrange(1, size) for _ in range(n)]
+    weights = [float(rng.randint(1, 4)) if weighted else 1.0 for _ in range(n)]
+    assert maglev_fill(offsets, skips, weights, size) == _paper_maglev(
+        offsets, skips, weights, size
+    )
