@@ -1,7 +1,9 @@
-"""FailureDetector: outcome classification, failure accrual and Envoy-style outlier ejection.
+"""FailureDetector: failure accrual, Envoy-style outlier ejection, per-endpoint breakers.
 
-Every finished request is classified (:class:`OutcomeKind`) and fed to per-endpoint
-accrual. An endpoint is *ejected* (unavailable for picks) when, while not ejected:
+Every finished request arrives classified (an :class:`~lake_mesh_consul._core.outcome.Outcome`
+through :meth:`FailureDetector.record_outcome`; classification itself lives in
+:mod:`lake_mesh_consul._core.outcome`) and is fed to per-endpoint accrual. An endpoint is
+*ejected* (unavailable for picks) when, while not ejected:
 
 * ``consecutive_failures`` failures in a row (Envoy ``consecutive_5xx``, default 5), or
   ``consecutive_gateway_failures`` gateway errors in a row (502/503/504 only; Envoy's
@@ -14,10 +16,13 @@ accrual. An endpoint is *ejected* (unavailable for picks) when, while not ejecte
 
 An ejection lasts ``base_ejection_time * n`` (n = times ejected; 30 s base), capped at
 ``max_ejection_time`` (300 s), plus up to ``ejection_jitter`` seconds. Like Envoy, n goes
-down by one for each full ``interval`` the endpoint spends un-ejected. At most
-``max_ejection_percent`` (10%) of a service's endpoints are ejected at once, but always at
-least one (Envoy's rule); an ejection refused by that cap is an ``overflow`` event. Returns
-are noticed lazily (on ``is_available``, ``record``, ``state`` or ``sweep``): no thread.
+down by one for each full ``interval`` the endpoint spends un-ejected. Failure accrual takes
+at most ``max_ejection_percent`` (10%) of a service's endpoints out of rotation at once,
+*ejections and open breakers counted together*, but always at least one (Envoy's rule): an
+ejection refused by that cap is an ``overflow`` event, and a breaker's trip refused by it
+leaves the breaker closed. So a blip across every endpoint cannot take them all out.
+Returns are noticed lazily (on ``is_available``, ``record``, ``state`` or ``sweep``): no
+thread; :meth:`FailureDetector.restore` ends an ejection at once (Consul says passing again).
 
 The detector implements the ports :class:`~lake_mesh_consul._core.ports.EndpointGate` and
 :class:`~lake_mesh_consul._core.ports.OutcomeRecorder`. With a ``breaker`` policy it also owns
