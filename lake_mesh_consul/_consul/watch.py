@@ -5,7 +5,8 @@
 
 * it follows every rule of :mod:`lake_mesh_consul._core.blocking`: the index is at least 1
   and is reset to 0 when it goes backwards; an unchanged index or an equal decoded result
-  notifies nobody; errors back off with full jitter (100 ms .. 5 s by default); every
+  notifies nobody; errors back off with full jitter (100 ms .. 5 s by default; 30-60 s
+  when the agent refused the connection for its per-client limit); every
   request, successful or not, first takes a token from a bucket (burst 2, 10/s by default)
   so no server behaviour can drive a busy loop;
 * the HTTP read timeout is derived from the wait (``wait + wait/16 + margin``);
@@ -58,6 +59,7 @@ from typing import Any, Generic, Literal, TypeVar, cast
 
 from lake_mesh_consul._consul.client import ConsulClient, ConsulResponse
 from lake_mesh_consul._core.blocking import (
+    CONNECTION_LIMIT_BACKOFF,
     DEFAULT_WAIT,
     Backoff,
     BlockingIndex,
@@ -66,7 +68,12 @@ from lake_mesh_consul._core.blocking import (
 )
 from lake_mesh_consul._core.clock import SYSTEM_CLOCK, Clock
 from lake_mesh_consul._core.config import MeshConfig
-from lake_mesh_consul.errors import ConsulError, ConsulUnavailable, MeshError
+from lake_mesh_consul.errors import (
+    ConsulConnectionLimit,
+    ConsulError,
+    ConsulUnavailable,
+    MeshError,
+)
 
 __all__ = [
     "DEFAULT_DEDICATED",
@@ -80,6 +87,7 @@ __all__ = [
     "WatchHub",
     "WatchState",
     "decode_json",
+    "failure_backoff",
 ]
 
 log = logging.getLogger("lake_mesh_consul.watch")
@@ -696,9 +704,10 @@ class Watch(WatchBase[T]):
         except MeshError as exc:
             if self._closed.is_set():
                 return False
+            backoff = failure_backoff(exc, self._backoff)
             self._apply_failure(exc)
         # Outside the except block: the pause holds no reference to the failed attempt.
-        return not self._pause(self._backoff.delay(self._state.failures, self._rng))
+        return not self._pause(backoff.delay(self._state.failures, self._rng))
 
     def _query(self, *, blocking: bool, consistency: Consistency) -> dict[str, Any]:
         query: dict[str, Any] = {
@@ -743,6 +752,11 @@ class Watch(WatchBase[T]):
                     "watch %s: leader re-read failed, keeping stale answer: %s", self.name, exc
                 )
         return response
+
+
+def failure_backoff(exc: MeshError, backoff: Backoff) -> Backoff:
+    """The backoff after ``exc``: the agent's connection-limit refusal waits much longer."""
+    return CONNECTION_LIMIT_BACKOFF if isinstance(exc, ConsulConnectionLimit) else backoff
 
 
 def _fresh(state: WatchState[T], response: ConsulResponse, now: float, index: int) -> WatchState[T]:

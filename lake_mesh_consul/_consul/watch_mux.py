@@ -72,12 +72,20 @@ from lake_mesh_consul._consul.watch import (
     Watch,
     WatchBase,
 )
-from lake_mesh_consul._core.blocking import Backoff
+from lake_mesh_consul._core.blocking import CONNECTION_LIMIT_BACKOFF, Backoff
 from lake_mesh_consul._core.clock import SYSTEM_CLOCK, Clock
 from lake_mesh_consul._core.config import MeshConfig
-from lake_mesh_consul.errors import ConsulUnavailable, MeshError
+from lake_mesh_consul.errors import ConsulConnectionLimit, ConsulUnavailable, MeshError
 
-__all__ = ["CHECKS_QUERY", "HEALTH_PATH", "Multiplexer", "MuxMember", "muxable"]
+__all__ = [
+    "CHECKS_QUERY",
+    "HEALTH_PATH",
+    "Multiplexer",
+    "MuxMember",
+    "changed_services",
+    "decode_checks",
+    "muxable",
+]
 
 log = logging.getLogger("lake_mesh_consul.watch")
 
@@ -98,7 +106,10 @@ _LOOP_OPTIONS = frozenset({"wait", "backoff", "rate", "burst"})
 READER_LINGER = 1.0
 
 #: The outcome of one targeted read.
-ReadOutcome = Literal["ok", "failed", "unavailable", "closed"]
+ReadOutcome = Literal["ok", "failed", "unavailable", "limited", "closed"]
+
+#: Outcomes after which the agent is not answering at all: stop reading, back off as a whole.
+_AGENT_DOWN = frozenset({"unavailable", "limited"})
 
 #: A check, as the multiplexer compares it: (ModifyIndex, ServiceName, Status).
 CheckKey = tuple[str, str]
@@ -125,7 +136,7 @@ def muxable(path: str, params: Mapping[str, ParamValue] | None, options: Mapping
 CHECKS_QUERY = {"filter": 'Status != "passing"'}
 
 
-def _decode_checks(response: ConsulResponse) -> dict[CheckKey, CheckValue]:
+def decode_checks(response: ConsulResponse) -> dict[CheckKey, CheckValue]:
     """The non-passing checks as ``{(node, check id): (modify index, service, status)}``."""
     data = response.json()
     if not isinstance(data, list):
@@ -154,10 +165,14 @@ def _never_equal(_a: object, _b: object) -> bool:
     return False  # the multiplexer diffs itself: every moved index is worth a look
 
 
-def _changed_services(
+def changed_services(
     old: Mapping[CheckKey, CheckValue], new: Mapping[CheckKey, CheckValue]
 ) -> tuple[set[str], bool]:
-    """Services whose checks changed between two check lists, and whether a node check did."""
+    """Services whose checks changed between two check lists, and whether a node check did.
+
+    A check that appeared, vanished or whose ``(ModifyIndex, ServiceName, Status)`` moved
+    names its service; one without a service (a node check) sets the flag instead.
+    """
     names: set[str] = set()
     node_level = False
     for key in old.keys() | new.keys():
@@ -262,9 +277,13 @@ class MuxMember(WatchBase[T]):
             except MeshError as exc:
                 if closed():
                     return "closed"
-                unavailable = isinstance(exc, ConsulUnavailable)
+                outcome: ReadOutcome = "failed"
+                if isinstance(exc, ConsulConnectionLimit):
+                    outcome = "limited"
+                elif isinstance(exc, ConsulUnavailable):
+                    outcome = "unavailable"
                 self._apply_failure(exc, quiet=True)
-            return "unavailable" if unavailable else "failed"
+            return outcome
 
     def mark_failed(self, exc: MeshError) -> None:
         """Record a failure of the multiplexer's loop (stale, last good value kept)."""
@@ -455,7 +474,7 @@ class Multiplexer:
                 options=self._loop_options,
             )
             for path, params, decode, name in (
-                ("/v1/health/state/any", CHECKS_QUERY, _decode_checks, "mux checks"),
+                ("/v1/health/state/any", CHECKS_QUERY, decode_checks, "mux checks"),
                 ("/v1/catalog/services", {}, _decode_catalog, "mux catalog"),
             )
         )
@@ -476,7 +495,7 @@ class Multiplexer:
         elif isinstance(value, frozenset):
             names = {name for name in self._member_names() if name in old or name in value}
         else:
-            changed, node_level = _changed_services(old, value)
+            changed, node_level = changed_services(old, value)
             names = None if node_level else changed
         self._refresh(loop.watch, names)
 
@@ -511,12 +530,11 @@ class Multiplexer:
             if via.closed:
                 return
             outcome = member.refresh(read)
-            if outcome in ("failed", "unavailable"):
-                # The reader retries (with backoff); after "unavailable" everyone left too.
-                retry = members[position:] if outcome == "unavailable" else [member]
-                self._queue(retry)
-                if outcome == "unavailable":
-                    return
+            if outcome == "failed":
+                self._queue([member])  # the reader retries it, with backoff
+            elif outcome in _AGENT_DOWN:
+                self._queue(members[position:])  # and everyone left: one probe, not one each
+                return
 
     # -- the reader: first reads and retries ---------------------------------------------
 
@@ -579,17 +597,20 @@ class Multiplexer:
         try:
             while batch := self._next_batch():
                 retry: list[MuxMember[Any]] = []
+                backoff = self._backoff
                 for position, member in enumerate(batch):
                     outcome = member.refresh(read)
-                    if outcome == "unavailable":
+                    if outcome in _AGENT_DOWN:
                         retry.extend(batch[position:])  # one probe per round, not one each
+                        if outcome == "limited":
+                            backoff = CONNECTION_LIMIT_BACKOFF
                         break
                     if outcome == "failed":
                         retry.append(member)
                 failures = failures + 1 if retry else 0
                 if retry:
                     self._queue(retry)
-                    pause = self._backoff.delay(failures, self._rng)
+                    pause = backoff.delay(failures, self._rng)
                     if self.clock.wait(self._reader_stop, pause):
                         self._take_pending(retire=True)
                         return

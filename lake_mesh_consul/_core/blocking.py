@@ -19,6 +19,10 @@ errors back off             :class:`~lake_mesh_consul._core.backoff.Backoff` (re
                             full-jitter exponential backoff (AWS architecture blog,
                             "Exponential Backoff And Jitter"), from 100 ms, capped at 5 s by
                             default
+a refused connection waits  :data:`CONNECTION_LIMIT_BACKOFF`: when the agent closed a new
+                            connection for its per-client limit, the next attempt waits 30-60
+                            s (at most two a minute per watch: every process on the host
+                            shares that limit, and sooner retries only keep it exhausted)
 success is rate-limited     :class:`TokenBucket`: burst 2, a configurable refill rate, so a
                             server that answers at once forever cannot drive a busy loop
 HTTP read timeout           :func:`read_timeout_for_wait`: ``wait + wait/16 + margin``, since
@@ -38,6 +42,7 @@ from dataclasses import dataclass
 from lake_mesh_consul._core.backoff import Backoff
 
 __all__ = [
+    "CONNECTION_LIMIT_BACKOFF",
     "DEFAULT_WAIT",
     "MAX_WAIT",
     "Backoff",
@@ -155,6 +160,11 @@ class BlockingIndex:
 #
 # The pause after a failed attempt is the library's one Backoff (full jitter by default),
 # re-exported here because it is one of the blocking-query rules.
+
+
+#: The pause after the agent refused a connection for its per-client connection limit
+#: (``limits.http_max_conns_per_client``): 30-60 s after the first refusal, then 60-120 s.
+CONNECTION_LIMIT_BACKOFF = Backoff(base=60.0, cap=120.0, jitter="equal")
 
 
 # --- success: the token bucket ---------------------------------------------------------------
