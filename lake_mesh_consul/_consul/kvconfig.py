@@ -66,12 +66,14 @@ from lake_mesh_consul._core.config_schema import (
     parse_document,
 )
 from lake_mesh_consul._core.endpoint import NODE_SEPARATOR
+from lake_mesh_consul._core.registration import check_service_name
 from lake_mesh_consul.errors import (
     CasConflict,
     ConfigValidationError,
     ConsulNotFound,
     ConsulStatusError,
     ConsulUnavailable,
+    InvalidSetting,
     MeshError,
 )
 
@@ -742,8 +744,26 @@ class ConfigStore:
         Raises:
             ConfigValidationError: naming the key, field and reason.
         """
-        level = self.layout.require(key)[0]
+        level = self._writable(key)[0]
         return parse_document(_body(document), level, key=key, kv=True)
+
+    def _writable(self, key: str) -> tuple[Level, str | None, str | None]:
+        """``key``'s place in the layout, for a write: its service name must be valid too.
+
+        Consul accepts any key, but a service name outside lake-mesh's rule could never be
+        read back by a service (``lake-mesh config set 'services/bad name!'`` used to write
+        one and exit 0).
+
+        Raises:
+            ConfigValidationError: a key outside the layout, or an invalid service name.
+        """
+        where = self.layout.require(key)
+        if where[1] is not None:
+            try:
+                check_service_name(where[1], "service")
+            except InvalidSetting as exc:
+                raise ConfigValidationError(exc.reason, key=key) from None
+        return where
 
     def preview(self, changes: Mapping[str, Document | None]) -> ConfigSnapshot:
         """The snapshot after ``changes`` (``None`` deletes a key), computed locally.
@@ -752,18 +772,24 @@ class ConfigStore:
             ConfigValidationError: a document is invalid.
             ConsulError: KV had to be read first (a store that never read it) and could not.
         """
+        parsed: dict[str, _Good | None] = {}  # validated before any network call
+        for key, document in changes.items():
+            if document is None:
+                self._writable(key)
+                parsed[key] = None
+                continue
+            body = _body(document)
+            values = self.validate(key, body)
+            parsed[key] = _Good(Layer(values, dict.fromkeys(values, f"kv:{key}")), body)
         if self._watch is None and self._snapshot.index == 0:
             self.refresh()
         with self._apply_lock:
             good = dict(self._good)
-            for key, document in changes.items():
-                if document is None:
-                    self.layout.require(key)
+            for key, item in parsed.items():
+                if item is None:
                     good.pop(key, None)
-                    continue
-                body = _body(document)
-                values = self.validate(key, body)
-                good[key] = _Good(Layer(values, dict.fromkeys(values, f"kv:{key}")), body)
+                else:
+                    good[key] = item
             return self._build(good, index=self._snapshot.index, stale=self._snapshot.stale)
 
     def _result(

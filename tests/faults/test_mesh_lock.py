@@ -152,3 +152,28 @@ def test_a_bad_service_name_is_refused_before_any_network_call(entry: str) -> No
         assert took < 1.0  # not after a connection attempt or a discovery wait
     finally:
         mesh.close()
+
+
+@pytest.mark.parametrize("write", ["set", "delete", "set_many", "dry_run"])
+def test_a_config_key_with_a_bad_service_name_is_refused_before_any_network_call(
+    write: str,
+) -> None:
+    from lake_mesh_consul._consul.kvconfig import ConfigStore
+    from lake_mesh_consul.errors import ConfigValidationError
+
+    key = "lake-mesh/services/bad name!"
+    actions: dict[str, Callable[[ConfigStore], Any]] = {
+        "set": lambda s: s.set(key, {"strategy": "random"}),
+        "delete": lambda s: s.delete(key),
+        "set_many": lambda s: s.set_many({key: {"strategy": "random"}}),
+        "dry_run": lambda s: s.set(key, {"strategy": "random"}, dry_run=True),
+    }
+    store = ConfigStore(MeshConfig(address="127.0.0.1:9"))  # not started; nothing answers
+    try:
+        started = time.monotonic()
+        with pytest.raises(ConfigValidationError) as caught:
+            actions[write](store)
+        assert time.monotonic() - started < 1.0
+    finally:
+        store.close()
+    assert "not a valid service name" in str(caught.value)
