@@ -516,3 +516,31 @@ def test_the_limit_error_counts_this_clients_own_connections(limited_agent: DevA
     print(f"\n  {caught.value}")
     assert caught.value.open_connections == LIMIT
     assert f"holds {LIMIT} open connection(s)" in str(caught.value)
+
+
+def test_a_watch_at_the_connection_limit_reports_it(limited_agent: DevAgent) -> None:
+    from lake_mesh_consul._consul.watch import Watch
+
+    errors: list[MeshError] = []
+    seen = threading.Event()
+
+    def on_error(error: MeshError) -> None:
+        errors.append(error)
+        seen.set()
+
+    held = _hold(limited_agent, LIMIT)
+    try:
+        watch = Watch(
+            MeshConfig(address=limited_agent.address),
+            "/v1/health/service/web",
+            decode=lambda response: response.json(),
+            on_error=on_error,
+        )
+        with watch:
+            assert seen.wait(30), f"the watch saw no failure: {watch.state}"
+    finally:
+        for sock in held:
+            sock.close()
+    print(f"\n  watch error: {errors[0]}")
+    assert isinstance(errors[0], ConsulConnectionLimit)
+    assert "limits.http_max_conns_per_client" in str(errors[0])
