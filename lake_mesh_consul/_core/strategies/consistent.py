@@ -33,7 +33,7 @@ from array import array
 from bisect import bisect_left
 from collections import OrderedDict
 from collections.abc import Iterator, Sequence
-from typing import TypeVar
+from typing import TypeVar, overload
 
 from lake_mesh_consul._core.clock import SYSTEM_CLOCK, Clock
 from lake_mesh_consul._core.endpoint import ServiceEndpoint
@@ -388,6 +388,31 @@ def maglev_fill(
     return owner
 
 
+class _SlotOwners(Sequence[ServiceEndpoint]):
+    """A Maglev table read as endpoints (for walks; picks index the slots directly)."""
+
+    __slots__ = ("_endpoints", "_size", "_slots")
+
+    def __init__(self, slots: list[int], endpoints: tuple[ServiceEndpoint, ...], size: int) -> None:
+        self._slots = slots
+        self._endpoints = endpoints
+        self._size = size
+
+    def __len__(self) -> int:
+        return self._size
+
+    @overload
+    def __getitem__(self, index: int) -> ServiceEndpoint: ...
+
+    @overload
+    def __getitem__(self, index: slice) -> Sequence[ServiceEndpoint]: ...
+
+    def __getitem__(self, index: int | slice) -> ServiceEndpoint | Sequence[ServiceEndpoint]:
+        if isinstance(index, slice):
+            return tuple(self._endpoints[i] for i in self._slots[: self._size][index])
+        return self._endpoints[self._slots[index]]
+
+
 class Maglev(PairedStrategy):
     """Maglev consistent hashing (Eisenbud et al., NSDI 2016; Envoy ``MAGLEV``).
 
@@ -465,16 +490,19 @@ class Maglev(PairedStrategy):
             return constant_pair(endpoints[0])
         owners = self.build_table(endpoints, weights)
         size = len(owners)
-        # One copy, with the last slot twice: int(random() * size) may round up to size.
-        table = tuple(map(endpoints.__getitem__, itertools.chain(owners, owners[-1:])))
+        # Slots hold endpoint indices (no per-slot copy of the table for a new snapshot),
+        # with the last slot twice: int(random() * size) may round up to size.
+        slots = owners + owners[-1:]
+        eps = endpoints
         rnd = self._rng.random
         hash_key = hash64
         cap = walk_cap(len(endpoints), size)
+        table = _SlotOwners(slots, endpoints, size)
 
         def pick(key: Key = None) -> ServiceEndpoint:
             if key is None:
-                return table[int(rnd() * size)]
-            return table[hash_key(key) % size]
+                return eps[slots[int(rnd() * size)]]
+            return eps[slots[hash_key(key) % size]]
 
         def walk(key: Key, accept: Accept) -> ServiceEndpoint | None:
             start = int(rnd() * size) % size if key is None else hash_key(key) % size
