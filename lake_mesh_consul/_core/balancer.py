@@ -451,6 +451,124 @@ class RequestContext:
         return f"RequestContext({self.endpoint!r}, {state})"
 
 
+class _SnapshotEdit:
+    """A snapshot's lists being edited for a few changed endpoints (see LoadBalancer._patch).
+
+    Each step returns False when the change is not one it can apply (then the snapshot is
+    built whole). Lists are searched by identity (C-level); nothing is O(N) in Python.
+    """
+
+    def __init__(
+        self,
+        snap: _Snapshot,
+        weight_of: Callable[[ServiceEndpoint], float] | None,
+        stats_for: Callable[[ServiceEndpoint], EndpointStats],
+    ) -> None:
+        self.old = snap.endpoints
+        self.stats_for = stats_for
+        self.eligible = list(snap.eligible)
+        self.weights = list(snap.weights)
+        self.stats = list(snap.stats)
+        self.routable = list(snap.routable)
+        self.stats_by_key = snap.stats_by_key
+        self.weight_of = weight_of
+        self.left: set[EndpointKey] = set()
+        self.joined: set[EndpointKey] = set()
+        self.gone: list[EndpointKey] = []
+
+    def _weight(self, endpoint: ServiceEndpoint) -> float:
+        if endpoint.ineligible_reason is not None:
+            return 0.0
+        return 1.0 if self.weight_of is None else float(self.weight_of(endpoint))
+
+    def swap(self, endpoints: tuple[ServiceEndpoint, ...], i: int) -> bool:
+        """Endpoint ``i`` changed fields in place (same identity, same routability)."""
+        before, after = self.old[i], endpoints[i]
+        maintenance = HealthStatus.MAINTENANCE
+        if before != after or (before.health is maintenance) != (after.health is maintenance):
+            return False
+        if before.health is not maintenance:
+            self.routable[_position(self.routable, before)] = after  # type: ignore[index]
+        at = _position(self.eligible, before)
+        weight = self._weight(after)
+        if at is not None:
+            if weight > 0:
+                self.eligible[at], self.weights[at] = after, weight
+            else:
+                del self.eligible[at], self.weights[at], self.stats[at]
+                self.left.add(after.key)
+        elif weight > 0:
+            self._insert(after, weight, self.stats_by_key[after.key], endpoints, i)
+        return True
+
+    def leave(self, endpoints: tuple[ServiceEndpoint, ...]) -> bool:
+        """Some endpoints left; every other one is the same object, in the same order."""
+        staying = set(map(id, endpoints))
+        kept = list(map(staying.__contains__, map(id, self.old)))
+        if list(compress(self.old, kept)) != list(endpoints):  # identity: C-level compare
+            return False
+        gone = list(compress(self.old, map(operator.not_, kept)))
+        self.stats_by_key = dict(self.stats_by_key)
+        for endpoint in gone:
+            key = endpoint.key
+            at = _position(self.eligible, endpoint)
+            if at is not None:
+                del self.eligible[at], self.weights[at], self.stats[at]
+                self.left.add(key)
+            at = _position(self.routable, endpoint)
+            if at is not None:
+                del self.routable[at]
+            del self.stats_by_key[key]
+            self.gone.append(key)
+        return True
+
+    def join(self, endpoints: tuple[ServiceEndpoint, ...]) -> bool:
+        """Some endpoints joined; every old one is the same object, in the same order."""
+        known = set(map(id, self.old))
+        mask = list(map(known.__contains__, map(id, endpoints)))
+        if list(compress(endpoints, mask)) != list(self.old):
+            return False
+        self.stats_by_key = dict(self.stats_by_key)
+        for i in compress(range(len(endpoints)), map(operator.not_, mask)):
+            endpoint = endpoints[i]
+            key = endpoint.key
+            if key in self.stats_by_key:
+                return False  # a duplicate identity: the full build's dedupe decides
+            stats = self.stats_by_key[key] = self.stats_for(endpoint)
+            if endpoint.health is not HealthStatus.MAINTENANCE:
+                self.routable.insert(_insertion_point(self.routable, endpoints, i), endpoint)
+            weight = self._weight(endpoint)
+            if weight > 0:
+                self._insert(endpoint, weight, stats, endpoints, i)
+        return True
+
+    def _insert(
+        self,
+        endpoint: ServiceEndpoint,
+        weight: float,
+        stats: EndpointStats,
+        endpoints: tuple[ServiceEndpoint, ...],
+        i: int,
+    ) -> None:
+        at = _insertion_point(self.eligible, endpoints, i)
+        self.eligible.insert(at, endpoint)
+        self.weights.insert(at, weight)
+        self.stats.insert(at, stats)
+        self.joined.add(endpoint.key)
+
+
+def _insertion_point(
+    items: list[ServiceEndpoint], endpoints: tuple[ServiceEndpoint, ...], i: int
+) -> int:
+    """Where endpoint ``i`` goes in ``items`` to keep discovery's order."""
+    members = set(map(id, items))
+    for later in endpoints[i + 1 :]:
+        if id(later) in members:
+            at = _position(items, later)
+            return len(items) if at is None else at
+    return len(items)
+
+
 class LoadBalancer:
     """Client-side load balancing for one service: pick an endpoint, track the request.
 
@@ -629,81 +747,48 @@ class LoadBalancer:
         return source.subscribe(self.update)
 
     def _patch(self, snap: _Snapshot, endpoints: tuple[ServiceEndpoint, ...]) -> _Snapshot | None:
-        """The snapshot after a few endpoints changed in place, or None (build it whole).
+        """The snapshot after a few endpoints changed, joined or left, or None (build it whole).
 
-        Same members in the same order, no slow start, no panic before or after, no
-        maintenance change: the eligible list is edited where the changed endpoints sit
-        (C-level searches), stats are reused, and only the strategy prepares again. A
-        one-instance health flip then costs the strategy's preparation, not a rebuild.
+        For a few changes (at most ``_PATCH_LIMIT``) of one kind: fields changed in place
+        (same members, same order), or endpoints only left, or only joined (the others in
+        the same order). No slow start, no panic before or after, no maintenance change in
+        place. The eligible and routable lists are edited where the endpoints sit (C-level
+        searches), stats are reused, and only the strategy prepares again: a one-instance
+        health flip or departure costs the strategy's preparation, not a rebuild.
         """
         old = snap.endpoints
-        if len(old) != len(endpoints) or snap.panic or not snap.eligible:
+        if snap.panic or not snap.eligible or self.slow_start_window > 0 or self._warm_since:
             return None
-        if self.slow_start_window > 0 or self._warm_since:
-            return None
-        changed = list(compress(range(len(old)), map(operator.is_not, old, endpoints)))
-        if len(changed) > _PATCH_LIMIT:
+        if abs(len(old) - len(endpoints)) > _PATCH_LIMIT:
             return None
         weight_of = getattr(self._strategy, "endpoint_weight", None)
-        eligible = list(snap.eligible)
-        weights = list(snap.weights)
-        stats = list(snap.stats)
-        routable = list(snap.routable)
-        maintenance = HealthStatus.MAINTENANCE
-        left: set[EndpointKey] = set()
-        joined: set[EndpointKey] = set()
-        for i in changed:
-            before, after = old[i], endpoints[i]
-            if before != after or (before.health is maintenance) != (after.health is maintenance):
-                return None  # membership or routability changed
-            if before.health is not maintenance:
-                routable[_position(routable, before)] = after  # type: ignore[index]
-            at = _position(eligible, before)
-            weight = 0.0
-            if after.ineligible_reason is None:
-                weight = 1.0 if weight_of is None else float(weight_of(after))
-            if at is not None:
-                if weight > 0:
-                    eligible[at], weights[at] = after, weight
-                else:
-                    del eligible[at], weights[at], stats[at]
-                    left.add(after.key)
-            elif weight > 0:
-                joined.add(after.key)
-                at = self._insertion_point(eligible, endpoints, i)
-                eligible.insert(at, after)
-                weights.insert(at, weight)
-                stats.insert(at, snap.stats_by_key[after.key])
-        if not eligible or len(eligible) < self.panic_threshold * len(routable):
+        edit = _SnapshotEdit(snap, weight_of, self._registry.get)
+        if len(old) == len(endpoints):
+            changed = list(compress(range(len(old)), map(operator.is_not, old, endpoints)))
+            if len(changed) > _PATCH_LIMIT or not all(edit.swap(endpoints, i) for i in changed):
+                return None
+        elif not (edit.leave(endpoints) if len(endpoints) < len(old) else edit.join(endpoints)):
+            return None
+        if not edit.eligible or len(edit.eligible) < self.panic_threshold * len(edit.routable):
             return None  # nothing eligible, or panic: the whole build decides
-        frozen = tuple(eligible)
-        self._was_eligible = (self._was_eligible - left) | joined
+        if edit.gone:
+            self._registry.forget(edit.gone)
+        self._was_eligible = (self._was_eligible - edit.left) | edit.joined
         self._census = None
+        eligible, weights, stats = tuple(edit.eligible), tuple(edit.weights), tuple(edit.stats)
         return _Snapshot(
             endpoints=endpoints,
-            eligible=frozen,
-            weights=tuple(weights),
-            stats=tuple(stats),
-            stats_by_key=snap.stats_by_key,
-            routable=tuple(routable),
-            prepared=prepare_pair(self._strategy, frozen, tuple(weights), tuple(stats)),
+            eligible=eligible,
+            weights=weights,
+            stats=stats,
+            stats_by_key=edit.stats_by_key,
+            routable=tuple(edit.routable),
+            prepared=prepare_pair(self._strategy, eligible, weights, stats),
             panic=False,
             failure="",
             refresh_at=_INF,
             gated=bool(self._gates),
         )
-
-    @staticmethod
-    def _insertion_point(
-        eligible: list[ServiceEndpoint], endpoints: tuple[ServiceEndpoint, ...], i: int
-    ) -> int:
-        """Where endpoint ``i`` goes in ``eligible`` to keep discovery's order."""
-        members = set(map(id, eligible))
-        for later in endpoints[i + 1 :]:
-            if id(later) in members:
-                at = _position(eligible, later)
-                return len(eligible) if at is None else at
-        return len(eligible)
 
     def _base_weight(self, endpoint: ServiceEndpoint) -> float:
         fn = getattr(self._strategy, "endpoint_weight", None)

@@ -43,6 +43,7 @@ import random
 import threading
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
+from itertools import compress
 from typing import Literal
 
 from lake_mesh_consul._core.breaker import (
@@ -415,12 +416,40 @@ class FailureDetector:
         with self._lock:
             current = self._members.setdefault(service, {})
             wanted = dict.fromkeys(endpoints)  # ordered, deduplicated
-            for ep in list(current):
-                if ep not in wanted:
-                    del current[ep]
+            # Set differences run in C: a change costs what changed, not a pass in Python.
+            for ep in current.keys() - wanted.keys():
+                del current[ep]
+                self._stats.pop(ep, None)
+                self._breakers.pop(ep, None)
+            added = wanted.keys() - current.keys()
+            for ep in compress(wanted, map(added.__contains__, wanted)) if added else ():
+                st = self._stats.get(ep)
+                if st is None:
+                    st = self._stats[ep] = _Stats(ep, self._policy.window)
+                    st.breaker = self._breakers.get(ep)
+                current[ep] = st
+
+    def change_members(
+        self,
+        service: str,
+        *,
+        joined: Iterable[ServiceEndpoint],
+        left: Iterable[ServiceEndpoint],
+    ) -> None:
+        """:meth:`update_endpoints` for a few endpoints that joined or left.
+
+        An endpoint whose fields changed is in both lists and keeps its state. Costs what
+        changed, not the service's size. Thread-safe.
+        """
+        joined = list(joined)
+        with self._lock:
+            current = self._members.setdefault(service, {})
+            staying = set(joined)
+            for ep in left:
+                if ep not in staying and current.pop(ep, None) is not None:
                     self._stats.pop(ep, None)
                     self._breakers.pop(ep, None)
-            for ep in wanted:
+            for ep in joined:
                 if ep not in current:
                     st = self._stats.get(ep)
                     if st is None:

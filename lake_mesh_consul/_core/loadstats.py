@@ -199,6 +199,14 @@ class StatsRegistry:
                     found[i] = self.get(endpoints[i])
         return found  # type: ignore[return-value]  # no None left
 
+    def forget(self, keys: Iterable[EndpointKey]) -> None:
+        """Forget the endpoints with these keys (they left the service); see :meth:`retain`."""
+        with self._lock:
+            by_key = dict(self._by_key)
+            for key in keys:
+                by_key.pop(key, None)
+            self._by_key = by_key
+
     def peek(self, key: EndpointKey) -> EndpointStats | None:
         """The stats for ``key`` if known, without creating them."""
         return self._by_key.get(key)

@@ -49,7 +49,7 @@ import threading
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
-from itertools import compress
+from itertools import compress, repeat
 from typing import Any, TypeVar
 
 from lake_mesh_consul._core.balancer import (
@@ -96,6 +96,8 @@ _NO_EXCLUDE: frozenset[ServiceEndpoint] = frozenset()
 _MAX_REFUSALS = 3
 #: The health ranks of panic candidates: the healthiest are tried first.
 _RANK = {HealthStatus.PASSING: 0, HealthStatus.WARNING: 1, HealthStatus.CRITICAL: 2}
+#: Changes (joined plus left) that Route.update applies one by one; more rebuild.
+_FEW_CHANGES = 64
 #: Health that brings an ejected or breaker-open endpoint back when it was critical.
 _BACK = frozenset({HealthStatus.PASSING, HealthStatus.WARNING})
 
@@ -406,13 +408,40 @@ class Route:
                 if all(old[i] == new[i] for i in changed):  # same members, same order
                     self._patch(old, new, changed)
                     return
-            previous = {e: e.health for e in old}
-            self._raw = new
-            self._adjusted = self._apply_settings(new)
+            self._reshape(old, new)
+
+    def _reshape(self, old: tuple[ServiceEndpoint, ...], new: tuple[ServiceEndpoint, ...]) -> None:
+        """Apply a membership change; only new endpoint objects get their settings applied.
+
+        The rest are reused through C-level lookups; detector and balancer are told, and
+        returns to rotation are checked for the new objects only. Lock held.
+        """
+        by_id = dict(zip(map(id, old), self._adjusted, strict=True))
+        adjusted: list[ServiceEndpoint | None] = list(map(by_id.get, map(id, new)))
+        fresh = list(compress(range(len(new)), map(operator.is_, adjusted, repeat(None))))
+        new_ids = set(map(id, new))
+        gone = list(compress(old, map(operator.not_, map(new_ids.__contains__, map(id, old)))))
+        few = len(fresh) + len(gone) <= _FEW_CHANGES
+        if few:
+            keep_warning = self._settings.keep_warning
+            for i in fresh:
+                adjusted[i] = self._adjust(new[i], keep_warning)
+        else:  # mostly new: apply everything (the per-try map is rebuilt too)
+            adjusted = list(self._apply_settings(new))
+        left = [by_id[id(e)] for e in gone]
+        self._raw = new
+        self._adjusted = tuple(adjusted)  # type: ignore[arg-type]  # no None left
+        if few:
+            joined = [self._adjusted[i] for i in fresh]
+            self._detector.change_members(self.service, joined=joined, left=left)
+        else:
             self._detector.update_endpoints(self.service, self._adjusted)
-            self._balancer.update(self._adjusted)
-            for endpoint in new:
-                self._restore_if_passing(previous.get(endpoint), endpoint)
+        self._balancer.update(self._adjusted)
+        for i in fresh:  # only new objects can have come back from critical
+            before = next((e for e in gone if e == new[i]), None) if few else None
+            if before is None and not few:
+                before = next((e for e in old if e == new[i]), None)
+            self._restore_if_passing(None if before is None else before.health, new[i])
 
     def _patch(
         self,
