@@ -278,6 +278,8 @@ class ServiceRegistry:
         self._check_owner: dict[str, str] = {}
         self._closing = threading.Event()
         self._closed = False
+        self._closer: threading.Thread | None = None  # the thread running close()
+        self._close_done = threading.Event()
         self._registering = 0  # registrations in flight (close() waits for them)
         self._idle = threading.Condition(self._lock)
         self._wake = threading.Event()
@@ -685,15 +687,24 @@ class ServiceRegistry:
         ``drain_grace + 2`` seconds whatever the agent does (down, hung, trickling). Errors
         while draining are logged, not raised. A registration in flight is waited for (it
         deregisters itself, see :meth:`register`) before a client the registry owns is
-        closed; closing the client wakes a background call parked in a hung agent.
+        closed; closing the client wakes a background call parked in a hung agent. A second
+        call (another thread, or the SIGTERM hook) waits for the first to finish.
         """
         with self._lock:
-            if self._closed:
-                return
-            self._closed = True
-            self._closing.set()  # under the lock: register() and _ensure_thread() check it
-        with self._signals_deferred():
-            self._close_steps(drain)
+            closer = self._closer
+            if closer is None:
+                self._closer = threading.current_thread()
+                self._closed = True
+                self._closing.set()  # under the lock: register() and _ensure_thread() check it
+        if closer is not None:
+            if closer is not threading.current_thread():
+                self._close_done.wait(self.drain_grace + 2.0)
+            return
+        with self._signals_deferred():  # a kept SIGTERM is handled after the finally below
+            try:
+                self._close_steps(drain)
+            finally:
+                self._close_done.set()
         self._uninstall_hooks()  # after the block: a kept signal still knows where it goes
 
     def _close_steps(self, drain: bool | None) -> None:

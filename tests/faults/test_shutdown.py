@@ -234,17 +234,21 @@ def test_sigterm_chains_the_application_handler(consul_agent, client, unique_nam
 _DURING_CLOSE = textwrap.dedent(
     """
     import os, signal, sys, threading, time
-    from lake_mesh_consul import ServiceMetadata
+    from lake_mesh_consul import MeshConfig, ServiceMetadata, ServiceRegistry
     from lake_mesh_consul.mesh import Mesh
 
-    name, port = sys.argv[1], int(sys.argv[2])
-    mesh = Mesh.from_env(drain_grace=1.0)
-    mesh.start()
-    mesh.register(ServiceMetadata(name, port, address="127.0.0.1"))
+    name, port, owner = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+    if owner == "mesh":
+        closing = Mesh.from_env(drain_grace=1.0)
+        closing.start()
+    else:
+        closing = ServiceRegistry(MeshConfig.from_env(), drain_grace=1.0)
+        closing.install_shutdown_hooks()
+    closing.register(ServiceMetadata(name, port, address="127.0.0.1"))
     threading.Timer(0.3, os.kill, (os.getpid(), signal.SIGTERM)).start()
     started = time.monotonic()
     try:
-        mesh.close()  # the main thread is draining when SIGTERM arrives
+        closing.close()  # the main thread is draining when SIGTERM arrives
     finally:
         print(f"close took {time.monotonic() - started:.2f}s", flush=True)
     print("SIGTERM was swallowed", flush=True)
@@ -252,8 +256,11 @@ _DURING_CLOSE = textwrap.dedent(
 )
 
 
-def test_sigterm_during_close_does_not_cut_the_drain_short(consul_agent, client, unique_name):
-    proc = _spawn(["-c", _DURING_CLOSE, unique_name, str(_free_port())], consul_agent)
+@pytest.mark.parametrize("owner", ["mesh", "registry"])
+def test_sigterm_during_close_does_not_cut_the_drain_short(
+    consul_agent, client, unique_name, owner
+):
+    proc = _spawn(["-c", _DURING_CLOSE, unique_name, str(_free_port()), owner], consul_agent)
     try:
         code, output = _finish(proc)
         left = _instances(client, unique_name)
@@ -263,9 +270,10 @@ def test_sigterm_during_close_does_not_cut_the_drain_short(consul_agent, client,
             proc.wait(5)
         for leftover in _instances(client, unique_name):
             client.request("PUT", f"/v1/agent/service/deregister/{leftover}", operation="clean")
-    print(f"\nSIGTERM 0.3s into close(): exit {code}: {output.strip()}")
+    print(f"\n{owner}: SIGTERM 0.3s into close(): exit {code}: {output.strip()}")
     took = float(output.split("close took ")[1].split("s")[0])
     assert took >= 1.0, output  # the whole grace was waited out
+    assert took <= 1.0 + 2.0, output  # and no more than the bound
     assert left == {}, output  # and the instance deregistered
     assert code == 128 + signal.SIGTERM, output  # then the signal went on
     assert "swallowed" not in output
