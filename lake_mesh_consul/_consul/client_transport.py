@@ -7,10 +7,11 @@ agent that trickles one byte a second never trips a 10-second read timeout, and 
 to ``min(read timeout, time left until the exchange's deadline)``; the sum of the waits can
 then never pass the deadline, without a timer thread.
 
-The exchange (deadline, whether a fresh connection was opened, bytes received) lives in a
-thread-local set by :func:`exchange` around one request: a connection is used by one thread
-at a time (urllib3 checks it out of the pool), so the thread that reads is the one whose
-deadline applies.
+The exchange (deadline, byte cap, the client's registry, whether a fresh connection was
+opened, bytes received) lives in a thread-local set by :func:`exchange` around one request:
+a connection is used by one thread at a time (urllib3 checks it out of the pool), so the
+thread that reads is the one whose deadline applies, and the connection classes can be
+shared by every client.
 
 :class:`ConnectionRegistry` remembers the live connections of one client, so that its
 ``close()`` can shut them, waking a thread parked in a read at once.
