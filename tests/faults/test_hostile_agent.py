@@ -544,3 +544,15 @@ def test_a_watch_at_the_connection_limit_reports_it(limited_agent: DevAgent) -> 
     print(f"\n  watch error: {errors[0]}")
     assert isinstance(errors[0], ConsulConnectionLimit)
     assert "limits.http_max_conns_per_client" in str(errors[0])
+
+
+@pytest.mark.parametrize("call", CALLS)
+def test_refused_and_timed_out_calls_carry_no_token(call: Callable[[ConsulClient], object]) -> None:
+    with socket.socket() as sock:  # a port nobody listens on any more
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    refused, _ = _fails(MeshConfig(address=f"127.0.0.1:{port}", token=TOKEN), call)
+    assert "connection refused" in str(refused)
+    with hostile(silent(5)) as agent:
+        timed_out, _ = _fails(_config(agent, read_timeout=0.3), call)
+    assert "no answer in time" in str(timed_out)
