@@ -497,6 +497,12 @@ class Multiplexer:
         else:
             changed, node_level = changed_services(old, value)
             names = None if node_level else changed
+        log.debug(
+            "%s: index %d, reading %s",
+            loop.watch.name,
+            loop.watch.state.index,
+            "every service" if names is None else sorted(names) or "nothing",
+        )
         self._refresh(loop.watch, names)
 
     def refresh_service(self, service: str, *, via: Watch[Any]) -> None:
