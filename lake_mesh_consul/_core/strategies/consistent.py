@@ -31,7 +31,7 @@ import random
 import threading
 from array import array
 from bisect import bisect_left
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import Iterator, Sequence
 from typing import TypeVar, overload
 
@@ -219,6 +219,8 @@ class RingHash(PairedStrategy):
         per_weight = float(max(self.points_per_weight, math.ceil(self.min_ring_size / total)))
         if per_weight * total > self.max_ring_size:
             per_weight = max(1.0, self.max_ring_size // total)
+        if weights.count(weights[0]) == len(weights):  # the usual case: one count for all
+            return [max(1, round(per_weight * weights[0]))] * len(weights)
         return [max(1, round(per_weight * w)) for w in weights]
 
     def _ring(
@@ -236,8 +238,9 @@ class RingHash(PairedStrategy):
         with self._lock:
             state = self._state
             want = dict(zip(tokens, counts, strict=True))
-            gone = [t for t, c in state.counts.items() if want.get(t) != c]
-            new = [t for t, c in want.items() if state.counts.get(t) != c]
+            # Set differences of the (token, count) items, in C: O(N) without a Python loop.
+            gone = [t for t, _ in state.counts.items() - want.items()]
+            new = [t for t, _ in want.items() - state.counts.items()]
             moved = sum(state.counts[t] for t in gone) + sum(want[t] for t in new)
             if moved * 8 > len(state.points) or len(want) != len(tokens):
                 state = self._state = _Ring.built(want, state.cache)
@@ -248,8 +251,7 @@ class RingHash(PairedStrategy):
                     state.put_in(token, want[token])
             ids = state.ids
             by_id: list[ServiceEndpoint] = [endpoints[0]] * (len(ids) + len(state.free_ids))
-            for token, endpoint in zip(tokens, endpoints, strict=True):
-                by_id[ids[token]] = endpoint
+            deque(map(by_id.__setitem__, map(ids.__getitem__, tokens), endpoints), maxlen=0)
             return list(state.points), tuple(map(by_id.__getitem__, state.owners))
 
     def build(
