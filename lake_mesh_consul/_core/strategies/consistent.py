@@ -19,10 +19,9 @@ where they are:
 Cost of a change: the ring is kept between snapshots, and an instance that leaves or
 joins takes out or puts in only its own points (``bisect`` and ``list.insert``/``del``, in
 C); Maglev refills its table (in about 0.4x the paper loop's time, see
-:func:`maglev_fill`),
-reuses each instance's hashes, and keeps the last few tables by instance set, so an
-instance that goes critical and comes back costs no refill. A pick is one hash and one
-``bisect`` (ring) or one index (Maglev), whatever the number of instances.
+:func:`maglev_fill`), reuses each instance's hashes, and keeps the last few tables by
+instance set, so an instance that goes critical and comes back costs no refill. A pick is
+one hash and one ``bisect`` (ring) or one index (Maglev), whatever the number of instances.
 """
 
 from __future__ import annotations
