@@ -28,7 +28,9 @@ On a wake only the services that may have changed are read, each with a plain
 (non-blocking) read of its own query over the waking loop's connection:
 
 * a non-passing check whose ``ModifyIndex`` moved, or that appeared (left "passing") or
-  vanished (became passing, or was removed): its ``ServiceName``. A check that is passing
+  vanished (became passing, or was removed): its ``ServiceName``; and every service whose
+  last read is newer than the loop's previous answer (it may show a change whose undo
+  left the list as the loop last saw it). A check that is passing
   before and after (or is added or removed as passing) changes no endpoint's health; an
   instance registered or deregistered with its checks is a catalog change too;
 * a node-level check (no ``ServiceName``) that changed: every watched service, since any of
@@ -313,6 +315,7 @@ class _Loop:
         options: Mapping[str, Any],
     ) -> None:
         self.value: Any = None  # the last value given to the multiplexer (None: none yet)
+        self.seen = 0  # the index of that value
         self.resync = True  # read every member at the next answer
         self.resets = 0
         self._mux = mux
@@ -487,6 +490,7 @@ class Multiplexer:
     def on_loop_answer(self, loop: _Loop, value: Any) -> None:
         """A loop's index moved: read the members that may have changed."""
         old, loop.value = loop.value, value
+        seen, loop.seen = loop.seen, loop.watch.state.index
         if loop.watch.resets != loop.resets:
             loop.resets, loop.resync = loop.watch.resets, True
         if loop.resync or old is None:
@@ -496,7 +500,10 @@ class Multiplexer:
             names = {name for name in self._member_names() if name in old or name in value}
         else:
             changed, node_level = changed_services(old, value)
-            names = None if node_level else changed
+            # A member read after this loop's last answer may show a state the loop never
+            # saw (a change and its undo can land between two answers, leaving the list as
+            # it was): read those again too.
+            names = None if node_level else changed | self._read_after(seen)
         log.debug(
             "%s: index %d, reading %s",
             loop.watch.name,
@@ -515,6 +522,10 @@ class Multiplexer:
             known = service in self._members
         if known:
             self._refresh(via, (service,))
+
+    def _read_after(self, index: int) -> set[str]:
+        """Services with a member whose last answer is newer than ``index``."""
+        return {m.service for m in self.members() if m.state.index > index}
 
     def _member_names(self) -> list[str]:
         with self._lock:
