@@ -63,8 +63,8 @@ from requests.models import PreparedRequest, Response
 from requests.sessions import merge_setting as _merge_setting
 
 from lake_mesh_consul._core.endpoint import ServiceEndpoint
+from lake_mesh_consul._core.retry import CallOptions
 from lake_mesh_consul._core.retry_after import parse_retry_after
-from lake_mesh_consul._core.route import CallOptions
 from lake_mesh_consul.errors import (
     CircuitOpen,
     DeadlineExceeded,

@@ -72,9 +72,8 @@ from lake_mesh_consul._core.config_policies import (
 from lake_mesh_consul._core.detector import FailureDetector
 from lake_mesh_consul._core.endpoint import ServiceEndpoint
 from lake_mesh_consul._core.registration import Check, ServiceMetadata, check_service_name
-from lake_mesh_consul._core.retry import BudgetPolicy, RetryBudget, RetryPolicy
+from lake_mesh_consul._core.retry import BudgetPolicy, CallOptions, RetryBudget, RetryPolicy
 from lake_mesh_consul._core.route import (
-    CallOptions,
     EndpointSettings,
     InstanceState,
     Route,

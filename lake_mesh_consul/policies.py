@@ -47,8 +47,8 @@ if TYPE_CHECKING:
         OutlierPolicy,
     )
     from lake_mesh_consul._core.outcome import ClassificationPolicy, OutcomeKind
-    from lake_mesh_consul._core.retry import BudgetPolicy, RetryBudget, RetryPolicy
-    from lake_mesh_consul._core.route import CallOptions, EndpointSettings, Route, RouteSettings
+    from lake_mesh_consul._core.retry import BudgetPolicy, CallOptions, RetryBudget, RetryPolicy
+    from lake_mesh_consul._core.route import EndpointSettings, Route, RouteSettings
 
 __all__ = [
     "Backoff",
@@ -86,7 +86,7 @@ _EXPORTS: dict[str, str] = {
     "BreakerPolicy": _BREAKER,
     "BreakerTransition": _BREAKER,
     "BudgetPolicy": _RETRY,
-    "CallOptions": _ROUTE,
+    "CallOptions": _RETRY,
     "ClassificationPolicy": "lake_mesh_consul._core.outcome",
     "Clock": "lake_mesh_consul._core.clock",
     "DetectorPolicy": _DETECTOR,

@@ -33,7 +33,7 @@ import random
 import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
-from typing import Protocol, TypeVar
+from typing import Any, Protocol, TypeVar
 
 import tenacity
 
@@ -43,7 +43,13 @@ from lake_mesh_consul._core.breaker import CircuitBreaker, Permit, monotonic_of
 from lake_mesh_consul._core.clock import SYSTEM_CLOCK, Clock
 from lake_mesh_consul._core.detector import FailureDetector
 from lake_mesh_consul._core.endpoint import ServiceEndpoint
-from lake_mesh_consul._core.outcome import ClassificationPolicy, Classifier, Outcome, OutcomeKind
+from lake_mesh_consul._core.outcome import (
+    SUCCESS,
+    ClassificationPolicy,
+    Classifier,
+    Outcome,
+    OutcomeKind,
+)
 from lake_mesh_consul._core.retry_after import parse_retry_after
 from lake_mesh_consul._core.strategies import Key
 from lake_mesh_consul.errors import (
@@ -52,12 +58,15 @@ from lake_mesh_consul.errors import (
     DeadlineExceeded,
     InvalidSetting,
     NoEndpointsAvailable,
+    RetryExhausted,
 )
 
 __all__ = [
     "DEFAULT_ALLOWED_METHODS",
     "DEFAULT_RETRY_ON",
+    "Admitted",
     "BudgetPolicy",
+    "CallOptions",
     "ExcludingPick",
     "RetryBudget",
     "RetryPolicy",
@@ -65,6 +74,7 @@ __all__ = [
     "execute",
     "parse_retry_after",
     "retry_until",
+    "run_call",
 ]
 
 _T = TypeVar("_T")
@@ -408,6 +418,214 @@ class RetryBudget:
         )
 
 
+@dataclass(frozen=True, slots=True)
+class CallOptions:
+    """What one :meth:`Route.call` needs to know about the call itself.
+
+    Attributes:
+        key: the hash key for ``ring_hash`` and ``maglev``.
+        idempotent: whether the call is safe to repeat after it may have been sent.
+        status_of: the HTTP status of a result (5xx/429 results count as failures).
+        retry_after_of: the Retry-After of a result, in seconds.
+        replayable: False for a call that cannot be repeated at all (a streamed body).
+    """
+
+    key: Key = None
+    idempotent: bool = False
+    status_of: Callable[[Any], int | None] | None = None
+    retry_after_of: Callable[[Any], float | None] | None = None
+    replayable: bool = True
+
+
+class Admitted(Protocol):
+    """One admitted attempt as the retry loop needs it (a ``RouteRequest``, typically)."""
+
+    endpoint: ServiceEndpoint
+    started: float
+
+    @property
+    def duration(self) -> float:
+        """Seconds from the start to the finish (to now while in flight)."""
+        ...
+
+    def report(self, outcome: Outcome) -> None:
+        """Finish with ``outcome`` (balancer figures, detector, breaker), once."""
+        ...
+
+    def cancel(self) -> None:
+        """End without an outcome (never sent)."""
+        ...
+
+
+_DEFAULT_OPTIONS = CallOptions()
+
+#: Admission as :func:`run_call` uses it: ``admit(key, exclude=...) -> an Admitted``
+#: (``Route.request``; :func:`execute`'s pick function and breakers).
+Admit = Callable[..., "Admitted"]
+
+
+def run_call(
+    admit: Admit,
+    fn: Callable[[ServiceEndpoint, float | None], _T],
+    options: CallOptions,
+    *,
+    policy: RetryPolicy,
+    budget: RetryBudget | None,
+    classifier: Classifier,
+    clock: Clock,
+    sleep: Callable[[float], None] | None = None,
+    rng: random.Random | None = None,
+    cap_of: Callable[[ServiceEndpoint], float | None] | None = None,
+) -> _T:
+    """The retry loop of ``Route.call``, over any admission (:func:`execute` uses it too).
+
+    Admit, call, classify once, report, then ask the :class:`RetryState` (and the budget)
+    whether to wait and go again. See :meth:`lake_mesh_consul._core.route.Route.call` for
+    returns and errors.
+    """
+    now = monotonic_of(clock)
+    if budget is not None:
+        budget.deposit()
+    started = now()
+    # The success path builds no RetryState: the first failure does (from ``started``).
+    state: RetryState | None = None
+    first_timeout = _first_timeout(policy)
+    key = options.key
+    while True:
+        if state is None:
+            attempt = admit(key)
+            timeout = first_timeout
+            if cap_of is not None:
+                timeout = _capped(timeout, cap_of(attempt.endpoint))
+        else:
+            attempt, timeout = _retry_attempt(admit, key, state, cap_of, now())
+        try:
+            result = fn(attempt.endpoint, timeout)
+        except Exception as exc:
+            outcome = classifier.of_error(exc)
+            attempt.report(outcome)
+            if outcome.kind not in policy.retry_on:
+                raise
+            has_result = False
+        except BaseException:
+            attempt.cancel()
+            raise
+        else:
+            status_of = options.status_of
+            status = None if status_of is None else status_of(result)
+            outcome = SUCCESS if status is None else classifier.of_status(status)
+            attempt.report(outcome)
+            if status is None or outcome.kind not in policy.retry_on:
+                return result
+            has_result = True
+        state = _next_state(
+            state or RetryState.begin(policy, now=started),
+            attempt,
+            outcome,
+            options,
+            result if has_result else None,
+            budget=budget,
+            now=now(),
+            rng=rng,
+        )
+        if state.stop is not None:
+            if has_result:
+                return result
+            _raise_stopped(state, outcome)
+        if state.wait > 0:
+            (sleep or clock.sleep)(state.wait)
+
+
+def _capped(timeout: float | None, cap: float | None) -> float | None:
+    if cap is None:
+        return timeout
+    return cap if timeout is None else min(timeout, cap)
+
+
+def _retry_attempt(
+    admit: Admit,
+    key: Key,
+    state: RetryState,
+    cap_of: Callable[[ServiceEndpoint], float | None] | None,
+    now: float,
+) -> tuple[Admitted, float | None]:
+    """Admit a retry and give it its seconds (what the deadline leaves, capped)."""
+    attempt = _admit(admit, key, state)
+    try:
+        return attempt, state.timeout(now, cap_of(attempt.endpoint) if cap_of else None)
+    except BaseException:
+        attempt.cancel()
+        raise
+
+
+def _next_state(
+    state: RetryState,
+    attempt: Admitted,
+    outcome: Outcome,
+    options: CallOptions,
+    result: Any,
+    *,
+    budget: RetryBudget | None,
+    now: float,
+    rng: random.Random | None,
+) -> RetryState:
+    """The retry state after ``attempt`` failed with ``outcome``; the budget has the last say."""
+    if outcome.error is not None:
+        retry_after = _retry_after_of_error(outcome.error)
+    elif options.retry_after_of is not None:
+        retry_after = options.retry_after_of(result)
+    else:
+        retry_after = None
+    state = state.increment(
+        attempt.endpoint,
+        outcome,
+        duration=attempt.duration,
+        now=now,
+        idempotent=options.idempotent,
+        retry_after=retry_after,
+        rng=rng,
+    )
+    if state.stop is None and budget is not None and not budget.try_withdraw():
+        return state.stopped("retry budget exhausted")
+    return state
+
+
+def _first_timeout(policy: RetryPolicy) -> float | None:
+    """The first attempt's seconds: the per-try timeout, capped by the deadline."""
+    per_try, deadline = policy.per_try_timeout, policy.deadline
+    if per_try is None:
+        return deadline
+    return per_try if deadline is None else min(per_try, deadline)
+
+
+def _admit(admit: Admit, key: Key, state: RetryState) -> Admitted:
+    """Admit the next attempt: untried endpoints first, then any (``reuse_endpoints``)."""
+    exclude = state.exclude
+    try:
+        return admit(key, exclude=exclude)
+    except NoEndpointsAvailable as exc:
+        if not exclude:
+            if state.history:
+                raise RetryExhausted(state.history, "no endpoint to retry on") from exc
+            raise
+        if not state.policy.reuse_endpoints:
+            raise RetryExhausted(state.history, "no untried endpoint left") from exc
+        return admit(key, exclude=_EMPTY)
+
+
+def _raise_stopped(state: RetryState, outcome: Outcome) -> None:
+    if state.stop == "deadline":
+        raise DeadlineExceeded(state.policy.deadline or 0.0, state.history) from outcome.error
+    raise RetryExhausted(state.history, state.stop or "") from outcome.error
+
+
+def _retry_after_of_error(error: BaseException) -> float | None:
+    if isinstance(error, CircuitOpen):
+        return None
+    value = getattr(error, "retry_after", None)
+    return float(value) if isinstance(value, (int, float)) else None
+
+
 class ExcludingPick(Protocol):
     """Picks an endpoint not in ``exclude``; raises NoEndpointsAvailable when none is left."""
 
@@ -541,8 +759,6 @@ def execute(
     Returns and raises as :meth:`~lake_mesh_consul._core.route.Route.call`; ``TypeError``
     without ``pick`` or ``balancer``.
     """
-    from lake_mesh_consul._core.route import CallOptions, run_call
-
     if pick is None and balancer is None:
         raise TypeError("execute() needs pick or balancer")
     p = policy or _DEFAULT_POLICY
@@ -558,7 +774,7 @@ def execute(
         retry_after_of=retry_after_of,
     )
     return run_call(
-        admit,  # type: ignore[arg-type]  # same duck type as RouteRequest
+        admit,
         call,
         options,
         policy=p,

@@ -10,10 +10,11 @@ endpoint-level settings (weight, drained, disabled, per-try timeout). Its API is
 * :meth:`Route.request` is *admission*: the pick and the endpoint's breaker permit in one
   step, returning a :class:`RouteRequest` to finish with an outcome (for callers that send
   themselves). ``route.balancer.request()`` comes here too.
-* :meth:`Route.call` runs ``fn(endpoint, timeout)`` with retries: each attempt is admitted,
-  its result classified once into an :class:`~lake_mesh_consul._core.outcome.Outcome`, the
-  attempt finished with it, and the immutable
-  :class:`~lake_mesh_consul._core.retry.RetryState` says whether to wait and try again.
+* :meth:`Route.call` runs ``fn(endpoint, timeout)`` with retries (the loop is
+  :func:`~lake_mesh_consul._core.retry.run_call`): each attempt is admitted, its result
+  classified once into an :class:`~lake_mesh_consul._core.outcome.Outcome`, the attempt
+  finished with it, and the immutable :class:`~lake_mesh_consul._core.retry.RetryState`
+  says whether to wait and try again.
 * :meth:`Route.explain` reports every endpoint with the reasons it is or is not eligible:
   the balancer's own census (health, weight, gates, panic, slow start) plus the settings.
 
@@ -50,7 +51,7 @@ from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from itertools import compress, repeat
-from typing import Any, TypeVar
+from typing import TypeVar
 
 from lake_mesh_consul._core.balancer import (
     DEFAULT_PANIC_THRESHOLD,
@@ -63,24 +64,26 @@ from lake_mesh_consul._core.breaker import (
     BreakerSnapshot,
     BreakerState,
     Permit,
-    monotonic_of,
 )
 from lake_mesh_consul._core.clock import SYSTEM_CLOCK, Clock
 from lake_mesh_consul._core.detector import DetectorPolicy, FailureDetector
 from lake_mesh_consul._core.endpoint import ServiceEndpoint, Weights, settings_for
 from lake_mesh_consul._core.health import HealthStatus
-from lake_mesh_consul._core.outcome import SUCCESS, Classifier, Outcome
-from lake_mesh_consul._core.retry import BudgetPolicy, RetryBudget, RetryPolicy, RetryState
+from lake_mesh_consul._core.outcome import SUCCESS, Outcome
+from lake_mesh_consul._core.retry import (
+    BudgetPolicy,
+    CallOptions,
+    RetryBudget,
+    RetryPolicy,
+    run_call,
+)
 from lake_mesh_consul._core.strategies import Key, StrategyLike
 from lake_mesh_consul.errors import (
     CircuitOpen,
-    DeadlineExceeded,
     NoEndpointsAvailable,
-    RetryExhausted,
 )
 
 __all__ = [
-    "CallOptions",
     "EndpointSettings",
     "InstanceState",
     "Route",
@@ -147,25 +150,6 @@ class RouteSettings:
     retry: RetryPolicy = field(default_factory=RetryPolicy)
     budget: BudgetPolicy = field(default_factory=BudgetPolicy)
     endpoints: Mapping[str, EndpointSettings] = field(default_factory=dict)
-
-
-@dataclass(frozen=True, slots=True)
-class CallOptions:
-    """What one :meth:`Route.call` needs to know about the call itself.
-
-    Attributes:
-        key: the hash key for ``ring_hash`` and ``maglev``.
-        idempotent: whether the call is safe to repeat after it may have been sent.
-        status_of: the HTTP status of a result (5xx/429 results count as failures).
-        retry_after_of: the Retry-After of a result, in seconds.
-        replayable: False for a call that cannot be repeated at all (a streamed body).
-    """
-
-    key: Key = None
-    idempotent: bool = False
-    status_of: Callable[[Any], int | None] | None = None
-    retry_after_of: Callable[[Any], float | None] | None = None
-    replayable: bool = True
 
 
 @dataclass(frozen=True, slots=True)
@@ -648,7 +632,7 @@ class Route:
             DeadlineExceeded: the deadline ran out; ``.attempts`` has each.
             Exception: an error of a kind the policy does not retry, unchanged.
         """
-        opts = options or _DEFAULT_OPTIONS
+        opts = options or CallOptions()
         policy = self._settings.retry
         if not opts.replayable and policy.attempts > 1:
             policy = replace(policy, attempts=1)
@@ -754,170 +738,3 @@ def _health_reasons(
         else:
             reasons.append(f"{health.value} weight 0")
     return reasons
-
-
-_DEFAULT_OPTIONS = CallOptions()
-
-#: Admission as :func:`run_call` uses it: ``admit(key, exclude=...) -> RouteRequest``.
-Admit = Callable[..., RouteRequest]
-
-
-def run_call(
-    admit: Admit,
-    fn: Callable[[ServiceEndpoint, float | None], _T],
-    options: CallOptions,
-    *,
-    policy: RetryPolicy,
-    budget: RetryBudget | None,
-    classifier: Classifier,
-    clock: Clock,
-    sleep: Callable[[float], None] | None = None,
-    rng: random.Random | None = None,
-    cap_of: Callable[[ServiceEndpoint], float | None] | None = None,
-) -> _T:
-    """The retry loop of :meth:`Route.call`, over any admission (``execute`` uses it too).
-
-    Admit, call, classify once, report, then ask the :class:`RetryState` (and the budget)
-    whether to wait and go again. See :meth:`Route.call` for returns and errors.
-    """
-    now = monotonic_of(clock)
-    if budget is not None:
-        budget.deposit()
-    started = now()
-    # The success path builds no RetryState: the first failure does (from ``started``).
-    state: RetryState | None = None
-    first_timeout = _first_timeout(policy)
-    key = options.key
-    while True:
-        if state is None:
-            attempt = admit(key)
-            timeout = first_timeout
-            if cap_of is not None:
-                timeout = _capped(timeout, cap_of(attempt.endpoint))
-        else:
-            attempt, timeout = _retry_attempt(admit, key, state, cap_of, now())
-        try:
-            result = fn(attempt.endpoint, timeout)
-        except Exception as exc:
-            outcome = classifier.of_error(exc)
-            attempt.report(outcome)
-            if outcome.kind not in policy.retry_on:
-                raise
-            has_result = False
-        except BaseException:
-            attempt.cancel()
-            raise
-        else:
-            status_of = options.status_of
-            status = None if status_of is None else status_of(result)
-            outcome = SUCCESS if status is None else classifier.of_status(status)
-            attempt.report(outcome)
-            if status is None or outcome.kind not in policy.retry_on:
-                return result
-            has_result = True
-        state = _next_state(
-            state or RetryState.begin(policy, now=started),
-            attempt,
-            outcome,
-            options,
-            result if has_result else None,
-            budget=budget,
-            now=now(),
-            rng=rng,
-        )
-        if state.stop is not None:
-            if has_result:
-                return result
-            _raise_stopped(state, outcome)
-        if state.wait > 0:
-            (sleep or clock.sleep)(state.wait)
-
-
-def _capped(timeout: float | None, cap: float | None) -> float | None:
-    if cap is None:
-        return timeout
-    return cap if timeout is None else min(timeout, cap)
-
-
-def _retry_attempt(
-    admit: Admit,
-    key: Key,
-    state: RetryState,
-    cap_of: Callable[[ServiceEndpoint], float | None] | None,
-    now: float,
-) -> tuple[RouteRequest, float | None]:
-    """Admit a retry and give it its seconds (what the deadline leaves, capped)."""
-    attempt = _admit(admit, key, state)
-    try:
-        return attempt, state.timeout(now, cap_of(attempt.endpoint) if cap_of else None)
-    except BaseException:
-        attempt.cancel()
-        raise
-
-
-def _next_state(
-    state: RetryState,
-    attempt: RouteRequest,
-    outcome: Outcome,
-    options: CallOptions,
-    result: Any,
-    *,
-    budget: RetryBudget | None,
-    now: float,
-    rng: random.Random | None,
-) -> RetryState:
-    """The retry state after ``attempt`` failed with ``outcome``; the budget has the last say."""
-    if outcome.error is not None:
-        retry_after = _retry_after_of_error(outcome.error)
-    elif options.retry_after_of is not None:
-        retry_after = options.retry_after_of(result)
-    else:
-        retry_after = None
-    state = state.increment(
-        attempt.endpoint,
-        outcome,
-        duration=attempt.duration,
-        now=now,
-        idempotent=options.idempotent,
-        retry_after=retry_after,
-        rng=rng,
-    )
-    if state.stop is None and budget is not None and not budget.try_withdraw():
-        return state.stopped("retry budget exhausted")
-    return state
-
-
-def _first_timeout(policy: RetryPolicy) -> float | None:
-    """The first attempt's seconds: the per-try timeout, capped by the deadline."""
-    per_try, deadline = policy.per_try_timeout, policy.deadline
-    if per_try is None:
-        return deadline
-    return per_try if deadline is None else min(per_try, deadline)
-
-
-def _admit(admit: Admit, key: Key, state: RetryState) -> RouteRequest:
-    """Admit the next attempt: untried endpoints first, then any (``reuse_endpoints``)."""
-    exclude = state.exclude
-    try:
-        return admit(key, exclude=exclude)
-    except NoEndpointsAvailable as exc:
-        if not exclude:
-            if state.history:
-                raise RetryExhausted(state.history, "no endpoint to retry on") from exc
-            raise
-        if not state.policy.reuse_endpoints:
-            raise RetryExhausted(state.history, "no untried endpoint left") from exc
-        return admit(key, exclude=_NO_EXCLUDE)
-
-
-def _raise_stopped(state: RetryState, outcome: Outcome) -> None:
-    if state.stop == "deadline":
-        raise DeadlineExceeded(state.policy.deadline or 0.0, state.history) from outcome.error
-    raise RetryExhausted(state.history, state.stop or "") from outcome.error
-
-
-def _retry_after_of_error(error: BaseException) -> float | None:
-    if isinstance(error, CircuitOpen):
-        return None
-    value = getattr(error, "retry_after", None)
-    return float(value) if isinstance(value, (int, float)) else None

@@ -12,8 +12,8 @@ from lake_mesh_consul._core.detector import DetectorPolicy, EjectionPolicy
 from lake_mesh_consul._core.endpoint import ServiceEndpoint
 from lake_mesh_consul._core.health import HealthStatus
 from lake_mesh_consul._core.outcome import Classifier
-from lake_mesh_consul._core.retry import RetryPolicy, RetryState
-from lake_mesh_consul._core.route import CallOptions, EndpointSettings, Route, RouteSettings
+from lake_mesh_consul._core.retry import CallOptions, RetryPolicy, RetryState
+from lake_mesh_consul._core.route import EndpointSettings, Route, RouteSettings
 from lake_mesh_consul.errors import NoEndpointsAvailable, RetryExhausted
 from lake_mesh_consul.testing import FakeClock
 
