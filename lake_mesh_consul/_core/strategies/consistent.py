@@ -391,6 +391,12 @@ def maglev_fill(
     return owner
 
 
+def _place(token: bytes, size: int) -> tuple[int, int]:
+    """An instance's Maglev permutation in a table of ``size``: ``(offset, skip)``."""
+    h1, h2 = hash128(token)
+    return h1 % size, h2 % (size - 1) + 1
+
+
 class _SlotOwners(Sequence[ServiceEndpoint]):
     """A Maglev table read as endpoints (for walks; picks index the slots directly)."""
 
@@ -453,7 +459,8 @@ class Maglev(PairedStrategy):
         super().__init__(clock=clock, stats=stats)
         self.table_size = table_size
         self._rng = rng or random.Random()
-        self._hashes: dict[bytes, tuple[int, int]] = {}
+        self._places: dict[bytes, tuple[int, int]] = {}  # token -> (offset, skip)
+        self._places_size = 0
         self._tables: OrderedDict[object, list[int]] = OrderedDict()
 
     def build_table(
@@ -467,15 +474,15 @@ class Maglev(PairedStrategy):
             return kept
         n = len(endpoints)
         size = self.table_size if n <= self.table_size else _next_prime(4 * n)
-        cache = self._hashes
-        fresh = {t: cache.get(t) or hash128(t) for t in tokens}
-        self._hashes = fresh
+        cache = self._places if self._places_size == size else {}
+        fresh = {t: cache.get(t) or _place(t, size) for t in tokens}
+        self._places, self._places_size = fresh, size
         order = sorted(range(n), key=tokens.__getitem__)  # the same turns in every process
-        hashes = [fresh[tokens[i]] for i in order]
+        places = list(map(fresh.__getitem__, map(tokens.__getitem__, order)))
         table = maglev_fill(
-            [h1 % size for h1, _ in hashes],
-            [h2 % (size - 1) + 1 for _, h2 in hashes],
-            [weights[i] for i in order],
+            [offset for offset, _ in places],
+            [skip for _, skip in places],
+            list(map(weights.__getitem__, order)),
             size,
             order,
         )
