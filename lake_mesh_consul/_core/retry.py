@@ -33,7 +33,7 @@ import random
 import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
-from typing import Any, Protocol, TypeVar
+from typing import Any, NamedTuple, Protocol, TypeVar
 
 import tenacity
 
@@ -418,9 +418,11 @@ class RetryBudget:
         )
 
 
-@dataclass(frozen=True, slots=True)
-class CallOptions:
-    """What one :meth:`Route.call` needs to know about the call itself.
+class CallOptions(NamedTuple):
+    """What one ``Route.call`` needs to know about the call itself (an immutable value).
+
+    A named tuple rather than a frozen dataclass: one is built per call, and a tuple is
+    built in C (a frozen dataclass sets each field through ``object.__setattr__``).
 
     Attributes:
         key: the hash key for ``ring_hash`` and ``maglev``.
