@@ -98,6 +98,22 @@ def test_the_sdist_ships_license_readme_and_build_script(dists: dict[str, Path])
         assert f"{top}/{name}" in listing
 
 
+def test_an_unknown_consul_client_choice_stops_the_build() -> None:
+    result = subprocess.run(
+        [sys.executable, "setup.py", "--name"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=STEP_TIMEOUT,
+        check=False,
+        env={**os.environ, "LAKE_MESH_CONSUL_CLIENT": "python-consul"},
+    )
+    assert result.returncode != 0
+    assert "LAKE_MESH_CONSUL_CLIENT='python-consul': expected one of py-consul, python-consul2" in (
+        result.stderr
+    )
+
+
 def test_twine_check_passes(dists: dict[str, Path]) -> None:
     result = _run(sys.executable, "-m", "twine", "check", "--strict", *dists.values())
     assert result.stdout.count("PASSED") == 2
