@@ -382,8 +382,7 @@ class Multiplexer:
         self._loops: tuple[_Loop, ...] = ()
         self._pending: set[MuxMember[Any]] = set()
         self._reader: threading.Thread | None = None
-        self._reader_work = threading.Event()  # set when members are queued
-        self._reader_stop = threading.Event()  # set by close()
+        self._reader_work = threading.Event()  # set: new members, the last one left, close()
         self._reader_client: PollClient | None = None
         self._closed = False
         self._closed_requests = 0
@@ -419,10 +418,20 @@ class Multiplexer:
                 self._members.pop(member.service, None)
             self._pending.discard(member)
             loops: tuple[_Loop, ...] = ()
+            reader: threading.Thread | None = None
+            client: PollClient | None = None
             if not self._members:
                 loops, self._loops = self._loops, ()
                 self._closed_requests += sum(loop.watch.requests for loop in loops)
+                reader, client = self._reader, self._reader_client
+                self._reader = self._reader_client = None  # let go: a new member starts anew
         _close_loops(loops)
+        if reader is not None:  # nobody left to read for: the reader stops too
+            self._reader_work.set()
+            if client is not None:
+                client.interrupt()
+            if reader is not threading.current_thread():
+                reader.join(0.9)
 
     def members(self) -> list[MuxMember[Any]]:
         """The members (a snapshot)."""
@@ -455,7 +464,6 @@ class Multiplexer:
             self._closed_requests += sum(loop.watch.requests for loop in loops)
             self._pending.clear()
             reader, client = self._reader, self._reader_client
-        self._reader_stop.set()
         self._reader_work.set()
         if client is not None:
             client.interrupt()
@@ -579,9 +587,15 @@ class Multiplexer:
             )
             self._reader.start()
 
-    def _take_pending(self, *, retire: bool) -> list[MuxMember[Any]]:
-        """The pending members, emptied; with ``retire`` and none, the reader retires."""
+    def _take_pending(self, client: PollClient, *, retire: bool) -> list[MuxMember[Any]]:
+        """The pending members, emptied; with ``retire`` and none, the reader retires.
+
+        A reader that was let go (its ``client`` is no longer the current one) gets
+        nothing: the pending members belong to its successor.
+        """
         with self._lock:
+            if self._reader_client is not client:
+                return []
             batch = [] if self._closed else [m for m in self._pending if not m.closed]
             self._pending.clear()
             if retire and not batch:
@@ -589,18 +603,22 @@ class Multiplexer:
                 self._reader_client = None
             return batch
 
-    def _next_batch(self) -> list[MuxMember[Any]]:
+    def _next_batch(self, client: PollClient) -> list[MuxMember[Any]]:
         """The next members to read, lingering a moment for more; [] when the reader retires."""
-        batch = self._take_pending(retire=False)
+        batch = self._take_pending(client, retire=False)
         if batch:
             return batch
         self._reader_work.clear()
-        batch = self._take_pending(retire=False)  # queued between the take and the clear
-        if batch:
-            return batch
+        batch = self._take_pending(client, retire=False)  # queued between take and clear
+        if batch or not self._has_members():
+            return batch or self._take_pending(client, retire=True)
         # Real time: how long an idle thread and its connection live is not behaviour.
         self._reader_work.wait(READER_LINGER)
-        return self._take_pending(retire=True)
+        return self._take_pending(client, retire=True)
+
+    def _has_members(self) -> bool:
+        with self._lock:
+            return bool(self._members) and not self._closed
 
     def _read_pending(self, client: PollClient) -> None:
         failures = 0
@@ -612,7 +630,7 @@ class Multiplexer:
             )
 
         try:
-            while batch := self._next_batch():
+            while batch := self._next_batch(client):
                 retry: list[MuxMember[Any]] = []
                 backoff = self._backoff
                 for position, member in enumerate(batch):
@@ -628,14 +646,14 @@ class Multiplexer:
                 if retry:
                     self._queue(retry)
                     pause = backoff.delay(failures, self._rng)
-                    if self.clock.wait(self._reader_stop, pause):
-                        self._take_pending(retire=True)
-                        return
+                    # Woken early by close(), by the last member leaving, or by a new
+                    # member (one early probe per new member, bounded by the callers).
+                    self.clock.wait(self._reader_work, pause)
         except Exception:  # a bug: log it; the loops' next wake queues the members again
             log.exception("watch multiplexer: reader stopped by an unexpected error")
             with self._lock:
-                self._reader = None
-                self._reader_client = None
+                if self._reader_client is client:
+                    self._reader = self._reader_client = None
         finally:
             client.close()
 

@@ -18,7 +18,7 @@ from _consul_support import deregister, eventually, register
 from lake_mesh_consul._consul.agent_sockets import agent_connection_limit, agent_connections
 from lake_mesh_consul._consul.client import ConsulClient
 from lake_mesh_consul._consul.discovery import ServiceDiscovery
-from lake_mesh_consul._consul.watch import Watch, decode_json
+from lake_mesh_consul._consul.watch import Watch, WatchHub, decode_json
 from lake_mesh_consul._core.config import MeshConfig
 from lake_mesh_consul._core.endpoint import ServiceEndpoint
 from lake_mesh_consul._core.health import HealthStatus
@@ -305,3 +305,24 @@ def test_doctor_shows_the_connection_limit_and_budget(consul_agent, capsys):
     assert "200 connections per client IP (limits.http_max_conns_per_client)" in out
     assert "watch budget:" in out
     assert "acls enforced: no" in out  # the key column keeps its width
+
+
+def test_no_multiplexer_thread_survives_its_last_member(mesh_config, unique_name):
+    """The loops and the first-read thread stop when the last handle closes (the hub lives)."""
+    before = {t.ident for t in threading.enumerate()}
+    hub = WatchHub(mesh_config, rng=random.Random(2), dedicated=0, wait=WAIT)
+    try:
+        handles = [
+            hub.watch(f"/v1/health/service/{unique_name}-{n}", decode=decode_json) for n in range(5)
+        ]
+        assert all(h.wait_first(5) for h in handles)
+        assert hub.multiplexed == 5
+        for handle in handles:
+            handle.close()
+        left = [t for t in threading.enumerate() if t.ident not in before and t.is_alive()]
+        assert not [t.name for t in left if t.name.startswith("lake-mesh-watch")]
+        again = hub.watch(f"/v1/health/service/{unique_name}-0", decode=decode_json)
+        assert again.wait_first(5)  # and the multiplexer starts again for a new member
+        again.close()
+    finally:
+        hub.close()
