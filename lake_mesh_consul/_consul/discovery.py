@@ -303,6 +303,13 @@ def with_diff(
     return listener
 
 
+def _hopeless(error: BaseException | None) -> bool:
+    """Whether Consul's answer says the query itself is wrong (retrying cannot help)."""
+    if not isinstance(error, ConsulStatusError) or isinstance(error, PermissionDenied):
+        return False
+    return error.code == 400 or any(text in error.body for text in _HOPELESS_ANSWERS)
+
+
 # --- one view per query ---------------------------------------------------------------------------
 
 
@@ -320,17 +327,20 @@ class _View:
 
     def __init__(
         self,
-        owner: ServiceDiscovery,
         query: ServiceQuery,
         datacenters: Sequence[str | None],
+        *,
+        hub: WatchHub,
+        watch_options: Mapping[str, Any],
+        store: _Store | None,
+        clock: Clock,
     ) -> None:
         self.query = query
-        self._owner = owner
-        self._clock = owner._clock
+        self._clock = clock
         self._lock = threading.RLock()  # writers only (recompute, close); readers never lock
         self._listeners: tuple[SnapshotListener, ...] = ()
         self._closed = False
-        self._store = owner._store
+        self._store = store
         self._persisted_at: float | None = None
         self.current = _Current((), "consul", 0)
         self.ready = Flag()  # set once, never waited on
@@ -350,12 +360,12 @@ class _View:
             def decode(response: ConsulResponse, parser: HealthEntryParser = parser) -> Endpoints:
                 return parser.parse(response.json() if response.status != 404 else None)
 
-            shared = owner._hub.watch(
+            shared = hub.watch(
                 query.path,
                 query.params(dc),
                 decode=decode,
                 name=f"service {query.name}" + (f" dc={dc}" if dc else ""),
-                **owner._watch_options,
+                **watch_options,
             )
             self.watches.append(shared)
         for shared in self.watches:
@@ -423,13 +433,13 @@ class _View:
         while True:
             primary.wait_first(max(0.0, deadline - self._clock.monotonic()), or_error=True)
             state = primary.state
-            if state.has_value or has_disk or ServiceDiscovery._hopeless(state.error):
+            if state.has_value or has_disk or _hopeless(state.error):
                 break
             if self._clock.monotonic() >= deadline or primary.watch.closed:
                 break
             # a transient failure: wait for the next outcome (the watch keeps retrying)
             primary.wait_first(min(0.05, max(0.0, deadline - self._clock.monotonic())))
-        if ServiceDiscovery._hopeless(primary.state.error) and not primary.state.has_value:
+        if _hopeless(primary.state.error) and not primary.state.has_value:
             raise DiscoveryError(
                 f"Consul rejected the query for service {self.query.name!r}: {primary.state.error}"
             ) from primary.state.error
@@ -655,7 +665,14 @@ class ServiceDiscovery:
                 if query.dc is None:
                     failover = self._failover if query.failover is None else query.failover
                     datacenters += [dc for dc in failover if dc]
-                view = _View(self, query, datacenters)
+                view = _View(
+                    query,
+                    datacenters,
+                    hub=self._hub,
+                    watch_options=self._watch_options,
+                    store=self._store,
+                    clock=self._clock,
+                )
                 self._views[query] = view
             return view
 
@@ -668,13 +685,6 @@ class ServiceDiscovery:
             error = view.watches[0].state.error
             raise DiscoveryTimeout(query.name, limit, str(error) if error else "")
         return view
-
-    @staticmethod
-    def _hopeless(error: BaseException | None) -> bool:
-        """Whether Consul's answer says the query itself is wrong (retrying cannot help)."""
-        if not isinstance(error, ConsulStatusError) or isinstance(error, PermissionDenied):
-            return False
-        return error.code == 400 or any(text in error.body for text in _HOPELESS_ANSWERS)
 
     def endpoints(
         self,

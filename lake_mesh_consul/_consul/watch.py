@@ -849,7 +849,7 @@ class SharedWatch(Generic[T]):
             unsubscribers, self._unsubscribers = self._unsubscribers, []
         for unsubscribe in unsubscribers:
             unsubscribe()
-        self._hub._release(self._key)
+        self._hub.release(self._key)
 
     def __enter__(self) -> SharedWatch[T]:
         return self
@@ -933,7 +933,7 @@ class WatchHub:
         config = client.config if isinstance(client, ConsulClient) else client
         with cls._shared_lock:
             hub = cls._shared.get(config)
-            if hub is None or hub._closed:
+            if hub is None or hub.closed:
                 hub = cls(config)
                 cls._shared[config] = hub
             return hub
@@ -1035,7 +1035,13 @@ class WatchHub:
         if mux is not None:
             mux.refresh_service(path.rsplit("/", 1)[-1], via=via)
 
-    def _release(self, key: tuple[Any, ...]) -> None:
+    @property
+    def closed(self) -> bool:
+        """Whether :meth:`close` was called."""
+        return self._closed
+
+    def release(self, key: tuple[Any, ...]) -> None:
+        """Drop one reference to the watch of ``key`` (a handle closing); the last closes it."""
         to_close: WatchBase[Any] | None = None
         with self._lock:
             entry = self._entries.get(key)
