@@ -445,7 +445,7 @@ def _whole_rows(n: int, fig: dict[str, Any], raw_stall: list[float]) -> Iterator
 
 def run(ctx: Context) -> Iterator[Row]:
     sizes = (1000,) if ctx.quick else (1000, 10_000)
-    rounds = 5 if ctx.quick else 15
+    rounds = 3 if ctx.quick else 15
     trials = 3 if ctx.quick else 15
     lib_by_n: dict[int, float] = {}
     with Catalog(ctx.consul_address()) as catalog:

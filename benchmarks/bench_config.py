@@ -41,7 +41,7 @@ def run(ctx: Context) -> Iterator[Row]:
     address = _address(ctx)
     prefix = f"bench-{uuid.uuid4().hex[:8]}"
     config = MeshConfig(address=address, kv_prefix=prefix)
-    writes = 40 if ctx.quick else 200
+    writes = 20 if ctx.quick else 200
     names = ["maglev", "random", "least_request", "round_robin"]
     latencies: list[float] = []
     seen: dict[str, float] = {}
@@ -77,7 +77,7 @@ def run(ctx: Context) -> Iterator[Row]:
     )
 
     wait = 2.0 if ctx.quick else 5.0
-    window = 4.0 if ctx.quick else 15.0
+    window = 3.0 if ctx.quick else 15.0
     idle = config.replace(kv_prefix=prefix + "-idle", watch_wait=wait)
     with ConfigStore(idle) as store:
         watch = store.watch

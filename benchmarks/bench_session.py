@@ -219,7 +219,7 @@ def _mesh_call(mesh: Mesh, name: str, n: int, rounds: int) -> Iterator[Row]:
     def noop(ep: Any) -> int:
         return 1
 
-    loop = 20_000
+    loop = 5_000 if n < 200 else 20_000
 
     def layer() -> float:
         start = time.perf_counter()
@@ -273,7 +273,7 @@ def _throughput(session_factory: Any, url: str, threads: int, seconds: float) ->
 
 
 def _throughputs(mesh: Mesh, name: str, port: int, ctx: Context) -> Iterator[Row]:
-    seconds, rounds = (0.5, 2) if ctx.quick else (1.5, 4)
+    seconds, rounds = (0.3, 2) if ctx.quick else (1.5, 4)
     for threads in (1, 4, 16):
         ours, theirs = alternate(
             lambda t=threads: _throughput(mesh.session, f"http://{name}/", t, seconds),
@@ -291,7 +291,7 @@ def _throughputs(mesh: Mesh, name: str, port: int, ctx: Context) -> Iterator[Row
 
 
 def run(ctx: Context) -> Iterator[Row]:
-    n, rounds = (200, 9) if ctx.quick else (400, 24)
+    n, rounds = (100, 6) if ctx.quick else (400, 24)
     process, port = _start_server()
     name = f"bench-session-{uuid.uuid4().hex[:8]}"
     config = MeshConfig(address=ctx.consul_address(), kv_prefix=name)
@@ -319,7 +319,7 @@ def run(ctx: Context) -> Iterator[Row]:
                 )
             yield from _mesh_call(mesh, name, n, rounds)
             yield from _throughputs(mesh, name, port, ctx)
-            layer_s = _adapter_cost(mesh, name, 5000, 5)
+            layer_s = _adapter_cost(mesh, name, *((2000, 3) if ctx.quick else (5000, 5)))
             plain_us = statistics.median(w for w, _ in figures["plain"]) * 1e6
             mesh_us = statistics.median(w for w, _ in figures["mesh"]) * 1e6
             target = {"target": 30}
