@@ -325,21 +325,33 @@ def run(ctx: Context) -> Iterator[Row]:
             target = {"target": 30}
             yield Row("session.plain", plain_us, "us/req", n=rounds)
             yield compare("session.mesh", mesh_us, plain_us, "us/req", n=rounds, target=1.05)
-            yield Row("session.overhead", _gap(figures, "mesh", "plain", 0), "us/req", extra=target)
             yield Row(
-                "session.overhead_cpu", _gap(figures, "mesh", "plain", 1), "us/req", extra=target
+                "session.overhead",
+                _gap(figures, "mesh", "plain", 0),
+                "us/req",
+                extra=target,
+                n=rounds,
+            )
+            yield Row(
+                "session.overhead_cpu",
+                _gap(figures, "mesh", "plain", 1),
+                "us/req",
+                extra=target,
+                n=rounds,
             )
             yield Row(
                 "session.overhead_like_for_like",
                 _gap(figures, "mesh", "lean", 0),
                 "us/req",
                 extra=target,
+                n=rounds,
             )
             yield Row(
                 "session.overhead_like_for_like_cpu",
                 _gap(figures, "mesh", "lean", 1),
                 "us/req",
                 extra=target,
+                n=rounds,
             )
             yield Row("session.mesh_layer", layer_s * 1e6, "us/req", extra=target)
     finally:

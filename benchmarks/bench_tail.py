@@ -87,12 +87,18 @@ def run(ctx: Any) -> Iterator[Row]:
     duration = 12.0 if ctx.quick else 60.0
     results = {name: simulate(name, duration) for name in STRATEGIES}
     for name, r in results.items():
-        yield Row(f"tail.{name}.p50", r["p50"] * 1e3, "ms")
-        yield Row(f"tail.{name}.p99", r["p99"] * 1e3, "ms")
-        yield Row(f"tail.{name}.p99.9", r["p999"] * 1e3, "ms")
+        n = int(r["requests"])
+        yield Row(f"tail.{name}.p50", r["p50"] * 1e3, "ms", n=n)
+        yield Row(f"tail.{name}.p99", r["p99"] * 1e3, "ms", n=n)
+        yield Row(f"tail.{name}.p99.9", r["p999"] * 1e3, "ms", n=n)
         yield Row(
             f"tail.{name}.success", r["success"] * 100, "%", extra={"requests": r["requests"]}
         )
     rr, ewma = results["round_robin"], results["peak_ewma"]
-    yield compare("tail.p99.peak_ewma_vs_round_robin", ewma["p99"] * 1e3, rr["p99"] * 1e3, "ms")
-    yield compare("tail.p99.9.peak_ewma_vs_round_robin", ewma["p999"] * 1e3, rr["p999"] * 1e3, "ms")
+    n = int(ewma["requests"])
+    yield compare(
+        "tail.p99.peak_ewma_vs_round_robin", ewma["p99"] * 1e3, rr["p99"] * 1e3, "ms", n=n
+    )
+    yield compare(
+        "tail.p99.9.peak_ewma_vs_round_robin", ewma["p999"] * 1e3, rr["p999"] * 1e3, "ms", n=n
+    )
