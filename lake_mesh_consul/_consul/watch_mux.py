@@ -648,7 +648,9 @@ class Multiplexer:
                     pause = backoff.delay(failures, self._rng)
                     # Woken early by close(), by the last member leaving, or by a new
                     # member (one early probe per new member, bounded by the callers).
-                    self.clock.wait(self._reader_work, pause)
+                    self._reader_work.clear()
+                    if self._has_members():
+                        self.clock.wait(self._reader_work, pause)
         except Exception:  # a bug: log it; the loops' next wake queues the members again
             log.exception("watch multiplexer: reader stopped by an unexpected error")
             with self._lock:

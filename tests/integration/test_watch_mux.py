@@ -8,6 +8,7 @@ import gc
 import json
 import random
 import threading
+import time
 import tracemalloc
 from typing import Any
 from urllib.parse import urlsplit
@@ -19,9 +20,11 @@ from lake_mesh_consul._consul.agent_sockets import agent_connection_limit, agent
 from lake_mesh_consul._consul.client import ConsulClient
 from lake_mesh_consul._consul.discovery import ServiceDiscovery
 from lake_mesh_consul._consul.watch import Watch, WatchHub, decode_json
+from lake_mesh_consul._core.blocking import Backoff
 from lake_mesh_consul._core.config import MeshConfig
 from lake_mesh_consul._core.endpoint import ServiceEndpoint
 from lake_mesh_consul._core.health import HealthStatus
+from lake_mesh_consul.errors import DiscoveryTimeout
 from lake_mesh_consul.testing._agent import free_port
 
 pytestmark = pytest.mark.integration
@@ -326,3 +329,21 @@ def test_no_multiplexer_thread_survives_its_last_member(mesh_config, unique_name
         again.close()
     finally:
         hub.close()
+
+
+def test_a_multiplexed_first_call_with_the_agent_down_times_out_then_recovers(
+    dedicated_consul_agent, unique_name
+):
+    config = MeshConfig(address=dedicated_consul_agent.address)
+    dedicated_consul_agent.stop()
+    with muxed(config, backoff=Backoff(base=0.05, cap=0.5)) as d:
+        started = time.monotonic()
+        with pytest.raises(DiscoveryTimeout):
+            d.endpoints(unique_name, timeout=1.0)
+        assert time.monotonic() - started < 3.0
+        assert d.hub.requests < 40  # one probe per backoff round, not one per service
+        dedicated_consul_agent.start()
+        with ConsulClient(config) as client:
+            register(client, unique_name, "a")
+        assert eventually(lambda: ids(d.endpoints(unique_name, timeout=5)) == ["a"], 20)
+        assert not d.snapshot(unique_name).stale
