@@ -52,12 +52,16 @@ WORKER = textwrap.dedent(
                     resolved += 1
             except Exception as exc:  # reported, not raised: the test prints every worker
                 errors.append(f"{prefix}-{n}: {type(exc).__name__}: {exc}")
+        seconds = round(time.monotonic() - started, 2)
+        settle = time.monotonic() + 3.0  # the first-read thread retires a second after its work
+        while discovery.hub.threads > 3 and time.monotonic() < settle:
+            time.sleep(0.05)
         report = {
             "resolved": resolved,
             "errors": errors[:5],
             "connections": agent_connections(parts.hostname, parts.port),
             "threads": threading.active_count(),
-            "seconds": round(time.monotonic() - started, 2),
+            "seconds": seconds,
         }
         print(json.dumps(report), flush=True)
         sys.stdin.readline()  # hold the watches until the test has seen everyone ready
@@ -169,7 +173,7 @@ def test_prefork_workers_share_the_default_connection_limit(dedicated_consul_age
             f"(resolved in {report['seconds']} s)"
         )
     assert [r["resolved"] for r in reports] == [SERVICES] * WORKERS, [r["errors"] for r in reports]
-    assert all(r["connections"] is not None and r["connections"] <= 4 for r in reports)
+    assert all(r["connections"] is not None and r["connections"] <= 3 for r in reports)
     assert set(statuses) == {"passing"}, (statuses, heart_out, heart_err[-2000:])
     assert "heartbeat refused" not in heart_err
     assert time.monotonic() - started < BUDGET
