@@ -273,7 +273,7 @@ class ClusterMember:
             raise RuntimeError(f"{self.name} is already running")
         self.data_dir.mkdir(parents=True, exist_ok=True)
         config_path = self.directory / "config.json"
-        config_path.write_text(json.dumps(self.cluster._agent_config(self), indent=2))
+        config_path.write_text(json.dumps(self.cluster.agent_config(self), indent=2))
         with self.log_path.open("ab") as log:
             proc = subprocess.Popen(
                 [str(self.cluster.binary), "agent", "-config-file", str(config_path)],
@@ -408,7 +408,7 @@ class ClusterMember:
             request.add_header("X-Consul-Token", secret)
         try:
             with urllib.request.urlopen(  # noqa: S310 - our own agent on loopback
-                request, timeout=timeout, context=self.cluster._ssl_context()
+                request, timeout=timeout, context=self.cluster.ssl_context()
             ) as response:
                 return _answer(response.status, response.read(), dict(response.headers))
         except urllib.error.HTTPError as exc:
@@ -864,7 +864,8 @@ class ConsulCluster:
 
     # -- agent configuration ------------------------------------------------------------------
 
-    def _ssl_context(self) -> ssl.SSLContext | None:
+    def ssl_context(self) -> ssl.SSLContext | None:
+        """The client TLS context for this cluster's agents (``None`` unless ``tls=True``)."""
         if self.tls_material is None:
             return None
         if self._ssl is None:
@@ -875,7 +876,8 @@ class ConsulCluster:
             self._ssl = context
         return self._ssl
 
-    def _agent_config(self, member: ClusterMember) -> dict[str, Any]:
+    def agent_config(self, member: ClusterMember) -> dict[str, Any]:
+        """The agent configuration (JSON-ready) that ``member`` is started with."""
         servers = self.servers
         ports: dict[str, int] = {"dns": -1, "grpc": -1, **member.ports}
         if self.tls_material is not None:
