@@ -94,7 +94,7 @@ def _weights(service: dict[str, Any], service_id: str) -> Weights:
         return Weights()
     try:
         return Weights(passing=int(raw.get("Passing", 1)), warning=int(raw.get("Warning", 1)))
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):  # Weights 1e400 decodes to inf
         log.warning("instance %r: invalid Weights %r, using 1/1", service_id, raw)
         return Weights()
 
