@@ -104,12 +104,9 @@ def test_later_calls_are_served_from_memory(mesh_config, unique_name):
         assert ids(d.endpoints(unique_name)) == ["a"]
         time.sleep(0.2)
         before = d.hub.requests
-        started = time.perf_counter()
         for _ in range(20_000):
-            d.endpoints(unique_name)
-        elapsed = time.perf_counter() - started
+            assert ids(d.endpoints(unique_name)) == ["a"]
         assert d.hub.requests == before  # zero Consul requests on the request path
-        assert elapsed / 20_000 < 50e-6
         deregister(client, "a")
 
 
