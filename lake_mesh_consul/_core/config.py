@@ -74,7 +74,7 @@ MAX_TIMEOUT = 86400.0
 #: bad answer (a proxy's endless page, a wrong address) can cost the process.
 DEFAULT_MAX_ANSWER_BYTES = 64 * 1024 * 1024
 
-_HOST_RE = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9\-._]*[A-Za-z0-9])?$")
+_HOST_RE = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9\-._]*[A-Za-z0-9])?\Z")
 
 
 class Secret:

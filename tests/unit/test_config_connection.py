@@ -299,3 +299,9 @@ def test_parse_address_returns_parts():
     assert parse_address("https://[::1]:8501") == ("https", "::1", 8501)
     assert MeshConfig(address="[::1]:8501").host == "::1"
     assert MeshConfig(address="h:8501").port == 8501
+
+
+def test_a_host_with_an_embedded_newline_is_refused() -> None:
+    # `$` matches before a final newline; the host rule must end at the end of the text.
+    with pytest.raises(InvalidSetting, match="not a host name"):
+        MeshConfig(address="localhost\n:8500")
