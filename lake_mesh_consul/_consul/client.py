@@ -31,6 +31,7 @@ connection pool per host, which urllib3 makes thread-safe).
 
 from __future__ import annotations
 
+import ipaddress
 import json as _json
 import logging
 import math
@@ -75,7 +76,7 @@ log = logging.getLogger("lake_mesh_consul.consul")
 POOL_SIZE = 32
 
 #: Bytes read from an answer at a time (the cap is checked after each).
-READ_CHUNK = 64 * 1024
+READ_CHUNK = 1024 * 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -191,6 +192,10 @@ def build_session(config: MeshConfig) -> requests.Session:
     session.mount("https://", adapter)
     if config.token:
         session.headers["X-Consul-Token"] = config.token.reveal()
+    if _is_loopback(config.address):
+        # gzip on loopback saves no transfer time and costs both ends CPU: decompressing a
+        # 26 MB answer took ~55 ms of the ~70 ms the client spent reading it.
+        session.headers["Accept-Encoding"] = "identity"
     if config.namespace:
         session.params = {"ns": config.namespace}
     if config.partition:
@@ -537,6 +542,17 @@ def _deadline_seconds(deadline: Any) -> float:
     ):
         raise InvalidSetting("deadline", f"must be a positive number of seconds, got {deadline!r}")
     return float(deadline)
+
+
+def _is_loopback(address: str) -> bool:
+    """Whether ``host:port`` (IPv6 bracketed) names this machine: ``localhost`` or 127/8, ::1."""
+    host = address.rpartition(":")[0].strip("[]")
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def _read_body(raw: requests.Response, limit: int) -> bytes | None:
