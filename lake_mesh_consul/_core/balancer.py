@@ -561,8 +561,12 @@ def _insertion_point(
     items: list[ServiceEndpoint], endpoints: tuple[ServiceEndpoint, ...], i: int
 ) -> int:
     """Where endpoint ``i`` goes in ``items`` to keep discovery's order."""
+    if i + 1 < len(endpoints):  # the usual case: the next endpoint is there (one C search)
+        at = _position(items, endpoints[i + 1])
+        if at is not None:
+            return at
     members = set(map(id, items))
-    for later in endpoints[i + 1 :]:
+    for later in itertools.islice(endpoints, i + 2, None):
         if id(later) in members:
             at = _position(items, later)
             return len(items) if at is None else at
@@ -659,7 +663,7 @@ class LoadBalancer:
         self._registry = StatsRegistry(clock)
         self._update_lock = threading.Lock()
         self._warm_since: dict[EndpointKey, float] = {}
-        self._was_eligible: frozenset[EndpointKey] = frozenset()
+        self._was_eligible: set[EndpointKey] = set()
         self._initialised = False
         self._version = itertools.count()
         self._census: _Census | None = None
@@ -773,7 +777,8 @@ class LoadBalancer:
             return None  # nothing eligible, or panic: the whole build decides
         if edit.gone:
             self._registry.forget(edit.gone)
-        self._was_eligible = (self._was_eligible - edit.left) | edit.joined
+        self._was_eligible -= edit.left  # in place: O(changes), not a copy of N keys
+        self._was_eligible |= edit.joined
         self._census = None
         eligible, weights, stats = tuple(edit.eligible), tuple(edit.weights), tuple(edit.stats)
         return _Snapshot(
@@ -905,7 +910,7 @@ class LoadBalancer:
                 warm[key] = now
         for key in [k for k, since in warm.items() if k not in keys or now - since >= window]:
             del warm[key]
-        self._was_eligible = keys
+        self._was_eligible = set(keys)
         self._initialised = self._initialised or bool(keys)
 
     def _refresh(self, snap: _Snapshot) -> _Snapshot:

@@ -110,9 +110,8 @@ def no_candidates() -> NoEndpointsAvailable:
 
 
 def uniform(weights: Sequence[float]) -> bool:
-    """Whether every weight equals the first."""
-    first = weights[0]
-    return all(w == first for w in weights)
+    """Whether every weight equals the first (a C-level count, no Python loop)."""
+    return weights.count(weights[0]) == len(weights)
 
 
 def extended(items: tuple[_T, ...]) -> tuple[_T, ...]:
