@@ -102,6 +102,8 @@ NEVER_ROUTED = frozenset({"localhost"})
 _CACHE_SIZE = 4096
 #: The attribute of a Response that holds the endpoint that served it.
 _ENDPOINT_ATTR = "mesh_endpoint"
+#: Bodies that can be sent again (a tuple: ``bytes | str`` would build a union per request).
+_REPLAYABLE = (bytes, str)
 
 
 # --- errors: both trees ----------------------------------------------------------------------
@@ -367,7 +369,7 @@ class MeshAdapter(requests.adapters.BaseAdapter):
                 idempotent=route.retry_policy.is_idempotent(request.method, None),
                 status_of=_status,
                 retry_after_of=self._retry_after,
-                replayable=body is None or isinstance(body, bytes | str),
+                replayable=body is None or isinstance(body, _REPLAYABLE),
             )
             result = route.call(attempt, options)
         except requests.RequestException:

@@ -785,13 +785,13 @@ class CircuitBreaker:
 
     def record_success(self, permit: Permit, *, duration: float | None = None) -> None:
         """Report that ``permit``'s call succeeded (slow if ``duration`` is over threshold)."""
-        self._record(permit, False, duration, None)
+        self.report(permit, failure=False, duration=duration)
 
     def record_failure(
         self, permit: Permit, error: BaseException | None = None, *, duration: float | None = None
     ) -> None:
         """Report that ``permit``'s call failed (``error`` is for pybreaker's listeners)."""
-        self._record(permit, True, duration, error)
+        self.report(permit, failure=True, duration=duration, error=error)
 
     def observe(
         self, *, success: bool, duration: float = 0.0, error: BaseException | None = None
@@ -801,7 +801,8 @@ class CircuitBreaker:
         Counted while closed or metrics_only (it can trip the breaker); ignored while open or
         half_open, where only admitted probes decide.
         """
-        self._record(Permit(self, self._epoch, False, 0.0), not success, duration, error)
+        permit = Permit(self, self._epoch, False, 0.0)
+        self.report(permit, failure=not success, duration=duration, error=error)
 
     def record_exception(self, permit: Permit, exc: BaseException) -> None:
         """Classify ``exc`` with the policy: failure, or release for ignored/non-Exception."""
@@ -809,9 +810,9 @@ class CircuitBreaker:
         if not isinstance(exc, Exception) or isinstance(exc, p.ignore_exceptions):
             self.release(permit)
         elif p.is_failure(exc):
-            self._record(permit, True, None, exc)
+            self.report(permit, failure=True, error=exc)
         else:
-            self._record(permit, False, None, None)
+            self.report(permit, failure=False)
 
     def release(self, permit: Permit) -> None:
         """Return ``permit`` without an outcome (e.g. the call was never sent)."""
@@ -822,16 +823,21 @@ class CircuitBreaker:
             if permit.probe and permit.epoch == self._epoch:
                 self._probes -= 1
 
-    def _record(
+    def report(
         self,
         permit: Permit,
+        *,
         failure: bool,
-        duration: float | None,
-        error: BaseException | None,
+        duration: float | None = None,
+        error: BaseException | None = None,
         now: float | None = None,
     ) -> None:
-        # ``now``: the caller's reading of this breaker's clock when the call ended, if it
-        # has one (the detector's record passes it on: one clock read per outcome).
+        """Report ``permit``'s outcome in one call (the request path's recorder uses it).
+
+        ``now`` is this breaker's clock reading when the call ended, if the caller has one
+        (saves a clock read); ``duration`` defaults to the time since acquire. A permit
+        already reported, or admitted before the breaker's last transition, counts nowhere.
+        """
         if now is None:
             now = self._now()
         if duration is None:
@@ -906,22 +912,6 @@ class CircuitBreaker:
         changed = bool(relay.changes)
         relay.changes.clear()
         return changed
-
-    def report(
-        self,
-        permit: Permit,
-        *,
-        failure: bool,
-        duration: float | None = None,
-        error: BaseException | None = None,
-        now: float | None = None,
-    ) -> None:
-        """Report ``permit``'s outcome in one call (the request path's recorder uses it).
-
-        ``now`` is this breaker's clock reading when the call ended, if the caller has one
-        (saves a clock read); ``duration`` defaults to the time since acquire.
-        """
-        self._record(permit, failure, duration, error, now)
 
     @property
     def clock(self) -> Clock:

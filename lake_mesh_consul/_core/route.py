@@ -636,6 +636,7 @@ class Route:
         policy = self._settings.retry
         if not opts.replayable and policy.attempts > 1:
             policy = replace(policy, attempts=1)
+        per_try = self._per_try  # usually empty: then no per-instance lookup per attempt
         return run_call(
             self.request,
             fn,
@@ -646,7 +647,7 @@ class Route:
             clock=self.clock,
             sleep=sleep,
             rng=self._rng,
-            cap_of=self._per_try.get,
+            cap_of=per_try.get if per_try else None,
         )
 
     # --- explaining ----------------------------------------------------------------------
