@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import TypeVar
 
+from lake_mesh_consul._core.hashing import endpoint_token
 from lake_mesh_consul._core.health import HealthStatus
 
 __all__ = [
@@ -97,6 +98,8 @@ class ServiceEndpoint:
         node: the Consul node name.
         datacenter: the datacenter it was discovered in.
         zone: the zone from meta (``zone``, ``availability_zone`` or ``az``), if any.
+        token: the identity as bytes (derived; :func:`~lake_mesh_consul._core.hashing.\
+endpoint_token`): what places the instance on a hash ring or in a Maglev table.
     """
 
     id: str
@@ -113,11 +116,14 @@ class ServiceEndpoint:
     # Derived once: endpoints are hashed and addressed on every request, and frozen.
     _hash: int = field(init=False, repr=False, compare=False, default=0)
     _host_port: str = field(init=False, repr=False, compare=False, default="")
+    token: bytes = field(init=False, repr=False, compare=False, default=b"")
 
     def __post_init__(self) -> None:
         host = f"[{self.address}]" if ":" in self.address else self.address
         object.__setattr__(self, "_host_port", f"{host}:{self.port}")
         object.__setattr__(self, "_hash", hash((self.datacenter, self.node, self.id)))
+        # Read for every instance on each consistent-hash update: computed once here.
+        object.__setattr__(self, "token", endpoint_token(self.datacenter, self.node, self.id))
 
     @classmethod
     def create(

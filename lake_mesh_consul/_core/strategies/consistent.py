@@ -28,17 +28,19 @@ from __future__ import annotations
 
 import itertools
 import math
+import operator
 import random
 import threading
 from array import array
 from bisect import bisect_left
-from collections import OrderedDict, deque
+from collections import OrderedDict
 from collections.abc import Iterator, Sequence
+from operator import attrgetter
 from typing import TypeVar, overload
 
 from lake_mesh_consul._core.clock import SYSTEM_CLOCK, Clock
 from lake_mesh_consul._core.endpoint import ServiceEndpoint
-from lake_mesh_consul._core.hashing import endpoint_token, hash64, hash128, point_stream
+from lake_mesh_consul._core.hashing import hash64, hash128, point_stream
 from lake_mesh_consul._core.loadstats import EndpointStats, StatsRegistry
 from lake_mesh_consul._core.strategies.base import (
     Accept,
@@ -81,8 +83,12 @@ _KEPT_TABLES = 4
 _V = TypeVar("_V")
 
 
+#: Each endpoint's token (derived once per endpoint object): a C-level read.
+_TOKEN = attrgetter("token")
+
+
 def _tokens(endpoints: Sequence[ServiceEndpoint]) -> list[bytes]:
-    return [endpoint_token(e.datacenter, e.node, e.id) for e in endpoints]
+    return list(map(_TOKEN, endpoints))
 
 
 def _remember(kept: OrderedDict[object, _V], key: object, value: _V) -> None:
@@ -98,30 +104,53 @@ def _remember(kept: OrderedDict[object, _V], key: object, value: _V) -> None:
 class _Ring:
     """A ring being kept between snapshots: sorted points, their owners, each one's points.
 
-    Owners are small ids, stable while an instance stays (``ids``), so that a change of
-    some instances does not renumber the others' points. Not thread-safe: its
-    :class:`RingHash` holds a lock around it.
+    Owners are the endpoint objects themselves (``holders``: the object now holding each
+    token's points), so a snapshot's owner list is a copy, and an instance whose fields
+    changed (a new object, the same identity) is handed its own points only. Not
+    thread-safe: its :class:`RingHash` holds a lock around it.
     """
 
     def __init__(self) -> None:
         self.points: list[int] = []  # sorted
-        self.owners: list[int] = []  # the id owning each point
+        self.owners: list[ServiceEndpoint] = []  # the endpoint owning each point
         self.counts: dict[bytes, int] = {}  # points each instance has on the ring
-        self.ids: dict[bytes, int] = {}
-        self.free_ids: list[int] = []
+        self.holders: dict[bytes, ServiceEndpoint] = {}
         self.cache: dict[bytes, array[int]] = {}  # each instance's points (a prefix is used)
+        self.every: int | None = None  # the count of every instance, when they all have one
+
+    def changes(
+        self, tokens: list[bytes], counts: list[int], holders: dict[bytes, ServiceEndpoint]
+    ) -> tuple[list[bytes], dict[bytes, int]]:
+        """The tokens to take out, and those to put in with their counts.
+
+        Set differences in C, no Python loop over the instances: of the token sets when
+        every instance had and has the same count (the usual case), else of the
+        ``(token, count)`` items.
+        """
+        every = counts[0]
+        if every == self.every and counts.count(every) == len(counts):
+            gone = list(self.counts.keys() - holders.keys())
+            return gone, dict.fromkeys(holders.keys() - self.counts.keys(), every)
+        want = dict(zip(tokens, counts, strict=True))
+        gone = [t for t, _ in self.counts.items() - want.items()]
+        return gone, {t: want[t] for t, _ in want.items() - self.counts.items()}
 
     @classmethod
-    def built(cls, counts: dict[bytes, int], cache: dict[bytes, array[int]]) -> _Ring:
+    def built(
+        cls,
+        counts: dict[bytes, int],
+        holders: dict[bytes, ServiceEndpoint],
+        cache: dict[bytes, array[int]],
+    ) -> _Ring:
         """A ring of ``counts`` built from scratch (one sort), reusing cached points."""
         ring = cls()
-        owner_of: dict[int, int] = {}
+        owner_of: dict[int, ServiceEndpoint] = {}
         # Sorted identity order: on the (2**-64-rare) equal point, the same owner everywhere.
         for token in sorted(counts):
-            sid = ring.ids[token] = len(ring.ids)
             points = ring.points_of(token, counts[token], cache)
-            owner_of.update(zip(points, itertools.repeat(sid)))
+            owner_of.update(zip(points, itertools.repeat(holders[token])))
         ring.counts = dict(counts)
+        ring.holders = {t: holders[t] for t in counts}
         ring.points = sorted(owner_of)
         ring.owners = list(map(owner_of.__getitem__, ring.points))
         return ring
@@ -136,31 +165,43 @@ class _Ring:
         self.cache[token] = points
         return points[:count]
 
+    def _slots(self, token: bytes) -> Iterator[int]:
+        """Where ``token``'s points sit on the ring (its holder's positions)."""
+        points, owners, holder = self.points, self.owners, self.holders[token]
+        for p in self.points_of(token, self.counts[token]):
+            i = bisect_left(points, p)
+            while owners[i] is not holder:  # an equal point of another instance (2**-64-rare)
+                i += 1
+            yield i
+
     def take_out(self, token: bytes) -> None:
         """Remove ``token``'s points."""
-        sid = self.ids.pop(token)
         points, owners = self.points, self.owners
-        for p in self.points_of(token, self.counts.pop(token)):
-            i = bisect_left(points, p)
-            while owners[i] != sid:  # an equal point of another instance (2**-64-rare)
-                i += 1
+        for i in self._slots(token):
             del points[i]
             del owners[i]
-        del self.cache[token]
-        self.free_ids.append(sid)
+        del self.cache[token], self.counts[token], self.holders[token]
 
-    def put_in(self, token: bytes, count: int) -> None:
-        """Add ``count`` points of ``token``."""
-        if token in self.ids:
+    def put_in(self, token: bytes, count: int, holder: ServiceEndpoint) -> None:
+        """Add ``count`` points of ``token``, owned by ``holder``."""
+        if token in self.holders:
             self.take_out(token)
-        sid = self.free_ids.pop() if self.free_ids else len(self.ids)
-        self.ids[token] = sid
+        self.holders[token] = holder
         self.counts[token] = count
         points, owners = self.points, self.owners
         for p in self.points_of(token, count):
             i = bisect_left(points, p)
             points.insert(i, p)
-            owners.insert(i, sid)
+            owners.insert(i, holder)
+
+    def hand_over(self, token: bytes, holder: ServiceEndpoint) -> None:
+        """Give ``token``'s points to ``holder`` (the same instance as a new object)."""
+        if self.holders[token] is holder:
+            return
+        owners = self.owners
+        for i in list(self._slots(token)):
+            owners[i] = holder
+        self.holders[token] = holder
 
 
 class RingHash(PairedStrategy):
@@ -235,25 +276,26 @@ class RingHash(PairedStrategy):
         A change of more than an eighth of the ring rebuilds it. Either way the ring is
         the same set of points, so the result does not depend on the order of changes.
         """
-        tokens = _tokens(endpoints)
         with self._lock:
+            tokens = _tokens(endpoints)
             state = self._state
-            want = dict(zip(tokens, counts, strict=True))
-            # Set differences of the (token, count) items, in C: O(N) without a Python loop.
-            gone = [t for t, _ in state.counts.items() - want.items()]
-            new = [t for t, _ in want.items() - state.counts.items()]
-            moved = sum(state.counts[t] for t in gone) + sum(want[t] for t in new)
-            if moved * 8 > len(state.points) or len(want) != len(tokens):
-                state = self._state = _Ring.built(want, state.cache)
+            holders = dict(zip(tokens, endpoints, strict=True))
+            gone, new = state.changes(tokens, counts, holders)
+            moved = sum(map(state.counts.__getitem__, gone)) + sum(new.values())
+            if moved * 8 > len(state.points) or len(holders) != len(tokens):
+                want = dict(zip(tokens, counts, strict=True))
+                state = self._state = _Ring.built(want, holders, state.cache)
             else:
                 for token in gone:
                     state.take_out(token)
-                for token in new:
-                    state.put_in(token, want[token])
-            ids = state.ids
-            by_id: list[ServiceEndpoint] = [endpoints[0]] * (len(ids) + len(state.free_ids))
-            deque(map(by_id.__setitem__, map(ids.__getitem__, tokens), endpoints), maxlen=0)
-            return list(state.points), tuple(map(by_id.__getitem__, state.owners))
+                for token, count in new.items():
+                    state.put_in(token, count, holders[token])
+                # Same identity, new object (fields changed): only its own points change.
+                stale = map(operator.is_not, map(state.holders.__getitem__, tokens), endpoints)
+                for token in itertools.compress(tokens, stale):
+                    state.hand_over(token, holders[token])
+            state.every = counts[0] if counts.count(counts[0]) == len(counts) else None
+            return list(state.points), tuple(state.owners)
 
     def build(
         self,
