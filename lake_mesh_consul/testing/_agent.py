@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import shutil
 import signal
 import socket
@@ -44,12 +45,36 @@ def find_consul_binary() -> Path | None:
     return None
 
 
+def _ephemeral_low() -> int:
+    """The lowest port the kernel hands out to unbound sockets (Linux), else 32768."""
+    try:
+        with open("/proc/sys/net/ipv4/ip_local_port_range", encoding="ascii") as f:
+            return int(f.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
+
+
 def free_port(host: str = "127.0.0.1") -> int:
-    """A TCP port that is free on ``host`` right now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((host, 0))
-        port: int = sock.getsockname()[1]
+    """A port free for both TCP and UDP on ``host`` right now (Serf listens on both).
+
+    Chosen below the kernel's ephemeral range: an agent keeps its ports across restarts, and
+    in the ephemeral range any process's outgoing socket (bound to the wildcard address) may
+    take the port between the choice and the agent's start ("bind: address already in use").
+    """
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    rng = random.SystemRandom()
+    high = max(min(_ephemeral_low(), 65536) - 1, 10001)
+    for _ in range(200):
+        port = rng.randint(10000, high)
+        try:
+            with socket.socket(family, socket.SOCK_STREAM) as tcp:
+                tcp.bind((host, port))
+            with socket.socket(family, socket.SOCK_DGRAM) as udp:
+                udp.bind((host, port))
+        except OSError:
+            continue
         return port
+    raise RuntimeError(f"no free TCP+UDP port on {host}")
 
 
 def wait_stopped(pid: int, timeout: float = 5.0) -> bool:

@@ -67,7 +67,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-from lake_mesh_consul.testing._agent import find_consul_binary
+from lake_mesh_consul.testing._agent import find_consul_binary, free_port
 from lake_mesh_consul.testing._tls import TLSMaterial, create_tls_material
 
 if TYPE_CHECKING:
@@ -118,21 +118,6 @@ def _kill_leftovers() -> None:
 
 
 atexit.register(_kill_leftovers)
-
-
-def _free_port(host: str) -> int:
-    """A port free for both TCP and UDP on ``host`` (Serf listens on both)."""
-    for _ in range(50):
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as tcp:
-            tcp.bind((host, 0))
-            port: int = tcp.getsockname()[1]
-            try:
-                with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
-                    udp.bind((host, port))
-            except OSError:
-                continue
-            return port
-    raise RuntimeError(f"no free TCP+UDP port on {host}")
 
 
 def _loopback_prefix() -> str:
@@ -556,10 +541,10 @@ class ConsulCluster:
                     role="server" if name.startswith("server") else "client",
                     host=host,
                     ports={
-                        api_port: _free_port(host),
-                        "serf_lan": _free_port(host),
-                        "serf_wan": _free_port(host),
-                        "server": _free_port(host),
+                        api_port: free_port(host),
+                        "serf_lan": free_port(host),
+                        "serf_wan": free_port(host),
+                        "server": free_port(host),
                     },
                     directory=self.directory / name,
                     node_id=str(uuid.uuid4()),
