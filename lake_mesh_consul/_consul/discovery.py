@@ -102,6 +102,19 @@ def _same_endpoints(a: Endpoints, b: Endpoints) -> bool:
     return len(a) == len(b) and all(x is y or x.same_as(y) for x, y in zip(a, b, strict=True))
 
 
+def _accepted(query: ServiceQuery, endpoints: Endpoints | None) -> Endpoints:
+    """The endpoints ``query``'s in-memory filter keeps: all of them when it has none.
+
+    The mesh's query has none (health is decided by the balancer), so a change among
+    10,000 instances costs no Python call per instance here.
+    """
+    if not endpoints:
+        return ()
+    if not query.passing_only and not query.service_meta:
+        return tuple(endpoints)  # the same tuple when it is one
+    return tuple(filter(query.accepts, endpoints))
+
+
 # --- queries and snapshots ----------------------------------------------------------------------
 
 
@@ -410,13 +423,13 @@ class _View:
         if not primary.has_value:
             return None
         query = self.query
-        eligible = tuple(e for e in primary.value or () if query.accepts(e))
+        eligible = _accepted(query, primary.value)
         if len(self.watches) == 1 or any(e.health in _HEALTHY for e in eligible):
             return _Current(eligible, "consul", 0)
         for position, shared in enumerate(self.watches[1:], start=1):
             state = shared.state
             if state.has_value:
-                alternative = tuple(e for e in state.value or () if query.accepts(e))
+                alternative = _accepted(query, state.value)
                 if any(e.health in _HEALTHY for e in alternative):
                     return _Current(alternative, "failover", position)
             elif not settle and not self.ready.is_set() and state.error is None:
