@@ -1,0 +1,105 @@
+"""The request path's own cost: ``Route.call`` of a function that does nothing.
+
+Issue 13's ceiling for the ``execute``-equivalent success path (pick + breaker permit,
+budget deposit, classify, record to balancer, detector and breaker) is 5 us. This module
+measures exactly that, with no Consul and no I/O: a :class:`Route` over three endpoints with
+default settings (round robin, outlier detection, a breaker per endpoint, retry budget),
+calling ``fn(endpoint, timeout)`` that returns at once, against calling ``fn`` bare.
+
+Rows:
+
+* ``route.call.success``: microseconds of wall time per ``Route.call`` minus the bare call
+  (median of per-round differences, alternated rounds).
+* ``route.call.success_cpu``: the same in CPU time of the calling thread (on a shared,
+  loaded machine the wall figure also measures the scheduler).
+* ``route.call.python_calls``: Python-level function calls per ``Route.call`` as counted by
+  cProfile (builtins included). Not a time: a deterministic figure that moves only when
+  the code does, so a change of a few percent shows even where timings vary by +-20%.
+"""
+
+from __future__ import annotations
+
+import cProfile
+import pstats
+import statistics
+import time
+from collections.abc import Callable, Iterator
+
+from _common import Context, Row, alternate, compare_alternated
+
+from lake_mesh_consul._core.endpoint import ServiceEndpoint
+from lake_mesh_consul._core.retry import CallOptions
+from lake_mesh_consul._core.route import Route
+
+#: The ceiling of issue 13 for the success path, microseconds.
+TARGET_US = 5
+
+
+def _fn(endpoint: ServiceEndpoint, timeout: float | None) -> int:
+    return 1
+
+
+def _route() -> Route:
+    endpoints = [ServiceEndpoint.create(f"w{i}", f"127.0.0.{i}", 80) for i in range(1, 4)]
+    return Route("bench-route", endpoints=endpoints)
+
+
+def _series(
+    route: Route, timer: Callable[[], float], loop: int, rounds: int
+) -> tuple[list[float], list[float]]:
+    """Alternated per-round microseconds per call: through the route, and bare."""
+    options = CallOptions(idempotent=True)
+    endpoint = route.endpoints[0]
+    call = route.call
+
+    def through() -> float:
+        start = timer()
+        for _ in range(loop):
+            call(_fn, options)
+        return (timer() - start) / loop * 1e6
+
+    def bare() -> float:
+        start = timer()
+        for _ in range(loop):
+            _fn(endpoint, None)
+        return (timer() - start) / loop * 1e6
+
+    through()  # warm: breakers, stats and the budget's buckets exist before measuring
+    return alternate(through, bare, rounds)
+
+
+def _python_calls(route: Route, n: int) -> float:
+    """Function calls per Route.call, counted by cProfile (deterministic)."""
+    options = CallOptions(idempotent=True)
+    call = route.call
+    profile = cProfile.Profile()
+    profile.enable()
+    for _ in range(n):
+        call(_fn, options)
+    profile.disable()
+    stats = pstats.Stats(profile)
+    own = 2  # the profiler's own disable() and the loop's range() are not the route's
+    return (stats.total_calls - own) / n - 1  # minus _fn itself
+
+
+def run(ctx: Context) -> Iterator[Row]:
+    """Yield the success-path rows (quick: about 2 s)."""
+    loop, rounds = (5_000, 6) if ctx.quick else (20_000, 12)
+    route = _route()
+    base = "fn(endpoint, timeout) called bare"
+    for name, timer in (
+        ("route.call.success", time.perf_counter),
+        ("route.call.success_cpu", time.thread_time),
+    ):
+        xs, ys = _series(route, timer, loop, rounds)
+        row = compare_alternated(name, xs, ys, "us/call", baseline_is=base, target=TARGET_US)
+        row.value = statistics.median(x - y for x, y in zip(xs, ys, strict=True))
+        row.extra["measures"] = "Route.call minus the bare call, fn without I/O"
+        yield row
+    yield Row(
+        "route.call.python_calls",
+        _python_calls(route, 1_000),
+        "calls/call",
+        n=1_000,
+        extra={"measures": "Python-level calls per Route.call (cProfile, builtins included)"},
+    )
