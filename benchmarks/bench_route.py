@@ -78,7 +78,7 @@ def _python_calls(route: Route, n: int) -> float:
         call(_fn, options)
     profile.disable()
     stats = pstats.Stats(profile)
-    own = 2  # the profiler's own disable() and the loop's range() are not the route's
+    own = 1  # the profiler's own disable() is not the route's
     return (stats.total_calls - own) / n - 1  # minus _fn itself
 
 
