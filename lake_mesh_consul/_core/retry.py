@@ -485,12 +485,12 @@ def run_call(
     whether to wait and go again. See :meth:`lake_mesh_consul._core.route.Route.call` for
     returns and errors.
     """
-    now = monotonic_of(clock)
     if budget is not None:
         budget.deposit()
-    started = now()
-    # The success path builds no RetryState: the first failure does (from ``started``).
+    # The success path reads no clock here and builds no RetryState: the first failure
+    # does, from the first attempt's start (admissions stamp it on ``clock``).
     state: RetryState | None = None
+    now = monotonic_of(clock)  # a function: called only once something failed
     first_timeout = _first_timeout(policy)
     key = options.key
     while True:
@@ -521,7 +521,7 @@ def run_call(
                 return result
             has_result = True
         state = _next_state(
-            state or RetryState.begin(policy, now=started),
+            state or RetryState.begin(policy, now=attempt.started),
             attempt,
             outcome,
             options,
