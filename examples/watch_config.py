@@ -25,10 +25,12 @@ def main() -> None:
     config = MeshConfig.from_env(kv_prefix=prefix)
     with Mesh(config) as mesh:
         store = mesh.store
+        balancer = mesh.balancer("example-orders")
+        # Subscribed after the mesh's own listener (made with the balancer above), so by the
+        # time `changed` is set the running balancer has already applied the change.
         changed = threading.Event()
         store.subscribe(lambda change: changed.set(), service="example-orders")
         store.on_event(lambda event: print(f"  config event: {event.kind} {event.key or ''}"))
-        balancer = mesh.balancer("example-orders")
         print(
             "strategy before:",
             balancer.strategy,

@@ -49,6 +49,7 @@ import contextlib
 import json
 import os
 import random
+import re
 import shutil
 import signal
 import socket
@@ -120,6 +121,10 @@ def _kill_leftovers() -> None:
 atexit.register(_kill_leftovers)
 
 
+#: An agent's log line when a port it was given is taken: ``listen udp 127.a.b.c:PORT: bind: ...``.
+_BIND_CONFLICT = re.compile(r"listen (?:tcp|udp) \S*:(\d+): bind: address already in use")
+
+
 def _loopback_prefix() -> str:
     """A random ``127.a.b`` prefix whose ``.1`` address can be bound on this machine."""
     rng = random.SystemRandom()
@@ -174,6 +179,7 @@ class ClusterMember:
     cluster: ConsulCluster = field(repr=False)
     _proc: subprocess.Popen[bytes] | None = field(default=None, repr=False)
     _paused: bool = field(default=False, repr=False)
+    _answered: bool = field(default=False, repr=False)
 
     # -- where it is -------------------------------------------------------------------------
 
@@ -275,18 +281,45 @@ class ClusterMember:
             self.wait_answering(timeout)
 
     def wait_answering(self, timeout: float = 30.0) -> None:
-        """Wait until the HTTP API answers at all, or raise RuntimeError with the log."""
+        """Wait until the HTTP API answers at all, or raise RuntimeError with the log.
+
+        On its first start only, a member that lost one of its ports to another process
+        between choosing and binding it ("bind: address already in use") takes a new one and
+        starts again (twice at most); once it has answered, its ports never change.
+        """
         deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if not self.running:
-                break
-            try:
-                self.api("GET", "/v1/status/leader", timeout=1.0)
+        for _ in range(3):
+            if self._answers_by(deadline):
+                self._answered = True
                 return
-            except OSError:
-                time.sleep(0.05)
+            if not self._rebind_after_conflict():
+                break
         state = "exited" if not self.running else "did not answer"
         raise RuntimeError(f"consul agent {self.name} at {self.address} {state}:\n{self.log()}")
+
+    def _answers_by(self, deadline: float) -> bool:
+        while time.monotonic() < deadline:
+            if not self.running:
+                return False
+            try:
+                self.api("GET", "/v1/status/leader", timeout=1.0)
+                return True
+            except OSError:
+                time.sleep(0.05)
+        return False
+
+    def _rebind_after_conflict(self) -> bool:
+        if self._answered or self.running:
+            return False
+        match = _BIND_CONFLICT.search(self.log(tail=8))
+        if match is None:
+            return False
+        taken = int(match.group(1))
+        for name, port in list(self.ports.items()):
+            if port == taken:
+                self.ports[name] = free_port(self.host)
+        self.start(wait=False)
+        return True
 
     def _end(self, sig: signal.Signals) -> None:
         proc = self._proc

@@ -245,3 +245,22 @@ def test_server_wiped_rejoins_and_catches_up(
     record_property("catch_up_s", took)
     assert took is not None, victim.log()
     assert sorted(p["Node"] for p in peers) == sorted(s.name for s in cluster.servers)
+
+
+def test_a_member_whose_port_was_taken_before_its_first_start_takes_another() -> None:
+    """Another process binding a member's chosen port (UDP, as Serf's) does not fail the cluster."""
+    import socket
+
+    cluster = ConsulCluster(servers=1, clients=1)
+    client = cluster.clients[0]
+    taken = client.ports["serf_lan"]
+    squatter = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        squatter.bind((client.host, taken))
+        with cluster:
+            assert client.ports["serf_lan"] != taken
+            assert "address already in use" in client.log(tail=400)
+            assert client.api("GET", "/v1/status/leader")
+    finally:
+        squatter.close()
+        cluster.close()

@@ -53,8 +53,9 @@ def no_engine(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 def _up(capsys: pytest.CaptureFixture[str], *flags: str) -> tuple[dict[str, object], str]:
     port = free_port()
     try:
-        assert main(["agent", "up", "--port", str(port), "--json", *flags]) == 0
+        code = main(["agent", "up", "--port", str(port), "--json", *flags])
         captured = capsys.readouterr()
+        assert code == 0, captured.out + captured.err
         return json.loads(captured.out), captured.err
     finally:
         main(["agent", "down", "--keep-docker"])
