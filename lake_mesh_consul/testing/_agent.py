@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import os
-import random
+import re
 import shutil
 import signal
 import socket
@@ -20,7 +20,14 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
-__all__ = ["DevAgent", "cache_dir", "find_consul_binary", "free_port", "wait_stopped"]
+__all__ = [
+    "BIND_CONFLICT",
+    "DevAgent",
+    "cache_dir",
+    "find_consul_binary",
+    "free_port",
+    "wait_stopped",
+]
 
 
 def cache_dir() -> Path:
@@ -45,30 +52,18 @@ def find_consul_binary() -> Path | None:
     return None
 
 
-def _ephemeral_low() -> int:
-    """The lowest port the kernel hands out to unbound sockets (Linux), else 32768."""
-    try:
-        with open("/proc/sys/net/ipv4/ip_local_port_range", encoding="ascii") as f:
-            return int(f.read().split()[0])
-    except (OSError, ValueError, IndexError):
-        return 32768
+#: An agent's log line when a port it was given is taken: ``listen udp 127.0.0.1:PORT: bind: ...``.
+BIND_CONFLICT = re.compile(r"listen (?:tcp|udp) \S*:(\d+): bind: address already in use")
 
 
 def free_port(host: str = "127.0.0.1") -> int:
-    """A port free for both TCP and UDP on ``host`` right now (Serf listens on both).
-
-    Chosen below the kernel's ephemeral range: an agent keeps its ports across restarts, and
-    in the ephemeral range any process's outgoing socket (bound to the wildcard address) may
-    take the port between the choice and the agent's start ("bind: address already in use").
-    """
+    """A port the kernel hands out as free on ``host``, free for UDP too (Serf uses both)."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    rng = random.SystemRandom()
-    high = max(min(_ephemeral_low(), 65536) - 1, 10001)
-    for _ in range(200):
-        port = rng.randint(10000, high)
+    for _ in range(50):
+        with socket.socket(family, socket.SOCK_STREAM) as tcp:
+            tcp.bind((host, 0))
+            port: int = tcp.getsockname()[1]
         try:
-            with socket.socket(family, socket.SOCK_STREAM) as tcp:
-                tcp.bind((host, port))
             with socket.socket(family, socket.SOCK_DGRAM) as udp:
                 udp.bind((host, port))
         except OSError:
@@ -139,11 +134,28 @@ class DevAgent:
         }
 
     def start(self, *, wipe: bool = True, timeout: float = 30.0) -> None:
-        """Start the agent and wait until it has a leader."""
+        """Start the agent and wait until it has a leader.
+
+        Serf and server ports are chosen anew at every start; when another process takes
+        one between the choice and the agent's bind ("address already in use"), the agent
+        is started again with new ones (twice at most).
+        """
         if self.http_port == 0:
             self.http_port = free_port(self.host)
         if self._dir is None or wipe:
             self._dir = Path(tempfile.mkdtemp(prefix="lake-mesh-consul-"))
+        for attempt in range(3):
+            self._launch()
+            try:
+                self.wait_ready(timeout)
+                return
+            except RuntimeError:
+                conflict = BIND_CONFLICT.search(self.log(tail=8))
+                if attempt == 2 or conflict is None or int(conflict[1]) == self.http_port:
+                    raise
+
+    def _launch(self) -> None:
+        assert self._dir is not None
         config: dict[str, object] = {
             "datacenter": self.datacenter,
             "ports": self._ports(),
@@ -172,7 +184,6 @@ class DevAgent:
             start_new_session=True,
         )
         log.close()
-        self.wait_ready(timeout)
 
     def wait_ready(self, timeout: float = 30.0) -> None:
         """Wait until the HTTP API answers with a leader, or raise RuntimeError with the log."""

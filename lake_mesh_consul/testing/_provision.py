@@ -42,7 +42,13 @@ from pathlib import Path
 from typing import Any
 
 from lake_mesh_consul.errors import ProvisioningError
-from lake_mesh_consul.testing._agent import cache_dir, find_consul_binary, free_port, wait_stopped
+from lake_mesh_consul.testing._agent import (
+    BIND_CONFLICT,
+    cache_dir,
+    find_consul_binary,
+    free_port,
+    wait_stopped,
+)
 
 __all__ = [
     "CONTAINER_NAME",
@@ -898,9 +904,23 @@ class ContainerAgent:
     def start(self, *, wipe: bool = True, timeout: float = 60.0) -> None:
         """Start the container (a new one, or the stopped one again) and wait for a leader.
 
+        Serf and server ports are chosen when a container is made; when another process
+        takes one before the agent binds it ("address already in use"), a new container with
+        new ports is started instead (twice at most; ``-dev`` keeps nothing across starts).
+
         Raises:
             ProvisioningError: the container did not start or elect a leader in time.
         """
+        for attempt in range(3):
+            try:
+                self._start_once(wipe=wipe or attempt > 0, timeout=timeout)
+                return
+            except ProvisioningError as exc:
+                conflict = BIND_CONFLICT.search(str(exc))
+                if attempt == 2 or conflict is None or int(conflict[1]) == self.http_port:
+                    raise
+
+    def _start_once(self, *, wipe: bool, timeout: float) -> None:
         if self.http_port == 0:
             self.http_port = free_port(self.host)
         wrapped = self._wrapped()

@@ -49,7 +49,6 @@ import contextlib
 import json
 import os
 import random
-import re
 import shutil
 import signal
 import socket
@@ -68,7 +67,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-from lake_mesh_consul.testing._agent import find_consul_binary, free_port
+from lake_mesh_consul.testing._agent import BIND_CONFLICT, find_consul_binary, free_port
 from lake_mesh_consul.testing._tls import TLSMaterial, create_tls_material
 
 if TYPE_CHECKING:
@@ -119,10 +118,6 @@ def _kill_leftovers() -> None:
 
 
 atexit.register(_kill_leftovers)
-
-
-#: An agent's log line when a port it was given is taken: ``listen udp 127.a.b.c:PORT: bind: ...``.
-_BIND_CONFLICT = re.compile(r"listen (?:tcp|udp) \S*:(\d+): bind: address already in use")
 
 
 def _loopback_prefix() -> str:
@@ -311,7 +306,7 @@ class ClusterMember:
     def _rebind_after_conflict(self) -> bool:
         if self._answered or self.running:
             return False
-        match = _BIND_CONFLICT.search(self.log(tail=8))
+        match = BIND_CONFLICT.search(self.log(tail=8))
         if match is None:
             return False
         taken = int(match.group(1))
