@@ -457,11 +457,23 @@ def limited_agent() -> Iterator[DevAgent]:
 
 
 def _hold(agent: DevAgent, count: int) -> list[socket.socket]:
+    """Open ``count`` idle connections and return once the agent refuses the next one."""
     held = [
         socket.create_connection(("127.0.0.1", agent.http_port), timeout=5) for _ in range(count)
     ]
-    time.sleep(0.2)  # let the agent count them
-    return held
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:  # the agent counts them as it accepts them
+        with ConsulClient(MeshConfig(address=agent.address)) as probe:
+            try:
+                probe.leader()
+            except ConsulConnectionLimit:
+                return held
+            except ConsulError:
+                pass
+        time.sleep(0.1)
+    for sock in held:
+        sock.close()
+    raise AssertionError(f"the agent never refused a connection beyond {count} held ones")
 
 
 def test_at_the_connection_limit_the_error_names_the_setting(
