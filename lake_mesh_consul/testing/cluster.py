@@ -655,10 +655,13 @@ class ConsulCluster:
         """
         deadline = time.monotonic() + timeout
         try:
-            for m in self._members:
-                m.start(wait=False)
-            for m in self._members:
-                m.wait_answering(max(1.0, deadline - time.monotonic()))
+            # Servers answer before clients start: a server that had to take a new port on its
+            # first start is then written into the clients' retry_join as it really is.
+            for group in (self.servers, self.clients):
+                for m in group:
+                    m.start(wait=False)
+                for m in group:
+                    m.wait_answering(max(1.0, deadline - time.monotonic()))
             self.wait_ready(max(1.0, deadline - time.monotonic()))
             if self.wan_peers:
                 self.wait_wan(max(1.0, deadline - time.monotonic()))

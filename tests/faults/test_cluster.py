@@ -247,20 +247,25 @@ def test_server_wiped_rejoins_and_catches_up(
     assert sorted(p["Node"] for p in peers) == sorted(s.name for s in cluster.servers)
 
 
-def test_a_member_whose_port_was_taken_before_its_first_start_takes_another() -> None:
-    """Another process binding a member's chosen port (UDP, as Serf's) does not fail the cluster."""
+@pytest.mark.parametrize("role", ["server", "client"])
+def test_a_member_whose_port_was_taken_before_its_first_start_takes_another(role: str) -> None:
+    """Another process binding a member's chosen Serf port (UDP) does not fail the cluster.
+
+    A server's new port must reach the clients' retry_join: the cluster is ready only when
+    every client sees every member.
+    """
     import socket
 
-    cluster = ConsulCluster(servers=1, clients=1)
-    client = cluster.clients[0]
-    taken = client.ports["serf_lan"]
+    cluster = ConsulCluster(servers=1, clients=2)
+    member = (cluster.servers if role == "server" else cluster.clients)[0]
+    taken = member.ports["serf_lan"]
     squatter = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     try:
-        squatter.bind((client.host, taken))
+        squatter.bind((member.host, taken))
         with cluster:
-            assert client.ports["serf_lan"] != taken
-            assert "address already in use" in client.log(tail=400)
-            assert client.api("GET", "/v1/status/leader")
+            assert member.ports["serf_lan"] != taken
+            assert "address already in use" in member.log(tail=400)
+            assert cluster.wait_ready(timeout=20).name == "server-1"
     finally:
         squatter.close()
         cluster.close()
