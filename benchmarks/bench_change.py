@@ -57,20 +57,9 @@ from lake_mesh_consul._core.config import MeshConfig
 from lake_mesh_consul._core.detector import FailureDetector
 from lake_mesh_consul._core.endpoint import ServiceEndpoint
 from lake_mesh_consul._core.health import HealthStatus
+from lake_mesh_consul._core.strategies import STRATEGIES  # every built-in, timed each
 from lake_mesh_consul.mesh import Mesh
 from lake_mesh_consul.testing import find_consul_binary
-
-#: Strategies whose update() is timed (every built-in).
-STRATEGIES = (
-    "round_robin",
-    "random",
-    "weighted",
-    "least_request",
-    "peak_ewma",
-    "ring_hash",
-    "maglev",
-    "nearest_first",
-)
 
 FLIPPED = 7  # the instance whose health flips
 

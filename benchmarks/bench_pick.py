@@ -30,18 +30,9 @@ from _common import Context, Row, alternate, compare, compare_alternated, quiet_
 from lake_mesh_consul._core.balancer import LoadBalancer
 from lake_mesh_consul._core.config import MeshConfig
 from lake_mesh_consul._core.endpoint import ServiceEndpoint
+from lake_mesh_consul._core.strategies import STRATEGIES  # every built-in, timed each
 from lake_mesh_consul.mesh import Mesh
 
-STRATEGIES = (
-    "round_robin",
-    "random",
-    "weighted",
-    "least_request",
-    "peak_ewma",
-    "ring_hash",
-    "maglev",
-    "nearest_first",
-)
 HASHED = ("ring_hash", "maglev")
 
 
