@@ -38,19 +38,13 @@ from lake_mesh_consul._core.health import HealthStatus
 from lake_mesh_consul._core.registration import ServiceMetadata, TtlCheck
 from lake_mesh_consul.errors import ConsulUnavailable, MeshError
 from lake_mesh_consul.mesh import Mesh
+from lake_mesh_consul.testing._agent import free_port
 from lake_mesh_consul.testing.plugin import ConsulAgentHandle
 
 QUICKSTART = Path(__file__).resolve().parents[2] / "examples" / "quickstart.py"
 
 
 # --- helpers -----------------------------------------------------------------------------------
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def _until(predicate: Callable[[], Any], timeout: float, what: str) -> Any:
@@ -127,7 +121,7 @@ def client(consul_agent: ConsulAgentHandle) -> Iterator[ConsulClient]:
 
 
 def test_sigterm_drains_the_readme_quickstart(consul_agent, client, unique_name):
-    port = _free_port()
+    port = free_port()
     proc = _spawn([str(QUICKSTART), "--name", unique_name, "--port", str(port)], consul_agent)
     try:
         _wait_line(proc, "registered", 60)  # register() returned: the service is up
@@ -164,7 +158,7 @@ def test_sigterm_with_the_agent_hung_exits_within_grace_plus_5s(
     dedicated_consul_agent, unique_name
 ):
     agent = dedicated_consul_agent
-    port = _free_port()
+    port = free_port()
     proc = _spawn([str(QUICKSTART), "--name", unique_name, "--port", str(port)], agent)
     paused = False
     try:
@@ -212,7 +206,7 @@ _CHAINED = textwrap.dedent(
 
 @pytest.mark.parametrize("opt_in", [True, False], ids=["default", "opted-out"])
 def test_sigterm_chains_the_application_handler(consul_agent, client, unique_name, opt_in):
-    args = ["-c", _CHAINED, unique_name, str(_free_port()), "on" if opt_in else "off"]
+    args = ["-c", _CHAINED, unique_name, str(free_port()), "on" if opt_in else "off"]
     proc = _spawn(args, consul_agent)
     try:
         _until(lambda: _instances(client, unique_name), 30, "the script to register")
@@ -260,7 +254,7 @@ _DURING_CLOSE = textwrap.dedent(
 def test_sigterm_during_close_does_not_cut_the_drain_short(
     consul_agent, client, unique_name, owner
 ):
-    proc = _spawn(["-c", _DURING_CLOSE, unique_name, str(_free_port()), owner], consul_agent)
+    proc = _spawn(["-c", _DURING_CLOSE, unique_name, str(free_port()), owner], consul_agent)
     try:
         code, output = _finish(proc)
         left = _instances(client, unique_name)
@@ -293,7 +287,7 @@ _REGISTER_DOWN = textwrap.dedent(
 
 def test_sigterm_while_register_retries_a_down_agent_exits_in_time() -> None:
     """register() retries a dead agent for up to 30 s; SIGTERM still ends it within grace + 5 s."""
-    down = ConsulAgentHandle(address=f"127.0.0.1:{_free_port()}")  # nothing listens there
+    down = ConsulAgentHandle(address=f"127.0.0.1:{free_port()}")  # nothing listens there
     proc = _spawn(["-c", _REGISTER_DOWN], down)
     try:
         _wait_line(proc, "registering", 60)
@@ -324,7 +318,7 @@ def test_close_with_the_agent_hung_is_bounded_and_leaves_no_thread(
     mesh = Mesh(MeshConfig(address=agent.address), drain_grace=grace, drain_on_sigterm=False)
     mesh.start()
     mesh.register(
-        ServiceMetadata(unique_name, _free_port(), address="127.0.0.1"),
+        ServiceMetadata(unique_name, free_port(), address="127.0.0.1"),
         TtlCheck(ttl=3.0, status=HealthStatus.PASSING),
         functions=[lambda: True],
     )
