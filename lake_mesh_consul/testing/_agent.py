@@ -14,11 +14,16 @@ import signal
 import socket
 import subprocess
 import tempfile
+import threading
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TypeVar
+
+from lake_mesh_consul.errors import MeshError
 
 __all__ = [
     "BIND_CONFLICT",
@@ -26,6 +31,7 @@ __all__ = [
     "cache_dir",
     "find_consul_binary",
     "free_port",
+    "retry_on_bind_conflict",
     "wait_stopped",
 ]
 
@@ -56,10 +62,20 @@ def find_consul_binary() -> Path | None:
 BIND_CONFLICT = re.compile(r"listen (?:tcp|udp) \S*:(\d+): bind: address already in use")
 
 
+#: Ports :func:`free_port` handed out in this process: never handed out twice, so a stopped
+#: agent that will start again on its old ports keeps them, and two agents started in a row
+#: never get the same one (the kernel's choice of a free port can repeat).
+_handed_out: set[tuple[str, int]] = set()
+_handed_out_lock = threading.Lock()
+
+
 def free_port(host: str = "127.0.0.1") -> int:
-    """A port the kernel hands out as free on ``host``, free for UDP too (Serf uses both)."""
+    """A port the kernel hands out as free on ``host``, free for UDP too (Serf uses both).
+
+    A port is handed out once per process (see ``_handed_out``).
+    """
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    for _ in range(50):
+    for _ in range(200):
         with socket.socket(family, socket.SOCK_STREAM) as tcp:
             tcp.bind((host, 0))
             port: int = tcp.getsockname()[1]
@@ -68,8 +84,39 @@ def free_port(host: str = "127.0.0.1") -> int:
                 udp.bind((host, port))
         except OSError:
             continue
+        with _handed_out_lock:
+            if (host, port) in _handed_out:
+                continue
+            _handed_out.add((host, port))
         return port
     raise RuntimeError(f"no free TCP+UDP port on {host}")
+
+
+T = TypeVar("T")
+
+
+def retry_on_bind_conflict(
+    start: Callable[[], T],
+    *,
+    failure_text: Callable[[Exception], str],
+    http_port: int,
+    attempts: int = 3,
+) -> T:
+    """``start()``, again (``attempts`` times in all) while an agent's port was taken.
+
+    Run again only when a port other than the HTTP one was taken between its choice and the
+    agent's bind ("address already in use"). ``start`` must choose new Serf and server
+    ports each time; ``failure_text(exc)`` is where the agent's log tail can be read for the
+    exception it raised.
+    """
+    for attempt in range(attempts):
+        try:
+            return start()
+        except (RuntimeError, MeshError) as exc:
+            conflict = BIND_CONFLICT.search(failure_text(exc))
+            if attempt == attempts - 1 or conflict is None or int(conflict[1]) == http_port:
+                raise
+    raise AssertionError("unreachable: the last attempt returns or raises")
 
 
 def wait_stopped(pid: int, timeout: float = 5.0) -> bool:
@@ -144,15 +191,14 @@ class DevAgent:
             self.http_port = free_port(self.host)
         if self._dir is None or wipe:
             self._dir = Path(tempfile.mkdtemp(prefix="lake-mesh-consul-"))
-        for attempt in range(3):
+
+        def launch_and_wait() -> None:
             self._launch()
-            try:
-                self.wait_ready(timeout)
-                return
-            except RuntimeError:
-                conflict = BIND_CONFLICT.search(self.log(tail=8))
-                if attempt == 2 or conflict is None or int(conflict[1]) == self.http_port:
-                    raise
+            self.wait_ready(timeout)
+
+        retry_on_bind_conflict(
+            launch_and_wait, failure_text=lambda _exc: self.log(tail=8), http_port=self.http_port
+        )
 
     def _launch(self) -> None:
         assert self._dir is not None

@@ -43,10 +43,10 @@ from typing import Any
 
 from lake_mesh_consul.errors import ProvisioningError
 from lake_mesh_consul.testing._agent import (
-    BIND_CONFLICT,
     cache_dir,
     find_consul_binary,
     free_port,
+    retry_on_bind_conflict,
     wait_stopped,
 )
 
@@ -780,7 +780,11 @@ def agent_up(
         engine = start_docker_engine(progress) if start_docker else docker_available()
         if engine:
             try:
-                return _start_container(host, port, image, progress)
+                return retry_on_bind_conflict(
+                    lambda: _start_container(host, port, image, progress),
+                    failure_text=str,
+                    http_port=port,
+                )
             except ProvisioningError as exc:
                 if mode == "container":
                     raise
@@ -794,10 +798,16 @@ def agent_up(
         else:
             why = "none could be started" if start_docker else _NO_ENGINE_HINT
             progress(f"no Docker engine is running ({why}): running the consul binary directly")
-            state = _start_binary(host, port, progress)
+            state = _start_binary_retrying(host, port, progress)
             state.notes.append("binary: no Docker engine running")
             return state
-    return _start_binary(host, port, progress)
+    return _start_binary_retrying(host, port, progress)
+
+
+def _start_binary_retrying(host: str, port: int, progress: Progress) -> AgentState:
+    return retry_on_bind_conflict(
+        lambda: _start_binary(host, port, progress), failure_text=str, http_port=port
+    )
 
 
 #: What ``agent up`` says when it runs the binary because no engine runs.
@@ -911,14 +921,16 @@ class ContainerAgent:
         Raises:
             ProvisioningError: the container did not start or elect a leader in time.
         """
-        for attempt in range(3):
-            try:
-                self._start_once(wipe=wipe or attempt > 0, timeout=timeout)
-                return
-            except ProvisioningError as exc:
-                conflict = BIND_CONFLICT.search(str(exc))
-                if attempt == 2 or conflict is None or int(conflict[1]) == self.http_port:
-                    raise
+        attempts = 0
+
+        def start_once() -> None:
+            nonlocal attempts
+            attempts += 1
+            self._start_once(wipe=wipe or attempts > 1, timeout=timeout)
+
+        if self.http_port == 0:
+            self.http_port = free_port(self.host)
+        retry_on_bind_conflict(start_once, failure_text=str, http_port=self.http_port)
 
     def _start_once(self, *, wipe: bool, timeout: float) -> None:
         if self.http_port == 0:
