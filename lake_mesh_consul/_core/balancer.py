@@ -367,6 +367,7 @@ class RequestContext:
         stats: EndpointStats,
         *,
         record: bool = True,
+        started: float | None = None,
     ) -> None:
         self._lb = lb
         self._stats = stats
@@ -378,8 +379,9 @@ class RequestContext:
         #: The endpoint to send the request to.
         self.endpoint = endpoint
         stats.begin()
-        #: Monotonic time the request started.
-        self.started = lb.monotonic()
+        #: Monotonic time the request started (``started``: the balancer clock's reading
+        #: the caller has just taken, if any).
+        self.started = lb.monotonic() if started is None else started
         #: Monotonic time it finished (None while in flight).
         self.ended: float | None = None
 

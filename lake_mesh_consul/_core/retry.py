@@ -312,7 +312,8 @@ class RetryBudget:
     ``retries <= percent_can_retry * requests + min_retries_per_sec * ttl``: a failure storm
     cannot multiply the load by more than about 1.2.
 
-    Thread-safe (a short lock); share one budget per client or per service.
+    Thread-safe: withdrawals take a short lock, deposits none (see :meth:`deposit`); share
+    one budget per client or per service.
     """
 
     _SCALE = 1000
@@ -341,8 +342,6 @@ class RetryBudget:
         self._reserve = round(min_retries_per_sec * ttl * self._SCALE)
         self._dep = [0] * self._n
         self._wd = [0] * self._n
-        self._deposits = 0
-        self._withdrawals = 0
         self._head = -1
 
     @classmethod
@@ -361,6 +360,7 @@ class RetryBudget:
         return BudgetPolicy(self.ttl, self.min_retries_per_sec, self.percent_can_retry)
 
     def _advance(self, now: float) -> None:
+        """Expire the buckets of the seconds since the last advance. Lock held."""
         sec = int(now)
         head = self._head
         if sec <= head:
@@ -368,23 +368,24 @@ class RetryBudget:
         if head < 0 or sec - head >= self._n:
             self._dep = [0] * self._n
             self._wd = [0] * self._n
-            self._deposits = self._withdrawals = 0
         else:
             for s in range(head + 1, sec + 1):
                 i = s % self._n
-                self._deposits -= self._dep[i]
-                self._withdrawals -= self._wd[i]
                 self._dep[i] = self._wd[i] = 0
         self._head = sec
 
     def deposit(self) -> None:
-        """Count one request (call once per logical request, before its first attempt)."""
+        """Count one request (call once per logical request, before its first attempt).
+
+        Takes no lock within a second (the lock only expires old buckets, once a second):
+        this is on every request. Two threads depositing at the same instant may count
+        one (the list item's ``+=`` is not atomic): the error is a retry fewer, never more.
+        """
         sec = int(self._now())
-        with self._lock:
-            if sec > self._head:  # a new second: expire old buckets (rare on a busy path)
+        if sec > self._head:  # a new second: expire old buckets (rare on a busy path)
+            with self._lock:
                 self._advance(sec)
-            self._dep[self._head % self._n] += 1
-            self._deposits += 1
+        self._dep[sec % self._n] += 1
 
     def try_withdraw(self) -> bool:
         """Take one retry from the budget; False (and nothing taken) if it is empty."""
@@ -393,7 +394,6 @@ class RetryBudget:
             if self._scaled_balance() < self._SCALE:
                 return False
             self._wd[self._head % self._n] += 1
-            self._withdrawals += 1
             return True
 
     def balance(self) -> int:
@@ -405,11 +405,10 @@ class RetryBudget:
     def _scaled_balance(self) -> int:
         """Deposits' share plus the reserve, less withdrawals, in units of 1/_SCALE retry.
 
-        Call with the lock held, after ``_advance``.
+        Call with the lock held, after ``_advance``. Sums the buckets (at most 60): only
+        retries and reads come here, so deposits need no running total.
         """
-        return (
-            self._deposits * self._deposit_weight + self._reserve - self._withdrawals * self._SCALE
-        )
+        return sum(self._dep) * self._deposit_weight + self._reserve - sum(self._wd) * self._SCALE
 
     def __repr__(self) -> str:
         return (

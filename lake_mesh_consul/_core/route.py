@@ -223,8 +223,11 @@ class RouteRequest(RequestContext):
         detector: FailureDetector,
         endpoint: ServiceEndpoint,
         permit: Permit | None,
+        started: float | None = None,
     ) -> None:
-        super().__init__(balancer, endpoint, balancer.stats_of(endpoint), record=False)
+        super().__init__(
+            balancer, endpoint, balancer.stats_of(endpoint), record=False, started=started
+        )
         self._detector = detector
         #: The breaker permit (None: no breaker, or a panic request its breaker refused).
         self.permit = permit
@@ -533,10 +536,11 @@ class Route:
             except NoEndpointsAvailable as exc:
                 return self._panic_request(exc)
             breaker = self._detector.breaker(endpoint)
+            now = lb.monotonic()  # one reading for the permit and the load figures (one clock)
             if breaker is None:
-                return RouteRequest(lb, self._detector, endpoint, None)
+                return RouteRequest(lb, self._detector, endpoint, None, now)
             try:
-                return RouteRequest(lb, self._detector, endpoint, breaker.acquire())
+                return RouteRequest(lb, self._detector, endpoint, breaker.acquire(now), now)
             except CircuitOpen:
                 return self._repick(key, exclude, frozenset((endpoint,)))
         return self._repick(key, exclude, exclude)
