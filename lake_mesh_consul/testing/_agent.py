@@ -13,6 +13,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -100,23 +101,53 @@ def retry_on_bind_conflict(
     *,
     failure_text: Callable[[Exception], str],
     http_port: int,
-    attempts: int = 3,
+    attempts: int = 5,
+    pause: Callable[[float], None] = time.sleep,
 ) -> T:
     """``start()``, again (``attempts`` times in all) while an agent's port was taken.
 
     Run again only when a port other than the HTTP one was taken between its choice and the
-    agent's bind ("address already in use"). ``start`` must choose new Serf and server
-    ports each time; ``failure_text(exc)`` is where the agent's log tail can be read for the
-    exception it raised.
+    agent's bind ("address already in use"), after a pause that grows with each attempt.
+    ``start`` must choose new Serf and server ports each time; ``failure_text(exc)`` is where
+    the agent's log tail can be read for the exception it raised. When the last attempt
+    fails too, the error names what held the port (``ss``), to find the culprit.
     """
     for attempt in range(attempts):
         try:
             return start()
         except (RuntimeError, MeshError) as exc:
             conflict = BIND_CONFLICT.search(failure_text(exc))
-            if attempt == attempts - 1 or conflict is None or int(conflict[1]) == http_port:
+            if conflict is None or int(conflict[1]) == http_port:
                 raise
+            if attempt == attempts - 1:
+                _note(exc, f"after {attempts} attempts; {_holders(int(conflict[1]))}")
+                raise
+            pause(0.2 * (attempt + 1))
     raise AssertionError("unreachable: the last attempt returns or raises")
+
+
+def _holders(port: int) -> str:
+    """What holds ``port`` (TCP or UDP) as ``ss`` sees it, for an error message."""
+    try:
+        out = subprocess.run(
+            ["ss", "-Hanptu", f"sport = :{port}"],
+            capture_output=True,
+            text=True,
+            timeout=5,
+            check=False,
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError) as exc:
+        return f"port {port}: cannot run ss ({exc})"
+    return f"port {port} held by: {out or 'nothing now'}"
+
+
+def _note(exc: BaseException, text: str) -> None:
+    """Attach ``text`` to ``exc`` (``add_note`` on Python 3.11+, stderr before)."""
+    add_note = getattr(exc, "add_note", None)
+    if add_note is not None:
+        add_note(text)
+    else:
+        print(text, file=sys.stderr)
 
 
 def wait_stopped(pid: int, timeout: float = 5.0) -> bool:

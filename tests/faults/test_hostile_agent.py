@@ -510,20 +510,23 @@ def test_the_limit_error_counts_this_clients_own_connections(limited_agent: DevA
     with ConsulClient(config) as client:
         index = client.request("GET", "/v1/catalog/services", operation="read").index
         parked: list[threading.Thread] = []
-        for _ in range(LIMIT):  # blocking queries, each holding one connection for 3 s
+        for _ in range(LIMIT):  # blocking queries, each holding one connection for 5 s
             thread = threading.Thread(
                 target=lambda: client.request(
                     "GET",
                     "/v1/catalog/services",
                     operation="watch",
                     params={"index": index},
-                    wait=3,
+                    wait=5,
                 ),
                 daemon=True,
             )
             thread.start()
             parked.append(thread)
-        time.sleep(0.5)
+        # Until every parked query holds its connection (a loaded machine starts threads late).
+        deadline = time.monotonic() + 4.0
+        while client.open_connections < LIMIT and time.monotonic() < deadline:
+            time.sleep(0.05)
         assert client.open_connections == LIMIT
         assert client.process_connections() == LIMIT  # what doctor can show
         with pytest.raises(ConsulConnectionLimit) as caught:
