@@ -26,8 +26,7 @@ def test_a_start_that_lost_a_serf_port_is_run_again() -> None:
 
     pauses: list[float] = []
     assert (
-        retry_on_bind_conflict(start, failure_text=str, http_port=8500, pause=pauses.append)
-        == "up"
+        retry_on_bind_conflict(start, failure_text=str, http_port=8500, pause=pauses.append) == "up"
     )
     assert len(calls) == 3
     assert len(pauses) == 2
