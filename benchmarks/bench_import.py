@@ -9,6 +9,10 @@ baseline are medians, the ratio is the median of per-pair ratios; ``n`` pairs):
   its four dependencies together, in the same kind of process (target <= 1.15).
 * ``import.mesh.process_over_bare``: the same minus a bare ``python -c pass`` on each side:
   the milliseconds the imports themselves take.
+* ``import.mesh.construct``: the same process going on to build a ``Mesh()`` (what the
+  quickstart does before its first request; no agent is contacted), against the same
+  baseline. A guard on the row above: an import made cheap by moving imports into
+  ``Mesh.__init__`` would show here.
 * ``import.package.importtime``: ``import lake_mesh_consul`` alone (a lazy shell of the public
   names), cumulative ``-X importtime`` in a fresh interpreter, median; start-up excluded.
 * ``cli.endpoints.wall``: ``lake-mesh endpoints NAME --json`` against a local agent (one
@@ -133,6 +137,22 @@ def _imports(rounds: int) -> Iterator[Row]:
         bytecode=BYTECODE,
     )
     yield row
+    built = "from lake_mesh_consul.mesh import Mesh; Mesh()"
+    _python(built)
+    ours_built, theirs_built = alternate(
+        lambda: _python(built) * ms,
+        lambda: _python(f"import {DEPENDENCIES}") * ms,
+        rounds,
+    )
+    yield compare_alternated(
+        "import.mesh.construct",
+        ours_built,
+        theirs_built,
+        "ms",
+        baseline_is=f"python -c 'import {DEPENDENCIES}'",
+        measures=f"python -c '{built}' (no agent contacted)",
+        bytecode=BYTECODE,
+    )
     package = [import_ms("lake_mesh_consul") for _ in range(max(3, rounds // 2))]
     yield Row(
         "import.package.importtime",
