@@ -56,7 +56,6 @@ from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from lake_mesh_consul._consul.client import ConsulClient
 from lake_mesh_consul._consul.discovery import ServiceDiscovery, ServiceSnapshot
-from lake_mesh_consul._consul.health_checks import CheckFunction, HealthCheckManager
 from lake_mesh_consul._consul.kvconfig import ConfigChange, ConfigStore, StartMode
 from lake_mesh_consul._consul.registry import ServiceRegistry
 from lake_mesh_consul._consul.watch import Consistency
@@ -71,7 +70,7 @@ from lake_mesh_consul._core.config_policies import (
 )
 from lake_mesh_consul._core.detector import FailureDetector
 from lake_mesh_consul._core.endpoint import ServiceEndpoint
-from lake_mesh_consul._core.registration import Check, ServiceMetadata, check_service_name
+from lake_mesh_consul._core.names import check_service_name
 from lake_mesh_consul._core.retry import BudgetPolicy, CallOptions, RetryBudget, RetryPolicy
 from lake_mesh_consul._core.route import (
     EndpointSettings,
@@ -83,6 +82,8 @@ from lake_mesh_consul._shutdown import ShutdownHook
 from lake_mesh_consul.errors import DiscoveryTimeout, InvalidSetting, MeshError
 
 if TYPE_CHECKING:
+    from lake_mesh_consul._consul.health_checks import CheckFunction, HealthCheckManager
+    from lake_mesh_consul._core.registration import Check, ServiceMetadata
     from lake_mesh_consul.http import MeshSession
 
 __all__ = [
@@ -793,6 +794,10 @@ class Mesh:
             MeshError: the mesh is closed (or was closed while registering: the instance
                 is then deregistered again and no heartbeat is left running).
         """
+        # Here, not at the top: heartbeats and the check dataclasses cost import time that
+        # only registering uses (a mesh that only calls services never loads them).
+        from lake_mesh_consul._consul.health_checks import HealthCheckManager
+
         self._check_open()
         if checks:
             metadata = metadata.replace(checks=(*metadata.checks, *checks))

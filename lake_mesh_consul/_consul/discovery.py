@@ -56,8 +56,8 @@ from lake_mesh_consul._core.clock import SYSTEM_CLOCK, Clock
 from lake_mesh_consul._core.config import MeshConfig
 from lake_mesh_consul._core.endpoint import ServiceEndpoint
 from lake_mesh_consul._core.health import HealthStatus
+from lake_mesh_consul._core.names import check_service_name
 from lake_mesh_consul._core.ports import SnapshotListener
-from lake_mesh_consul._core.registration import check_service_name
 from lake_mesh_consul.errors import (
     ConsulStatusError,
     DiscoveryError,

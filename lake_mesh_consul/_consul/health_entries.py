@@ -26,7 +26,7 @@ from typing import Any
 
 from lake_mesh_consul._core.endpoint import ServiceEndpoint, Weights
 from lake_mesh_consul._core.health import HealthStatus, aggregate
-from lake_mesh_consul._core.registration import is_host
+from lake_mesh_consul._core.names import is_host
 
 __all__ = ["HealthEntryParser", "parse_health_entries", "parse_health_entry"]
 

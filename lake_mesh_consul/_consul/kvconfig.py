@@ -66,7 +66,7 @@ from lake_mesh_consul._core.config_schema import (
     parse_document,
 )
 from lake_mesh_consul._core.endpoint import NODE_SEPARATOR
-from lake_mesh_consul._core.registration import check_service_name
+from lake_mesh_consul._core.names import check_service_name
 from lake_mesh_consul.errors import (
     CasConflict,
     ConfigValidationError,

@@ -52,7 +52,7 @@ import signal
 import threading
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import quote
 
 from lake_mesh_consul._consul.client import ConsulClient, ConsulResponse
@@ -60,17 +60,7 @@ from lake_mesh_consul._core.clock import SYSTEM_CLOCK, Clock
 from lake_mesh_consul._core.config import MeshConfig
 from lake_mesh_consul._core.durations import format_duration
 from lake_mesh_consul._core.health import HealthStatus
-from lake_mesh_consul._core.registration import (
-    AliasCheck,
-    Check,
-    GrpcCheck,
-    HttpCheck,
-    ScriptCheck,
-    ServiceMetadata,
-    TcpCheck,
-    TtlCheck,
-    check_service_name,
-)
+from lake_mesh_consul._core.names import check_service_name
 from lake_mesh_consul._core.retry import retry_until
 from lake_mesh_consul._shutdown import ShutdownHook
 from lake_mesh_consul.errors import (
@@ -82,6 +72,9 @@ from lake_mesh_consul.errors import (
     InvalidSetting,
     MeshError,
 )
+
+if TYPE_CHECKING:
+    from lake_mesh_consul._core.registration import Check, ServiceMetadata
 
 __all__ = [
     "DEFAULT_ANTI_ENTROPY_INTERVAL",
@@ -128,6 +121,16 @@ _UNKNOWN_CHECK_MARKERS = ("does not have associated ttl", "unknown check")
 
 def encode_check(check: Check, *, status: HealthStatus | None = None) -> dict[str, Any]:
     """The agent API's JSON for ``check`` (``status`` overrides its initial status)."""
+    # Here, not at the top: the check dataclasses cost import time that only registering uses.
+    from lake_mesh_consul._core.registration import (
+        AliasCheck,
+        GrpcCheck,
+        HttpCheck,
+        ScriptCheck,
+        TcpCheck,
+        TtlCheck,
+    )
+
     body: dict[str, Any] = {"CheckID": check.id, "Name": check.display_name}
     if check.notes:
         body["Notes"] = check.notes
@@ -344,6 +347,9 @@ class ServiceRegistry:
             MeshError: the registry is closed, or was closed while registering (the
                 instance is then deregistered again).
         """
+        # Here, not at the top: the metadata dataclasses cost import time only this path uses.
+        from lake_mesh_consul._core.registration import ServiceMetadata
+
         if not isinstance(metadata, ServiceMetadata):
             raise InvalidSetting("metadata", f"expected a ServiceMetadata, got {metadata!r}")
         with self._lock:

@@ -28,7 +28,7 @@ from typing import Any, Protocol
 from lake_mesh_consul._consul.files import read_json_file, write_atomically
 from lake_mesh_consul._core.endpoint import ServiceEndpoint, Weights
 from lake_mesh_consul._core.health import HealthStatus
-from lake_mesh_consul._core.registration import is_host
+from lake_mesh_consul._core.names import is_host
 
 __all__ = [
     "MAX_SNAPSHOT_BYTES",

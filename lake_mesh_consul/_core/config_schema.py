@@ -22,17 +22,16 @@ The parser never raises anything but
 
 from __future__ import annotations
 
-import difflib
 import json
 import math
 import re
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Any, Literal
 
 from lake_mesh_consul._core.durations import format_duration, parse_duration
-from lake_mesh_consul._core.registration import META_MAX_VALUE_LENGTH, check_text, utf8_length
+from lake_mesh_consul._core.names import META_MAX_VALUE_LENGTH, check_text, utf8_length
 from lake_mesh_consul.errors import ConfigValidationError, InvalidSetting
 
 __all__ = [
@@ -181,6 +180,13 @@ _S: frozenset[Level] = frozenset({SERVICE})
 _E: frozenset[Level] = frozenset({ENDPOINT})
 _HOUR = 3600.0
 _DAY = 86400.0
+
+
+def _close_matches(word: str, choices: Sequence[str], n: int, cutoff: float = 0.6) -> list[str]:
+    """:func:`difflib.get_close_matches`, imported on first use: only error messages need it."""
+    import difflib
+
+    return difflib.get_close_matches(word, choices, n=n, cutoff=cutoff)
 
 
 def _f(path: str, kind: Kind, levels: frozenset[Level], default: Any, doc: str, **kw: Any) -> Any:
@@ -335,7 +341,7 @@ def _string_list(spec: FieldSpec, value: Any, key: str | None) -> tuple[str, ...
         if spec.path == "failover_datacenters" and not _NAME_RE.match(item):
             raise _fail(f"{item!r} is not a datacenter name", spec, key)
         if spec.choices and item not in spec.choices:
-            close = difflib.get_close_matches(item, spec.choices, n=1)
+            close = _close_matches(item, spec.choices, n=1)
             hint = f" (did you mean {close[0]!r}?)" if close else ""
             raise _fail(
                 f"unknown value {item!r}{hint}; expected some of {', '.join(spec.choices)}",
@@ -414,7 +420,7 @@ def check_value(spec: FieldSpec, value: Any, *, key: str | None = None) -> Any:
             if not isinstance(value, str):
                 raise _fail(f"expected a string, got {_describe(value)}", spec, key)
             if value not in spec.choices:
-                close = difflib.get_close_matches(value, spec.choices, n=1)
+                close = _close_matches(value, spec.choices, n=1)
                 hint = f" (did you mean {close[0]!r}?)" if close else ""
                 raise _fail(
                     f"unknown value {_describe(value)}{hint}; expected {spec.range_text()}",
@@ -475,7 +481,7 @@ def parse_env_value(spec: FieldSpec, text: str) -> Any:
 
 
 def _did_you_mean(name: str, candidates: Iterable[str]) -> str:
-    close = difflib.get_close_matches(name, list(candidates), n=1, cutoff=0.6)
+    close = _close_matches(name, list(candidates), n=1, cutoff=0.6)
     return f" (did you mean {close[0]!r}?)" if close else ""
 
 

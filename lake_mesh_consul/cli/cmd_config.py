@@ -135,7 +135,7 @@ def _check_names(service: str | None, endpoint: str | None, *, key: str | None =
     Raises:
         ConfigValidationError: naming the key (when given) and the part at fault.
     """
-    from lake_mesh_consul._core.registration import check_service_id, check_service_name
+    from lake_mesh_consul._core.names import check_service_id, check_service_name
     from lake_mesh_consul.errors import ConfigValidationError, InvalidSetting
 
     try:

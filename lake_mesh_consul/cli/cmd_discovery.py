@@ -103,7 +103,7 @@ def _discovery(args: argparse.Namespace, *, known: bool) -> Iterator[tuple[Any, 
 
     from lake_mesh_consul._consul.client import ConsulClient
     from lake_mesh_consul._consul.discovery import ServiceDiscovery
-    from lake_mesh_consul._core.registration import check_service_name
+    from lake_mesh_consul._core.names import check_service_name
 
     check_service_name(args.name, "NAME")
     with ConsulClient(config_from_args(args)) as client:

@@ -154,7 +154,7 @@ def _preflight(args: argparse.Namespace, services: list[str], *, known: bool = T
         NoEndpointsAvailable: a service has no instance registered in Consul.
     """
     from lake_mesh_consul._consul.client import ConsulClient
-    from lake_mesh_consul._core.registration import check_service_name
+    from lake_mesh_consul._core.names import check_service_name
 
     for name in services:
         check_service_name(name, "SERVICE")
@@ -188,7 +188,7 @@ def _headers(values: list[str]) -> dict[str, str] | None:
     A CR, LF or other control character would split or corrupt the request's header block
     (requests refuses it only when sending, after discovery): refused here, before anything.
     """
-    from lake_mesh_consul._core.registration import check_text
+    from lake_mesh_consul._core.names import check_text
     from lake_mesh_consul.errors import InvalidSetting
 
     headers: dict[str, str] = {}

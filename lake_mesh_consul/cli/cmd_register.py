@@ -19,7 +19,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from lake_mesh_consul._core.registration import check_service_id, check_service_name
+from lake_mesh_consul._core.names import check_service_id, check_service_name
 from lake_mesh_consul.cli._output import (
     EXIT_OK,
     Output,
