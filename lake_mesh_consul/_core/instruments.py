@@ -59,6 +59,7 @@ __all__ = [
     "combine",
     "endpoint_name",
     "listens",
+    "stop_category",
 ]
 
 #: The logger of :class:`LogInstruments` (ejections, breakers, retry budget, configuration).
@@ -169,6 +170,27 @@ class Instruments:
 
 #: Instruments that listen to nothing: the default of a bare Route.
 NO_INSTRUMENTS = Instruments()
+
+
+def stop_category(stop: str) -> str:
+    """A retry loop's stop reason as a bounded label value.
+
+    ``"budget"`` (refused by the retry budget), ``"attempts"``, ``"deadline"``,
+    ``"not_idempotent"``, ``"retry_after"``, ``"not_retried"`` or ``"other"``.
+    """
+    if stop == BUDGET_EXHAUSTED:
+        return "budget"
+    if stop == "attempts exhausted":
+        return "attempts"
+    if stop == "deadline":
+        return "deadline"
+    if stop == "not idempotent":
+        return "not_idempotent"
+    if stop.startswith("Retry-After"):
+        return "retry_after"
+    if stop.endswith("is not retried"):
+        return "not_retried"
+    return "other"
 
 
 def endpoint_name(endpoint: ServiceEndpoint) -> str:
