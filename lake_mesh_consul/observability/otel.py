@@ -4,9 +4,9 @@
 meter provider; the application's SDK decides where they go (OTLP, Prometheus, console).
 Names follow OpenTelemetry's conventions (dotted, lower case, units in ``unit``, no
 ``_total``); attribute names are namespaced ``lake_mesh.*`` except the semantic conventions'
-own: ``error.type`` (the outcome kind of a failed attempt) and ``http.response.status_code``
-(where the attempt had an HTTP status, as on the HTTP paths), following the HTTP client
-conventions for ``lake_mesh.client.request.duration``.
+own: ``error.type`` (a failed attempt's status code as text, else its outcome kind) and
+``http.response.status_code`` (where the attempt had an HTTP status, as on the HTTP paths),
+following the HTTP client conventions for ``lake_mesh.client.request.duration``.
 
 ============================================  ==========  ==============================
 instrument                                     kind        attributes
@@ -204,12 +204,14 @@ class OtelInstruments(Instruments):
     def request_finished(
         self, service: str, endpoint: ServiceEndpoint, outcome: Outcome, duration: float
     ) -> None:
-        """Record the attempt's duration with its outcome (and error.type on failure)."""
+        """Record the attempt's duration with its outcome (and ``error.type`` on failure)."""
         extra: tuple[Any, ...] = ("lake_mesh.outcome", outcome.kind.value)
+        status = outcome.status
         if outcome.failure:
-            extra += ("error.type", outcome.kind.value)
-        if outcome.status is not None:
-            extra += ("http.response.status_code", outcome.status)
+            # The HTTP client conventions: the status code as text when there is one.
+            extra += ("error.type", outcome.kind.value if status is None else str(status))
+        if status is not None:
+            extra += ("http.response.status_code", status)
         if self.per_endpoint:
             extra += ("lake_mesh.endpoint", endpoint_name(endpoint))
         self._duration.record(duration, self._service_attrs(service, *extra))
