@@ -14,6 +14,7 @@ instrument                                     kind        attributes
 lake_mesh.client.request.duration (s)          histogram   lake_mesh.service,
                                                            lake_mesh.outcome, error.type,
                                                            http.response.status_code
+lake_mesh.client.requests                      obs. count  as the duration histogram
 lake_mesh.client.retries                       counter     lake_mesh.service
 lake_mesh.client.retries.refused               counter     lake_mesh.service,
                                                            lake_mesh.reason
@@ -40,8 +41,9 @@ lake_mesh.registration.reregistrations         obs. counter
 lake_mesh.heartbeat.consecutive_failures       gauge       lake_mesh.service.id
 ============================================  ==========  ==============================
 
-The count of requests is the histogram's count. Per-endpoint attributes are opt-in
-(``per_endpoint=True`` adds ``lake_mesh.endpoint``, the instance id).
+The count of requests is the histogram's count (and ``lake_mesh.client.requests``).
+Per-endpoint attributes are opt-in (``per_endpoint=True`` adds ``lake_mesh.endpoint``, the
+instance id).
 
 Example::
 
@@ -71,8 +73,9 @@ from lake_mesh_consul._core.instruments import (
 )
 from lake_mesh_consul._core.outcome import Outcome
 from lake_mesh_consul._version import __version__
+from lake_mesh_consul.observability._tally import CellKey, RequestTally
 
-__all__ = ["DURATION_BOUNDARIES", "METER_NAME", "OtelInstruments"]
+__all__ = ["DURATION_BOUNDARIES", "KEEP_SAMPLES", "METER_NAME", "OtelInstruments"]
 
 #: The instrumentation scope's name.
 METER_NAME = "lake_mesh_consul"
@@ -80,6 +83,8 @@ METER_NAME = "lake_mesh_consul"
 DURATION_BOUNDARIES = (
     0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0,
 )  # fmt: skip
+#: Durations kept per attribute set between collections (OtelInstruments' keep_samples).
+KEEP_SAMPLES = 100_000
 #: Seconds one Mesh.readings() serves every gauge callback of one collection.
 READINGS_TTL = 1.0
 
@@ -93,6 +98,12 @@ class OtelInstruments(Instruments):
         meter_provider: where the meter comes from (default: the global provider).
         per_endpoint: add ``lake_mesh.endpoint`` (the instance id) to request, breaker and
             ejection measurements.
+        keep_samples: durations kept per attribute set between two collections (beyond
+            it the histogram misses them; ``lake_mesh.client.requests`` still counts them).
+
+    The success path does not call the SDK: attempts are tallied, and each collection
+    replays the durations kept since the last one into the histogram (the SDK's ``record``
+    costs tens of microseconds per call on a slow machine; see bench_instruments).
 
     Pass it to ``Mesh(instruments=...)``; the gauges are read from the mesh at collection
     (one :meth:`~lake_mesh_consul.mesh.Mesh.readings` serves every gauge of a collection).
@@ -102,7 +113,11 @@ class OtelInstruments(Instruments):
     """
 
     def __init__(
-        self, meter_provider: MeterProvider | None = None, *, per_endpoint: bool = False
+        self,
+        meter_provider: MeterProvider | None = None,
+        *,
+        per_endpoint: bool = False,
+        keep_samples: int = KEEP_SAMPLES,
     ) -> None:
         self.per_endpoint = per_endpoint
         meter = get_meter(METER_NAME, __version__, meter_provider=meter_provider)
@@ -110,6 +125,8 @@ class OtelInstruments(Instruments):
         self._cached: tuple[float, Readings] | None = None
         self._lock = threading.Lock()
         self._attrs: dict[tuple[Any, ...], _Attrs] = {}
+        # Requests are tallied without the SDK (its record() costs tens of us): see _tally.
+        self._tally = RequestTally((), per_endpoint=per_endpoint, keep_samples=keep_samples)
         self._duration = meter.create_histogram(
             "lake_mesh.client.request.duration",
             unit="s",
@@ -172,6 +189,11 @@ class OtelInstruments(Instruments):
                 name, callbacks=[self._callback(read)], unit=unit, description=doc
             )
         meter.create_observable_counter(
+            "lake_mesh.client.requests",
+            callbacks=[self._requests],
+            description="Attempts finished (also the duration histogram's count).",
+        )
+        meter.create_observable_counter(
             "lake_mesh.registration.reregistrations",
             callbacks=[self._callback(_reregistrations)],
             description="Times the agent forgot an instance and it was registered again.",
@@ -204,17 +226,35 @@ class OtelInstruments(Instruments):
     def request_finished(
         self, service: str, endpoint: ServiceEndpoint, outcome: Outcome, duration: float
     ) -> None:
-        """Record the attempt's duration with its outcome (and ``error.type`` on failure)."""
-        extra: tuple[Any, ...] = ("lake_mesh.outcome", outcome.kind.value)
-        status = outcome.status
-        if outcome.failure:
-            # The HTTP client conventions: the status code as text when there is one.
-            extra += ("error.type", outcome.kind.value if status is None else str(status))
-        if status is not None:
-            extra += ("http.response.status_code", status)
-        if self.per_endpoint:
-            extra += ("lake_mesh.endpoint", endpoint_name(endpoint))
-        self._duration.record(duration, self._service_attrs(service, *extra))
+        """Tally the attempt; its duration reaches the histogram at the next collection."""
+        self._tally.add(service, endpoint, outcome, duration)
+
+    def _cell_attrs(self, key: CellKey) -> _Attrs:
+        """A tally cell's attributes (the HTTP client conventions' where they apply)."""
+        attrs = self._attrs.get(key)
+        if attrs is None:
+            service, kind, failure, status, endpoint = key
+            attrs = {"lake_mesh.service": service, "lake_mesh.outcome": kind}
+            if failure:
+                # The HTTP client conventions: the status code as text when there is one.
+                attrs["error.type"] = kind if status is None else str(status)
+            if status is not None:
+                attrs["http.response.status_code"] = status
+            if endpoint is not None:
+                attrs["lake_mesh.endpoint"] = endpoint
+            with self._lock:
+                attrs = self._attrs.setdefault(key, attrs)
+        return attrs
+
+    def _requests(self, _options: CallbackOptions) -> Iterator[Observation]:
+        """Collection: replay the kept durations into the histogram, then the counts."""
+        record = self._duration.record
+        for key, samples in self._tally.drain_samples():
+            attrs = self._cell_attrs(key)
+            for seconds in samples:
+                record(seconds, attrs)
+        for cell in self._tally.cells():
+            yield Observation(cell.count, self._cell_attrs(cell.key))
 
     def retry(self, service: str, attempt: int, stop: str | None) -> None:
         """Count a retry, or a refusal by its reason."""

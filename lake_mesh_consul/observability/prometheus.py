@@ -51,10 +51,14 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Iterator
-from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Histogram
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client import CollectorRegistry, Counter
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
 from prometheus_client.registry import REGISTRY, Collector
 
 from lake_mesh_consul._core.breaker import BreakerTransition
@@ -68,6 +72,7 @@ from lake_mesh_consul._core.instruments import (
     stop_category,
 )
 from lake_mesh_consul._core.outcome import Outcome
+from lake_mesh_consul.observability._tally import RequestTally, TallyCell
 
 __all__ = ["DURATION_BUCKETS", "PREFIX", "PrometheusInstruments"]
 
@@ -105,29 +110,14 @@ class PrometheusInstruments(Instruments):
     ) -> None:
         self.registry = REGISTRY if registry is None else registry
         self.per_endpoint = per_endpoint
+        #: The request-duration histogram's bounds, seconds.
+        self.buckets = tuple(buckets)
         self._readings: ReadingsSource | None = None
         self._lock = threading.Lock()
         ep = ("endpoint",) if per_endpoint else ()
         reg = self.registry
-        self._requests = Counter(
-            f"{PREFIX}_requests",
-            "Attempts finished, by outcome kind.",
-            ("service", "outcome", *ep),
-            registry=None,
-        )
-        self._failures = Counter(
-            f"{PREFIX}_request_failures",
-            "Attempts that failed (counted against the endpoint), by outcome kind.",
-            ("service", "outcome", *ep),
-            registry=None,
-        )
-        self._duration = Histogram(
-            f"{PREFIX}_request_duration_seconds",
-            "Seconds per attempt, admission to outcome.",
-            ("service", *ep),
-            buckets=buckets,
-            registry=None,
-        )
+        # Requests are tallied without prometheus_client (see _tally), read at scrape.
+        self._tally = RequestTally(buckets, per_endpoint=per_endpoint)
         self._retries = Counter(
             f"{PREFIX}_retries",
             "Retries attempted after a failed attempt.",
@@ -193,7 +183,7 @@ class PrometheusInstruments(Instruments):
             registry=None,
         )
         self._collectors: list[Collector] = [
-            self._requests, self._failures, self._duration, self._retries, self._refused,
+            self._retries, self._refused,
             self._transitions, self._ejections, self._returns, self._overflow, self._panic,
             self._no_endpoint, self._reloads, self._rejections, self._unavailable,
             _GaugeCollector(self),
@@ -208,37 +198,14 @@ class PrometheusInstruments(Instruments):
                 reg.unregister(collector)
             raise
         self._closed = False
-        # Children by label values: .labels() builds a tuple and takes a lock each time.
-        self._children: dict[tuple[Any, ...], tuple[Any, Any, Any]] = {}
 
     # --- events --------------------------------------------------------------------------
 
     def request_finished(
         self, service: str, endpoint: ServiceEndpoint, outcome: Outcome, duration: float
     ) -> None:
-        """Count the attempt (and its failure) and observe its duration."""
-        kind = outcome.kind
-        key: tuple[Any, ...] = (
-            (service, kind, endpoint_name(endpoint)) if self.per_endpoint else (service, kind)
-        )
-        children = self._children.get(key)
-        if children is None:
-            children = self._new_children(key)
-        count, failed, seconds = children
-        count.inc()
-        if outcome.failure:
-            failed.inc()
-        seconds.observe(duration)
-
-    def _new_children(self, key: tuple[Any, ...]) -> tuple[Any, Any, Any]:
-        service, kind, *ep = key
-        children = (
-            self._requests.labels(service, kind.value, *ep),
-            self._failures.labels(service, kind.value, *ep),
-            self._duration.labels(service, *ep),
-        )
-        with self._lock:
-            return self._children.setdefault(key, children)
+        """Count the attempt (and its failure) and its duration (read at scrape)."""
+        self._tally.add(service, endpoint, outcome, duration)
 
     def retry(self, service: str, attempt: int, stop: str | None) -> None:
         """Count a retry, or a refusal by its reason."""
@@ -285,6 +252,10 @@ class PrometheusInstruments(Instruments):
         """Read the mesh's gauges from ``readings`` at each scrape."""
         self._readings = readings
 
+    def requests(self) -> list[TallyCell]:
+        """The request tally's cells now (what the scrape reports)."""
+        return self._tally.cells()
+
     def read(self) -> Readings | None:
         """The attached readings now (``None`` before :meth:`attach` or after close)."""
         source = self._readings
@@ -317,7 +288,8 @@ class _GaugeCollector(Collector):
         return []
 
     def collect(self) -> Iterator[Metric]:
-        """One family per gauge, one sample per service."""
+        """The request families from the tally, then one family per gauge."""
+        yield from _request_families(self._owner)
         readings = self._owner.read()
         if readings is None:
             return
@@ -376,3 +348,56 @@ class _GaugeCollector(Collector):
         for sid, n in sorted(readings.heartbeat_failures.items()):
             beats.add_metric((sid,), n)
         yield beats
+
+
+def _request_families(owner: PrometheusInstruments) -> Iterator[Metric]:
+    """requests_total and request_failures_total by outcome; the duration histogram."""
+    ep = ("endpoint",) if owner.per_endpoint else ()
+    requests = CounterMetricFamily(
+        f"{PREFIX}_requests",
+        "Attempts finished, by outcome kind.",
+        labels=("service", "outcome", *ep),
+    )
+    failures = CounterMetricFamily(
+        f"{PREFIX}_request_failures",
+        "Attempts that failed (counted against the endpoint), by outcome kind.",
+        labels=("service", "outcome", *ep),
+    )
+    histogram = HistogramMetricFamily(
+        f"{PREFIX}_request_duration_seconds",
+        "Seconds per attempt, admission to outcome.",
+        labels=("service", *ep),
+    )
+    counts: dict[tuple[str, ...], int] = {}
+    failed: dict[tuple[str, ...], int] = {}
+    series: dict[tuple[str, ...], tuple[list[int], list[float]]] = {}
+    for cell in owner.requests():
+        service, kind, failure, _status, endpoint = cell.key
+        where = (service,) if endpoint is None else (service, endpoint)
+        labels = (service, kind, *where[1:])
+        counts[labels] = counts.get(labels, 0) + cell.count
+        if failure:
+            failed[labels] = failed.get(labels, 0) + cell.count
+        buckets, total = series.setdefault(where, ([0] * len(cell.buckets), [0.0]))
+        for i, n in enumerate(cell.buckets):
+            buckets[i] += n
+        total[0] += cell.sum
+    for labels, n in counts.items():
+        requests.add_metric(labels, n)
+    for labels, n in failed.items():
+        failures.add_metric(labels, n)
+    bounds = [*(_go_float(b) for b in owner.buckets), "+Inf"]
+    for place, (buckets, total) in series.items():
+        cumulative, running = [], 0
+        for bound, n in zip(bounds, buckets, strict=True):
+            running += n
+            cumulative.append((bound, float(running)))
+        histogram.add_metric(place, cumulative, total[0])
+    yield requests
+    yield failures
+    yield histogram
+
+
+def _go_float(value: float) -> str:
+    """A bucket bound as prometheus_client writes it (``0.005``, ``1.0``, ``10.0``)."""
+    return repr(float(value))

@@ -286,3 +286,48 @@ def test_otel_http_status_follows_the_http_client_conventions() -> None:
     assert point.attributes["http.response.status_code"] == 503
     assert point.attributes["error.type"] == "503"  # the status code, as the conventions say
     assert point.attributes["lake_mesh.outcome"] == "gateway_error"
+
+
+# --- the request tally both exporters share --------------------------------------------------
+
+
+def test_the_tally_counts_exactly_across_threads_and_buckets_by_le() -> None:
+    import threading
+
+    from lake_mesh_consul._core.outcome import SUCCESS, Classifier
+    from lake_mesh_consul.observability._tally import RequestTally
+
+    tally = RequestTally((0.1, 1.0))
+    endpoint = _endpoints(1)[0]
+    unavailable = Classifier().of_status(503)
+
+    def work() -> None:
+        for i in range(1_000):
+            tally.add("s", endpoint, SUCCESS if i % 2 else unavailable, 0.1 if i % 4 else 2.0)
+
+    threads = [threading.Thread(target=work) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    cells = {c.key: c for c in tally.cells()}
+    ok = cells[("s", "success", False, None, None)]
+    bad = cells[("s", "gateway_error", True, 503, None)]
+    assert ok.count == bad.count == 2_000
+    assert ok.buckets == (2_000, 0, 0)  # 0.1 is "le 0.1"
+    assert bad.buckets == (1_000, 0, 1_000)  # every other one took 2 s: above every bound
+    assert bad.sum == pytest.approx(1_000 * 0.1 + 1_000 * 2.0)
+
+
+def test_the_tally_keys_error_outcomes_by_kind_not_by_object() -> None:
+    from lake_mesh_consul._core.outcome import Classifier
+    from lake_mesh_consul.observability._tally import RequestTally
+
+    tally = RequestTally((), keep_samples=2)
+    endpoint = _endpoints(1)[0]
+    for _ in range(3):  # a new Outcome object per error
+        tally.add("s", endpoint, Classifier().of_error(ConnectionRefusedError()), 0.5)
+    (cell,) = tally.cells()
+    assert (cell.key, cell.count) == (("s", "connect_failure", True, None, None), 3)
+    assert tally.drain_samples() == [(cell.key, [0.5, 0.5])]  # at most keep_samples kept
+    assert tally.drain_samples() == []
