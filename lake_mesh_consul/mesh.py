@@ -1237,6 +1237,7 @@ class Mesh:
                     snapshot_stale=stale,
                 )
             )
+        beats = {sid: manager.snapshot().service for sid, manager in health.items()}
         return Readings(
             services=tuple(out),
             config_stale=self.store.stale if self._watch_config else False,
@@ -1245,6 +1246,8 @@ class Mesh:
             heartbeat_failures={
                 sid: manager.consecutive_push_failures for sid, manager in health.items()
             },
+            heartbeats_sent={sid: s.ttl_updates_sent for sid, s in beats.items()},
+            heartbeats_failed={sid: s.ttl_updates_failed for sid, s in beats.items()},
         )
 
     def __repr__(self) -> str:

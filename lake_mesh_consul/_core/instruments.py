@@ -105,6 +105,8 @@ class Readings:
         registered: this process's registered instances.
         reregistrations: times the agent forgot an instance and it was registered again.
         heartbeat_failures: consecutive failed TTL pushes, by service id.
+        heartbeats_sent: TTL updates the agent accepted, in total, by service id.
+        heartbeats_failed: TTL updates that failed, in total, by service id.
     """
 
     services: tuple[ServiceReadings, ...] = ()
@@ -112,6 +114,8 @@ class Readings:
     registered: int = 0
     reregistrations: int = 0
     heartbeat_failures: Mapping[str, int] = field(default_factory=dict)
+    heartbeats_sent: Mapping[str, int] = field(default_factory=dict)
+    heartbeats_failed: Mapping[str, int] = field(default_factory=dict)
 
 
 #: A function an exporter calls at scrape time.

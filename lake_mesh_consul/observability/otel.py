@@ -39,6 +39,7 @@ lake_mesh.config.stale                         gauge
 lake_mesh.registration.instances               gauge
 lake_mesh.registration.reregistrations         obs. counter
 lake_mesh.heartbeat.consecutive_failures       gauge       lake_mesh.service.id
+lake_mesh.heartbeats / .heartbeat.failures     obs. count  lake_mesh.service.id
 ============================================  ==========  ==============================
 
 The count of requests is the histogram's count (and ``lake_mesh.client.requests``).
@@ -193,6 +194,11 @@ class OtelInstruments(Instruments):
             callbacks=[self._requests],
             description="Attempts finished (also the duration histogram's count).",
         )
+        for name, doc, read in (
+            ("lake_mesh.heartbeats", "TTL updates the agent accepted.", _beats_sent),
+            ("lake_mesh.heartbeat.failures", "TTL updates that failed.", _beats_failed),
+        ):
+            meter.create_observable_counter(name, callbacks=[self._callback(read)], description=doc)
         meter.create_observable_counter(
             "lake_mesh.registration.reregistrations",
             callbacks=[self._callback(_reregistrations)],
@@ -387,4 +393,18 @@ def _heartbeats(r: Readings) -> list[Observation]:
     return [
         Observation(n, {"lake_mesh.service.id": sid})
         for sid, n in sorted(r.heartbeat_failures.items())
+    ]
+
+
+def _beats_sent(r: Readings) -> list[Observation]:
+    return [
+        Observation(n, {"lake_mesh.service.id": sid})
+        for sid, n in sorted(r.heartbeats_sent.items())
+    ]
+
+
+def _beats_failed(r: Readings) -> list[Observation]:
+    return [
+        Observation(n, {"lake_mesh.service.id": sid})
+        for sid, n in sorted(r.heartbeats_failed.items())
     ]

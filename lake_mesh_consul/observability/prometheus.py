@@ -32,6 +32,8 @@ lake_mesh_config_stale
 lake_mesh_registered_instances
 lake_mesh_reregistrations_total
 lake_mesh_heartbeat_consecutive_failures        service_id
+lake_mesh_heartbeats_total                      service_id
+lake_mesh_heartbeat_failures_total              service_id
 =============================================  ========================================
 
 Per-endpoint labels are opt-in (``per_endpoint=True`` adds ``endpoint``, the instance id, to
@@ -348,6 +350,14 @@ class _GaugeCollector(Collector):
         for sid, n in sorted(readings.heartbeat_failures.items()):
             beats.add_metric((sid,), n)
         yield beats
+        for metric, doc, values in (
+            ("heartbeats", "TTL updates the agent accepted.", readings.heartbeats_sent),
+            ("heartbeat_failures", "TTL updates that failed.", readings.heartbeats_failed),
+        ):
+            family = CounterMetricFamily(f"{PREFIX}_{metric}", doc, labels=("service_id",))
+            for sid, n in sorted(values.items()):
+                family.add_metric((sid,), n)
+            yield family
 
 
 def _request_families(owner: PrometheusInstruments) -> Iterator[Metric]:

@@ -79,6 +79,10 @@ def test_a_mesh_scrapes_failures_rejections_and_reregistrations(
         assert _v(s, "lake_mesh_endpoints_eligible", service=name) == 3
         assert _v(s, "lake_mesh_discovery_snapshot_stale", service=name) == 0
         assert _v(s, "lake_mesh_registered_instances") == 3
+        # One heartbeat series per registered instance (TTL 60 s: few pushes in a test).
+        for inst in instances:
+            assert ("lake_mesh_heartbeats_total", (("service_id", inst.name),)) in s
+            assert _v(s, "lake_mesh_heartbeat_consecutive_failures", service_id=inst.name) == 0
 
         # One instance dies: its connections are refused, retried elsewhere, until its
         # breaker opens and the detector ejects it.

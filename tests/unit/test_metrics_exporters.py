@@ -51,6 +51,8 @@ READINGS = Readings(
     registered=1,
     reregistrations=2,
     heartbeat_failures={"web-1": 3},
+    heartbeats_sent={"web-1": 40},
+    heartbeats_failed={"web-1": 5},
 )
 
 
@@ -169,6 +171,8 @@ def test_prometheus_reads_the_gauges_at_scrape(
     assert _value(s, "lake_mesh_reregistrations_total") == 2
     assert _value(s, "lake_mesh_heartbeat_consecutive_failures", service_id="web-1") == 3
     assert _value(s, "lake_mesh_registered_instances") == 1
+    assert _value(s, "lake_mesh_heartbeats_total", service_id="web-1") == 40
+    assert _value(s, "lake_mesh_heartbeat_failures_total", service_id="web-1") == 5
 
 
 def test_prometheus_per_endpoint_labels_are_opt_in() -> None:
@@ -271,6 +275,8 @@ def test_otel_gauges_come_from_one_reading_per_collection() -> None:
     assert _sum(points, "lake_mesh.discovery.snapshot.stale") == 1
     assert _sum(points, "lake_mesh.registration.reregistrations") == 2
     assert _sum(points, "lake_mesh.heartbeat.consecutive_failures") == 3
+    assert _sum(points, "lake_mesh.heartbeats") == 40
+    assert _sum(points, "lake_mesh.heartbeat.failures") == 5
     instruments.close()
     assert "lake_mesh.ejections.active" not in {
         name for name, pts in _points(reader).items() if pts
