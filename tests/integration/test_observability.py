@@ -20,8 +20,10 @@ from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
+from lake_mesh_consul._core.config import MeshConfig
 from lake_mesh_consul._core.endpoint import ServiceEndpoint
 from lake_mesh_consul.errors import MeshError
+from lake_mesh_consul.mesh import Mesh
 from lake_mesh_consul.observability import LOGGER_NAME, combine
 from lake_mesh_consul.observability.otel import OtelInstruments
 from lake_mesh_consul.observability.prometheus import PrometheusInstruments
@@ -154,3 +156,54 @@ def test_a_mesh_scrapes_failures_rejections_and_reregistrations(
     assert "lake_mesh" not in generate_latest(registry).decode()
     with pytest.raises(MeshError):
         mesh.call(name, _ping)
+
+
+def test_an_agent_outage_shows_as_stale_and_fresh_again(
+    dedicated_consul_agent: Any, unique_name: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO)
+    registry = CollectorRegistry()
+    config = MeshConfig(address=dedicated_consul_agent.address, kv_prefix=unique_name)
+    mesh = Mesh(
+        config,
+        drain_on_sigterm=False,
+        discovery_timeout=5.0,
+        instruments=PrometheusInstruments(registry),
+    )
+    with mesh:
+        mesh.route(unique_name)  # follows the service (none registered: an empty answer)
+        s = _prom(registry)
+        assert _v(s, "lake_mesh_discovery_snapshot_stale", service=unique_name) == 0
+        assert _v(s, "lake_mesh_config_stale") == 0
+
+        dedicated_consul_agent.stop()
+        try:
+            wait_for(
+                lambda: (
+                    _v(_prom(registry), "lake_mesh_discovery_snapshot_stale", service=unique_name)
+                    == 1
+                ),
+                20,
+                "the snapshot marked stale",
+            )
+            wait_for(
+                lambda: _v(_prom(registry), "lake_mesh_config_unavailable_total") == 1,
+                20,
+                "KV unavailable counted",
+            )
+        finally:
+            dedicated_consul_agent.start()
+        wait_for(
+            lambda: (
+                _v(_prom(registry), "lake_mesh_discovery_snapshot_stale", service=unique_name) == 0
+            ),
+            30,
+            "the snapshot fresh again",
+        )
+    events = {getattr(r, "event", None): r for r in caplog.records}
+    stale, fresh = events["snapshot_stale"], events["snapshot_fresh"]
+    assert stale.levelno == logging.WARNING
+    assert unique_name in stale.__dict__["watch"]
+    assert fresh.levelno == logging.INFO
+    assert fresh.__dict__["failures"] >= 1
+    assert events["config_unavailable"].levelno == logging.WARNING
