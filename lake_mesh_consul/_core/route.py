@@ -302,7 +302,7 @@ class _ReportedRequest(RouteRequest):
         """As :meth:`RouteRequest.report`, then ``instruments.request_finished``."""
         if self._done:
             return
-        super().report(outcome)
+        RouteRequest.report(self, outcome)  # not super(): one call fewer per request
         ended = self.ended
         duration = 0.0 if ended is None else max(ended - self.started, 0.0)
         self.instruments.request_finished(self.service, self.endpoint, outcome, duration)

@@ -3,10 +3,11 @@
 A metrics library's own instruments cost more per request than the route itself on a slow
 machine (prometheus_client's histogram takes a lock per bucket; the OpenTelemetry SDK's
 ``record`` builds a measurement, reads the context and samples exemplars: tens of
-microseconds, see ``benchmarks/bench_instruments.py``). So the success path only adds to a
-cell here (one dict lookup, one short lock, three increments) and the exporters read the
-cells when scraped or collected: Prometheus builds its families from them, OpenTelemetry
-replays the kept durations into its histogram at collection time.
+microseconds, see ``benchmarks/bench_instruments.py``). So the success path only appends
+the duration to its cell here (a dict lookup by outcome identity and one ``list.append``, no
+lock); the durations are folded into counts, sums and buckets every :data:`FOLD_AT` requests
+and at each scrape. Prometheus builds its families from the cells, OpenTelemetry replays
+the kept durations into its histogram at collection time.
 """
 
 from __future__ import annotations
@@ -17,24 +18,37 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from lake_mesh_consul._core.endpoint import ServiceEndpoint
-from lake_mesh_consul._core.instruments import endpoint_name
+from lake_mesh_consul._core.instruments import Instruments, endpoint_name
 from lake_mesh_consul._core.outcome import Outcome
 
-__all__ = ["CellKey", "RequestTally", "TallyCell"]
+__all__ = ["FOLD_AT", "CellKey", "RequestTally", "TallyCell"]
 
 #: ``(service, outcome kind, failure, HTTP status or None, endpoint name or None)``.
 CellKey = tuple[str, str, bool, "int | None", "str | None"]
 
 
+#: Durations a cell collects before the request path folds them into its figures.
+FOLD_AT = 1024
+
+
 class _Cell:
-    __slots__ = ("buckets", "count", "lock", "samples", "sum")
+    """One key's figures: ``fresh`` durations, appended lock-free, and the folded totals.
+
+    ``list.append`` is atomic (the request path's only write); folding copies the first n
+    durations and deletes exactly those (``del fresh[:n]``), so an append racing with it
+    lands after them and is folded next time. ``count``, ``sum``, ``buckets`` and
+    ``kept`` change under ``fold_lock`` only.
+    """
+
+    __slots__ = ("buckets", "count", "fold_lock", "fresh", "kept", "sum")
 
     def __init__(self, buckets: int) -> None:
-        self.lock = threading.Lock()
+        self.fresh: list[float] = []
+        self.fold_lock = threading.Lock()
         self.count = 0
         self.sum = 0.0
         self.buckets = [0] * buckets
-        self.samples: list[float] = []
+        self.kept: list[float] = []
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,8 +68,11 @@ class TallyCell:
     buckets: tuple[int, ...]
 
 
-class RequestTally:
+class RequestTally(Instruments):
     """Attempts by service and outcome: counts, seconds, histogram buckets.
+
+    The exporters subclass it, so their ``request_finished`` is this class's: the success
+    path runs one method of ours.
 
     Args:
         bounds: the histogram's upper bounds (seconds, ascending; ``+Inf`` implied).
@@ -72,31 +89,51 @@ class RequestTally:
         self.bounds = tuple(bounds)
         self.per_endpoint = per_endpoint
         self.keep_samples = keep_samples
-        self._cells: dict[CellKey, _Cell] = {}
+        self._tally_cells: dict[CellKey, _Cell] = {}
         # The success path's lookup: service -> id(outcome) -> (outcome, cell), for outcomes
         # without an error (SUCCESS, and the classifier's cached one-per-status outcomes):
         # ints and strings hash in C, an Outcome or an enum member in Python. Holding the
         # outcome keeps its id from being reused.
         self._fast: dict[str, dict[int, tuple[Outcome, _Cell]]] = {}
-        self._lock = threading.Lock()
+        self._tally_lock = threading.Lock()
 
-    def add(
+    def request_finished(
         self, service: str, endpoint: ServiceEndpoint, outcome: Outcome, duration: float
     ) -> None:
-        """Count one attempt (the exporters' ``request_finished``)."""
+        """Count one attempt (lock-free: one ``list.append``)."""
         by_outcome = self._fast.get(service)
         entry = None if by_outcome is None else by_outcome.get(id(outcome))
         if entry is not None and entry[0] is outcome:
             cell = entry[1]
         else:
             cell = self._cell(service, endpoint, outcome)
-        i = bisect_left(self.bounds, duration)  # Prometheus' "le": the first bound >= it
-        with cell.lock:
-            cell.count += 1
-            cell.sum += duration
-            cell.buckets[i] += 1
-            if self.keep_samples and len(cell.samples) < self.keep_samples:
-                cell.samples.append(duration)
+        fresh = cell.fresh
+        fresh.append(duration)
+        if len(fresh) >= FOLD_AT:
+            self._fold(cell, blocking=False)  # another thread folding it: it takes ours too
+
+    #: The same, by its own name.
+    add = request_finished
+
+    def _fold(self, cell: _Cell, *, blocking: bool = True) -> None:
+        """Move the cell's fresh durations into its figures (and ``kept``, up to the cap)."""
+        if not cell.fold_lock.acquire(blocking=blocking):
+            return
+        try:
+            fresh = cell.fresh
+            n = len(fresh)
+            batch = fresh[:n]
+            del fresh[:n]  # only those: a racing append is at index n or later
+            cell.count += n
+            cell.sum += sum(batch)
+            bounds, buckets = self.bounds, cell.buckets
+            for seconds in batch:
+                buckets[bisect_left(bounds, seconds)] += 1  # Prometheus' "le": first >= it
+            room = self.keep_samples - len(cell.kept)
+            if room > 0:
+                cell.kept.extend(batch[:room])
+        finally:
+            cell.fold_lock.release()
 
     def _cell(self, service: str, endpoint: ServiceEndpoint, outcome: Outcome) -> _Cell:
         key: CellKey = (
@@ -106,8 +143,8 @@ class RequestTally:
             outcome.status,
             endpoint_name(endpoint) if self.per_endpoint else None,
         )
-        with self._lock:
-            cell = self._cells.setdefault(key, _Cell(len(self.bounds) + 1))
+        with self._tally_lock:
+            cell = self._tally_cells.setdefault(key, _Cell(len(self.bounds) + 1))
             if outcome.error is None and not self.per_endpoint:
                 self._fast.setdefault(service, {})[id(outcome)] = (outcome, cell)
         return cell
@@ -115,17 +152,19 @@ class RequestTally:
     def cells(self) -> list[TallyCell]:
         """Every cell's figures now, in key order."""
         out = []
-        for key, cell in sorted(self._cells.items(), key=lambda kv: repr(kv[0])):
-            with cell.lock:
+        for key, cell in sorted(self._tally_cells.items(), key=lambda kv: repr(kv[0])):
+            self._fold(cell)
+            with cell.fold_lock:
                 out.append(TallyCell(key, cell.count, cell.sum, tuple(cell.buckets)))
         return out
 
     def drain_samples(self) -> list[tuple[CellKey, list[float]]]:
         """The durations kept since the last drain, per cell (and forget them)."""
         out = []
-        for key, cell in list(self._cells.items()):
-            with cell.lock:
-                samples, cell.samples = cell.samples, []
-            if samples:
-                out.append((key, samples))
+        for key, cell in list(self._tally_cells.items()):
+            self._fold(cell)
+            with cell.fold_lock:
+                kept, cell.kept = cell.kept, []
+            if kept:
+                out.append((key, kept))
         return out

@@ -64,15 +64,12 @@ from opentelemetry.metrics import CallbackOptions, MeterProvider, Observation, g
 
 from lake_mesh_consul._core.breaker import BreakerTransition
 from lake_mesh_consul._core.detector import EjectionEvent
-from lake_mesh_consul._core.endpoint import ServiceEndpoint
 from lake_mesh_consul._core.instruments import (
-    Instruments,
     Readings,
     ReadingsSource,
     endpoint_name,
     stop_category,
 )
-from lake_mesh_consul._core.outcome import Outcome
 from lake_mesh_consul._version import __version__
 from lake_mesh_consul.observability._tally import CellKey, RequestTally
 
@@ -92,7 +89,7 @@ READINGS_TTL = 1.0
 _Attrs = dict[str, Any]
 
 
-class OtelInstruments(Instruments):
+class OtelInstruments(RequestTally):
     """Every figure of the mesh as OpenTelemetry instruments.
 
     Args:
@@ -127,7 +124,7 @@ class OtelInstruments(Instruments):
         self._lock = threading.Lock()
         self._attrs: dict[tuple[Any, ...], _Attrs] = {}
         # Requests are tallied without the SDK (its record() costs tens of us): see _tally.
-        self._tally = RequestTally((), per_endpoint=per_endpoint, keep_samples=keep_samples)
+        RequestTally.__init__(self, (), per_endpoint=per_endpoint, keep_samples=keep_samples)
         self._duration = meter.create_histogram(
             "lake_mesh.client.request.duration",
             unit="s",
@@ -229,12 +226,6 @@ class OtelInstruments(Instruments):
                 attrs = self._attrs.setdefault(key, attrs)
         return attrs
 
-    def request_finished(
-        self, service: str, endpoint: ServiceEndpoint, outcome: Outcome, duration: float
-    ) -> None:
-        """Tally the attempt; its duration reaches the histogram at the next collection."""
-        self._tally.add(service, endpoint, outcome, duration)
-
     def _cell_attrs(self, key: CellKey) -> _Attrs:
         """A tally cell's attributes (the HTTP client conventions' where they apply)."""
         attrs = self._attrs.get(key)
@@ -255,11 +246,11 @@ class OtelInstruments(Instruments):
     def _requests(self, _options: CallbackOptions) -> Iterator[Observation]:
         """Collection: replay the kept durations into the histogram, then the counts."""
         record = self._duration.record
-        for key, samples in self._tally.drain_samples():
+        for key, samples in self.drain_samples():
             attrs = self._cell_attrs(key)
             for seconds in samples:
                 record(seconds, attrs)
-        for cell in self._tally.cells():
+        for cell in self.cells():
             yield Observation(cell.count, self._cell_attrs(cell.key))
 
     def retry(self, service: str, attempt: int, stop: str | None) -> None:

@@ -65,15 +65,12 @@ from prometheus_client.registry import REGISTRY, Collector
 
 from lake_mesh_consul._core.breaker import BreakerTransition
 from lake_mesh_consul._core.detector import EjectionEvent
-from lake_mesh_consul._core.endpoint import ServiceEndpoint
 from lake_mesh_consul._core.instruments import (
-    Instruments,
     Readings,
     ReadingsSource,
     endpoint_name,
     stop_category,
 )
-from lake_mesh_consul._core.outcome import Outcome
 from lake_mesh_consul.observability._tally import RequestTally, TallyCell
 
 __all__ = ["DURATION_BUCKETS", "PREFIX", "PrometheusInstruments"]
@@ -84,7 +81,7 @@ PREFIX = "lake_mesh"
 DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0)
 
 
-class PrometheusInstruments(Instruments):
+class PrometheusInstruments(RequestTally):
     """Every figure of the mesh as Prometheus metrics on ``registry``.
 
     Args:
@@ -119,7 +116,7 @@ class PrometheusInstruments(Instruments):
         ep = ("endpoint",) if per_endpoint else ()
         reg = self.registry
         # Requests are tallied without prometheus_client (see _tally), read at scrape.
-        self._tally = RequestTally(buckets, per_endpoint=per_endpoint)
+        RequestTally.__init__(self, buckets, per_endpoint=per_endpoint)
         self._retries = Counter(
             f"{PREFIX}_retries",
             "Retries attempted after a failed attempt.",
@@ -203,12 +200,6 @@ class PrometheusInstruments(Instruments):
 
     # --- events --------------------------------------------------------------------------
 
-    def request_finished(
-        self, service: str, endpoint: ServiceEndpoint, outcome: Outcome, duration: float
-    ) -> None:
-        """Count the attempt (and its failure) and its duration (read at scrape)."""
-        self._tally.add(service, endpoint, outcome, duration)
-
     def retry(self, service: str, attempt: int, stop: str | None) -> None:
         """Count a retry, or a refusal by its reason."""
         if stop is None:
@@ -256,7 +247,7 @@ class PrometheusInstruments(Instruments):
 
     def requests(self) -> list[TallyCell]:
         """The request tally's cells now (what the scrape reports)."""
-        return self._tally.cells()
+        return self.cells()
 
     def read(self) -> Readings | None:
         """The attached readings now (``None`` before :meth:`attach` or after close)."""

@@ -298,31 +298,47 @@ def test_otel_http_status_follows_the_http_client_conventions() -> None:
 
 
 def test_the_tally_counts_exactly_across_threads_and_buckets_by_le() -> None:
+    import sys
     import threading
 
     from lake_mesh_consul._core.outcome import SUCCESS, Classifier
-    from lake_mesh_consul.observability._tally import RequestTally
+    from lake_mesh_consul.observability._tally import FOLD_AT, RequestTally
 
     tally = RequestTally((0.1, 1.0))
     endpoint = _endpoints(1)[0]
     unavailable = Classifier().of_status(503)
+    n = 3 * FOLD_AT  # each thread's appends race with folds (theirs and the scrapes')
+    scraped = threading.Event()
 
     def work() -> None:
-        for i in range(1_000):
+        for i in range(n):
             tally.add("s", endpoint, SUCCESS if i % 2 else unavailable, 0.1 if i % 4 else 2.0)
 
-    threads = [threading.Thread(target=work) for _ in range(4)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    def scrape() -> None:
+        while not scraped.is_set():
+            tally.cells()
+
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)  # switch threads as often as CPython allows
+    try:
+        threads = [threading.Thread(target=work) for _ in range(4)]
+        scraper = threading.Thread(target=scrape)
+        scraper.start()
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        scraped.set()
+        scraper.join()
+    finally:
+        sys.setswitchinterval(interval)
     cells = {c.key: c for c in tally.cells()}
     ok = cells[("s", "success", False, None, None)]
     bad = cells[("s", "gateway_error", True, 503, None)]
-    assert ok.count == bad.count == 2_000
-    assert ok.buckets == (2_000, 0, 0)  # 0.1 is "le 0.1"
-    assert bad.buckets == (1_000, 0, 1_000)  # every other one took 2 s: above every bound
-    assert bad.sum == pytest.approx(1_000 * 0.1 + 1_000 * 2.0)
+    assert ok.count == bad.count == 2 * n
+    assert ok.buckets == (2 * n, 0, 0)  # 0.1 is "le 0.1"
+    assert bad.buckets == (n, 0, n)  # every other one took 2 s: above every bound
+    assert bad.sum == pytest.approx(n * 0.1 + n * 2.0)
 
 
 def test_the_tally_keys_error_outcomes_by_kind_not_by_object() -> None:
