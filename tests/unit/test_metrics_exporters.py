@@ -248,6 +248,8 @@ def test_otel_counts_the_scenario() -> None:
     assert failures >= 3
     assert "error.type" not in ok[0].attributes
     assert ok[0].sum == pytest.approx(8 * 0.02)
+    ok_attrs = {"lake_mesh.service": "s", "lake_mesh.outcome": "success"}
+    assert _sum(points, "lake_mesh.client.requests", **ok_attrs) == 8
     assert _sum(points, "lake_mesh.client.retries", **{"lake_mesh.service": "s"}) == failures
     refused = {"lake_mesh.service": "b", "lake_mesh.reason": "budget"}
     assert _sum(points, "lake_mesh.client.retries.refused", **refused) == 2
@@ -353,3 +355,21 @@ def test_the_tally_keys_error_outcomes_by_kind_not_by_object() -> None:
     assert (cell.key, cell.count) == (("s", "connect_failure", True, None, None), 3)
     assert tally.drain_samples() == [(cell.key, [0.5, 0.5])]  # at most keep_samples kept
     assert tally.drain_samples() == []
+
+
+def test_otel_per_endpoint_attributes_are_opt_in() -> None:
+    reader = InMemoryMetricReader()
+    instruments = OtelInstruments(MeterProvider(metric_readers=[reader]), per_endpoint=True)
+    _scenario(instruments)
+    points = _points(reader)
+    opened = {"lake_mesh.breaker.state": "open", "lake_mesh.endpoint": "e0"}
+    assert _sum(points, "lake_mesh.breaker.transitions", **opened) == 1
+    ok = {"lake_mesh.endpoint": "e1", "lake_mesh.outcome": "success"}
+    assert _sum(points, "lake_mesh.client.requests", **ok) == 8
+    default, default_reader = _otel()
+    _scenario(default)
+    assert all(
+        "lake_mesh.endpoint" not in p.attributes
+        for pts in _points(default_reader).values()
+        for p in pts
+    )
