@@ -12,7 +12,7 @@ What each event means (``service`` is the called service's name):
 method                   reported when
 ======================== ==================================================================
 request_finished         an admitted attempt ended with an outcome (its kind and seconds)
-retry                    the retry loop decided after a failed attempt: ``stop`` is
+retry                    the retry loop decided after a retriable failure: ``stop`` is
                          ``None`` for a retry attempted, else why not (``"retry budget
                          exhausted"``, ``"attempts exhausted"``, ``"deadline"``...)
 breaker_transition       an endpoint's breaker changed state (the breaker's table)
@@ -33,8 +33,9 @@ No cost when nothing listens: a :class:`~lake_mesh_consul._core.route.Route` ask
 on the success path otherwise (the default, :data:`NO_INSTRUMENTS`, overrides nothing).
 
 Thread-safety: methods are called on the thread that noticed the event (a request thread,
-a watch thread), sometimes under a breaker's lock: implementations must be quick,
-thread-safe, and must not raise (an exception is logged and dropped where it is caught).
+a watch thread), sometimes under a breaker's lock: implementations must be quick and
+thread-safe. An exception is logged and dropped (:func:`call_safely`): a faulty listener
+never fails a request.
 """
 
 from __future__ import annotations
@@ -56,8 +57,10 @@ __all__ = [
     "MultiInstruments",
     "Readings",
     "ServiceReadings",
+    "call_safely",
     "combine",
     "endpoint_name",
+    "listener_failed",
     "listens",
     "stop_category",
 ]
@@ -307,11 +310,24 @@ def combine(*instruments: Instruments | None) -> Instruments:
 _log = logging.getLogger(__name__)
 
 
-def _safely(fn: Callable[..., None], *args: object) -> None:
+def call_safely(fn: Callable[..., None], *args: object) -> None:
+    """Call the event method ``fn(*args)``; an exception is logged, never raised.
+
+    The route reports every event through it (or an equivalent ``try``), so a faulty
+    listener cannot fail a request.
+    """
     try:
         fn(*args)
     except Exception:
         _log.exception("instruments: %r failed", fn)
+
+
+_safely = call_safely
+
+
+def listener_failed(event: str) -> None:
+    """Log the exception being handled as ``event``'s listener failing (call in ``except``)."""
+    _log.exception("instruments: %s failed", event)
 
 
 # --- logs ------------------------------------------------------------------------------------

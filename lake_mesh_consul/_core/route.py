@@ -70,7 +70,13 @@ from lake_mesh_consul._core.clock import SYSTEM_CLOCK, Clock
 from lake_mesh_consul._core.detector import DetectorPolicy, FailureDetector
 from lake_mesh_consul._core.endpoint import ServiceEndpoint, Weights, settings_for
 from lake_mesh_consul._core.health import HealthStatus
-from lake_mesh_consul._core.instruments import NO_INSTRUMENTS, Instruments, listens
+from lake_mesh_consul._core.instruments import (
+    NO_INSTRUMENTS,
+    Instruments,
+    call_safely,
+    listener_failed,
+    listens,
+)
 from lake_mesh_consul._core.outcome import SUCCESS, Outcome
 from lake_mesh_consul._core.retry import (
     BudgetPolicy,
@@ -305,7 +311,10 @@ class _ReportedRequest(RouteRequest):
         RouteRequest.report(self, outcome)  # not super(): one call fewer per request
         ended = self.ended
         duration = 0.0 if ended is None else max(ended - self.started, 0.0)
-        self.instruments.request_finished(self.service, self.endpoint, outcome, duration)
+        try:  # free in CPython 3.11+ unless it raises
+            self.instruments.request_finished(self.service, self.endpoint, outcome, duration)
+        except Exception:  # a faulty listener never fails a request
+            listener_failed("request_finished")
 
 
 def _request_type(service: str, instruments: Instruments) -> type[RouteRequest]:
@@ -361,7 +370,9 @@ class Route:
         self.instruments = instruments
         self._request = _request_type(service, instruments)
         self._on_retry = (
-            functools.partial(instruments.retry, service) if listens(instruments, "retry") else None
+            functools.partial(call_safely, instruments.retry, service)
+            if listens(instruments, "retry")
+            else None
         )
         self._detector = FailureDetector(
             settings.detector,
@@ -624,9 +635,9 @@ class Route:
         candidates = [e for e in self._balancer.endpoints if e.health in _RANK]
         if not candidates:
             why = self._why_none()
-            self.instruments.no_endpoint(self.service, why)
+            call_safely(self.instruments.no_endpoint, self.service, why)
             raise NoEndpointsAvailable(self.service, why) from cause
-        self.instruments.panic(self.service, None if cause is None else cause.reason)
+        call_safely(self.instruments.panic, self.service, None if cause is None else cause.reason)
         best = min(_RANK[e.health] for e in candidates)
         candidates = [e for e in candidates if _RANK[e.health] == best]
         endpoint = candidates[next(self._turn) % len(candidates)]

@@ -321,3 +321,27 @@ def test_no_endpoint_and_config_recovery_are_logged(caplog: pytest.LogCaptureFix
     logs.config_event("recovered", None, None, "KV is readable again")
     (recovered,) = _records(caplog, "config_recovered")
     assert recovered.levelno == logging.INFO
+
+
+def test_a_faulty_listener_never_fails_a_request(caplog: pytest.LogCaptureFixture) -> None:
+    class Faulty(Instruments):
+        def request_finished(
+            self, service: str, endpoint: ServiceEndpoint, outcome: Outcome, duration: float
+        ) -> None:
+            raise RuntimeError("bug in request_finished")
+
+        def retry(self, service: str, attempt: int, stop: str | None) -> None:
+            raise RuntimeError("bug in retry")
+
+        def panic(self, service: str, reason: str | None) -> None:
+            raise RuntimeError("bug in panic")
+
+    route, _, _ = _route(Faulty())
+    assert route.call(_fail_on("e0"), CallOptions(idempotent=True)) == "ok"
+    assert route.call(_fail_on("e0"), CallOptions(idempotent=True)) == "ok"
+    route.update(_endpoints(2, HealthStatus.CRITICAL))
+    route.request().cancel()  # panic
+    failed = {r.getMessage() for r in caplog.records if r.levelno == logging.ERROR}
+    assert "instruments: request_finished failed" in failed
+    assert any("retry" in m for m in failed)
+    assert any("panic" in m for m in failed)
