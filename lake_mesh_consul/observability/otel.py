@@ -56,13 +56,13 @@ Example::
 from __future__ import annotations
 
 import threading
-import time
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 from opentelemetry.metrics import CallbackOptions, MeterProvider, Observation, get_meter
 
 from lake_mesh_consul._core.breaker import BreakerTransition
+from lake_mesh_consul._core.clock import SYSTEM_CLOCK, Clock
 from lake_mesh_consul._core.detector import EjectionEvent
 from lake_mesh_consul._core.instruments import (
     Readings,
@@ -98,6 +98,7 @@ class OtelInstruments(RequestTally):
             ejection measurements.
         keep_samples: durations kept per attribute set between two collections (beyond
             it the histogram misses them; ``lake_mesh.client.requests`` still counts them).
+        clock: time for the readings cache (one Mesh.readings() per collection).
 
     The success path does not call the SDK: attempts are tallied, and each collection
     replays the durations kept since the last one into the histogram (the SDK's ``record``
@@ -116,8 +117,10 @@ class OtelInstruments(RequestTally):
         *,
         per_endpoint: bool = False,
         keep_samples: int = KEEP_SAMPLES,
+        clock: Clock = SYSTEM_CLOCK,
     ) -> None:
         self.per_endpoint = per_endpoint
+        self._clock = clock
         meter = get_meter(METER_NAME, __version__, meter_provider=meter_provider)
         self._readings: ReadingsSource | None = None
         self._cached: tuple[float, Readings] | None = None
@@ -310,7 +313,7 @@ class OtelInstruments(RequestTally):
         source = self._readings
         if source is None:
             return None
-        now = time.monotonic()
+        now = self._clock.monotonic()
         cached = self._cached
         if cached is not None and now - cached[0] < READINGS_TTL:
             return cached[1]

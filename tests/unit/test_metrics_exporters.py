@@ -270,7 +270,7 @@ def test_otel_gauges_come_from_one_reading_per_collection() -> None:
 
     instruments.attach(source)
     points = _points(reader)
-    assert len(reads) == 1
+    assert len(reads) == 1  # every gauge of one collection from one reading
     assert _sum(points, "lake_mesh.breaker.endpoints", **{"lake_mesh.breaker.state": "open"}) == 1
     assert _sum(points, "lake_mesh.ejections.active") == 1
     assert _sum(points, "lake_mesh.discovery.snapshot.age") == 4.5
@@ -373,3 +373,22 @@ def test_otel_per_endpoint_attributes_are_opt_in() -> None:
         for pts in _points(default_reader).values()
         for p in pts
     )
+
+
+def test_otel_reads_the_mesh_again_once_its_readings_are_a_second_old() -> None:
+    clock = FakeClock()
+    reader = InMemoryMetricReader()
+    instruments = OtelInstruments(MeterProvider(metric_readers=[reader]), clock=clock)
+    reads = []
+
+    def source() -> Readings:
+        reads.append(1)
+        return READINGS
+
+    instruments.attach(source)
+    _points(reader)
+    _points(reader)
+    assert len(reads) == 1
+    clock.advance(1.0)
+    _points(reader)
+    assert len(reads) == 2
