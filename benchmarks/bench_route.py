@@ -16,9 +16,9 @@ Rows:
   bookkeeping written as one inlined function with one lock (round-robin pick, budget
   bucket, closed-breaker check, outstanding count, latency EWMA, one time-bucketed window,
   consecutive-failure count), minus the bare call. ``route.call.over_floor_cpu``: the
-  route's CPU cost (``route.call.success_cpu``) over that floor. Not a design to adopt (it gives up every seam the route has): the floor that clean
-  Python code doing this work cannot go below on this machine, to read the 5 us ceiling
-  against.
+  route's CPU cost (``route.call.success_cpu``) over that floor. Not a design to adopt
+  (it gives up every seam the route has): the floor that clean Python code doing this work
+  cannot go below on this machine, to read the 5 us ceiling against.
 * ``route.call.python_calls``: Python-level function calls per ``Route.call`` as counted by
   cProfile (builtins included). Not a time: a deterministic figure that moves only when
   the code does, so a change of a few percent shows even where timings vary by +-20%.

@@ -56,7 +56,7 @@ from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from lake_mesh_consul._consul.client import ConsulClient
 from lake_mesh_consul._consul.discovery import ServiceDiscovery, ServiceSnapshot
-from lake_mesh_consul._consul.kvconfig import ConfigChange, ConfigStore, StartMode
+from lake_mesh_consul._consul.kvconfig import ConfigChange, ConfigEvent, ConfigStore, StartMode
 from lake_mesh_consul._consul.registry import ServiceRegistry
 from lake_mesh_consul._consul.watch import Consistency
 from lake_mesh_consul._core.balancer import LoadBalancer
@@ -70,6 +70,14 @@ from lake_mesh_consul._core.config_policies import (
 )
 from lake_mesh_consul._core.detector import FailureDetector
 from lake_mesh_consul._core.endpoint import ServiceEndpoint
+from lake_mesh_consul._core.instruments import (
+    Instruments,
+    LogInstruments,
+    Readings,
+    ServiceReadings,
+    combine,
+    listens,
+)
 from lake_mesh_consul._core.names import check_service_name
 from lake_mesh_consul._core.retry import BudgetPolicy, CallOptions, RetryBudget, RetryPolicy
 from lake_mesh_consul._core.route import (
@@ -374,7 +382,11 @@ class _Service:
         self.lock = threading.Lock()
         self.effective = mesh.store.effective(name)
         self.route = Route(
-            name, self._settings(), clock=mesh.clock, rng=random.Random(mesh.rng.random())
+            name,
+            self._settings(),
+            clock=mesh.clock,
+            rng=random.Random(mesh.rng.random()),
+            instruments=mesh.instruments,
         )
         self.filters = self._filters(self.effective.values)
         self.unsubscribe: Callable[[], None] = _noop
@@ -539,6 +551,14 @@ class Mesh:
             thread and connection budget).
         clock: time source for everything the mesh builds.
         rng: randomness (seed it for reproducible balancing and jitter).
+        instruments: metrics (or any listener) for requests, retries, breakers, ejections,
+            panic, configuration events, and the gauges read at scrape time, e.g.
+            :class:`lake_mesh_consul.observability.prometheus.PrometheusInstruments` or
+            :class:`lake_mesh_consul.observability.otel.OtelInstruments`. The mesh always
+            adds :class:`~lake_mesh_consul.observability.LogInstruments` (ejections, breaker
+            transitions, budget refusals as log lines) unless ``log_events`` is False. Its
+            ``close()`` runs when the mesh closes.
+        log_events: whether those log lines are written (default True).
         overrides: MeshConfig fields applied over ``config`` (or the environment), e.g.
             ``address="127.0.0.1:8500"``.
 
@@ -589,6 +609,8 @@ class Mesh:
         dedicated_watches: int | None = None,
         clock: Clock = SYSTEM_CLOCK,
         rng: random.Random | None = None,
+        instruments: Instruments | None = None,
+        log_events: bool = True,
         **overrides: Any,
     ) -> None:
         if config is None:
@@ -635,6 +657,13 @@ class Mesh:
             start_timeout=self.discovery_timeout,
             clock=clock,
         )
+        #: Where routes and the configuration store report events (logs, then metrics).
+        self.instruments = combine(LogInstruments(clock=clock) if log_events else None, instruments)
+        self._unsubscribe_events = (
+            self.store.on_event(self._config_event)
+            if listens(self.instruments, "config_event")
+            else _noop
+        )
         self._watch_config = watch_config
         self._services: dict[str, _Service] = {}
         self._pending: dict[str, _Flight[_Service]] = {}
@@ -652,6 +681,7 @@ class Mesh:
         )
         self._closer: threading.Thread | None = None  # the thread running close()
         self._close_done = threading.Event()
+        self.instruments.attach(self.readings)  # last: a scrape may come from another thread
 
     @classmethod
     def from_env(cls, **kwargs: Any) -> Mesh:
@@ -749,6 +779,8 @@ class Mesh:
             service.close()
         self.discovery.close()
         self.store.close()
+        self._unsubscribe_events()
+        self.instruments.close()
         self.client.close()  # wakes a heartbeat or anti-entropy call parked in the agent
         for manager in health:
             manager.join(end - time.monotonic())
@@ -1167,6 +1199,60 @@ class Mesh:
             registered=tuple(m.id for m in self.registry.registered),
             config_events=events,
             skipped=skipped,
+        )
+
+    # -- observability ------------------------------------------------------------------------
+
+    def _config_event(self, event: ConfigEvent) -> None:
+        self.instruments.config_event(event.kind, event.key, event.field, event.reason)
+
+    def readings(self) -> Readings:
+        """The mesh's gauges now (what metrics exporters read when scraped).
+
+        Per called service: endpoints, eligible, panic, breakers per state, ejections
+        active, discovery snapshot age and staleness; the configuration's staleness; this
+        process's registrations, re-registrations and consecutive heartbeat failures. Reads
+        memory only (never Consul); O(endpoints). Thread-safe.
+        """
+        with self._lock:
+            services = list(self._services.values())
+            health = dict(self._health)
+        out = []
+        for svc in services:
+            state = svc.route.explain()
+            breakers: dict[str, int] = {}
+            for inst in state.instances:
+                if inst.breaker is not None:
+                    name = inst.breaker.state.value
+                    breakers[name] = breakers.get(name, 0) + 1
+            try:
+                snap = self.discovery.snapshot(svc.name, timeout=0.1, **svc.filters)
+                age, stale = snap.age, snap.stale
+            except MeshError:
+                age, stale = None, True
+            out.append(
+                ServiceReadings(
+                    service=svc.name,
+                    endpoints=state.registered,
+                    eligible=state.eligible,
+                    panic=state.panic,
+                    breakers=breakers,
+                    ejected=sum(1 for i in state.instances if i.ejected_for > 0),
+                    snapshot_age=age,
+                    snapshot_stale=stale,
+                )
+            )
+        beats = {sid: manager.snapshot().service for sid, manager in health.items()}
+        return Readings(
+            services=tuple(out),
+            config_stale=self.store.stale if self._watch_config else False,
+            registered=len(self.registry.registered),
+            reregistrations=self.registry.reregistrations,
+            heartbeat_failures={
+                sid: manager.consecutive_push_failures for sid, manager in health.items()
+            },
+            heartbeats_sent={sid: s.ttl_updates_sent for sid, s in beats.items()},
+            heartbeats_failed={sid: s.ttl_updates_failed for sid, s in beats.items()},
         )
 
     def __repr__(self) -> str:

@@ -229,6 +229,11 @@ class HealthCheckManager:
     # -- configuration ---------------------------------------------------------------------
 
     @property
+    def consecutive_push_failures(self) -> int:
+        """TTL status pushes that failed in a row (0 after a success; for metrics)."""
+        return self._consecutive_push_failures
+
+    @property
     def metrics(self) -> HealthMetrics:
         """The live HealthMetrics of this service (thread-safe; see :meth:`snapshot`)."""
         return self._metrics

@@ -557,7 +557,11 @@ class ConfigStore:
     def _on_error(self, exc: MeshError) -> None:
         if not self._unavailable:
             self._unavailable = True
-            log.warning("config: KV unreadable, keeping the configuration in force: %s", exc)
+            log.warning(
+                "config: KV unreadable, keeping the configuration in force: %s",
+                exc,
+                extra={"event": "config_unavailable", "reason": str(exc)},
+            )
             self._event("unavailable", None, str(exc))
 
     def _apply(self, entries: Mapping[str, KVEntry], index: int) -> None:
@@ -591,7 +595,18 @@ class ConfigStore:
                 except ConfigValidationError as exc:
                     self._rejected[key] = entry.modify_index
                     kept = "the last good document stays" if old else "falls back a level"
-                    log.warning("config: rejected KV key %r (%s): %s", key, kept, exc)
+                    log.warning(
+                        "config: rejected KV key %r (%s): %s",
+                        key,
+                        kept,
+                        exc,
+                        extra={
+                            "event": "config_rejected",
+                            "key": key,
+                            "field": exc.field,
+                            "reason": exc.reason,
+                        },
+                    )
                     self._event("rejected", key, exc.reason, field=exc.field, index=index)
                     if old is not None:
                         good[key] = old

@@ -652,7 +652,11 @@ class ServiceRegistry:
                 entry.registrations += 1
                 self._reregistrations += 1
             count += 1
-            log.warning("the agent forgot service %s; registered it again", service_id)
+            log.warning(
+                "the agent forgot service %s; registered it again",
+                service_id,
+                extra={"event": "reregistered", "service_id": service_id},
+            )
         return count
 
     def _ensure_thread(self) -> None:

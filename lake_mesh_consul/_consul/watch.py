@@ -386,7 +386,12 @@ class WatchBase(Generic[T]):
         now = self._clock.monotonic()
         state = self._state
         if state.failures:
-            log.info("watch %s: recovered after %d failed attempt(s)", self.name, state.failures)
+            log.info(
+                "watch %s: recovered after %d failed attempt(s)",
+                self.name,
+                state.failures,
+                extra={"event": "snapshot_fresh", "watch": self.name, "failures": state.failures},
+            )
         if not step.changed and state.has_value and not state.invalidated and not state.failures:
             self._index = step.index
             self._state = _fresh(state, response, now, step.index.value)
@@ -437,7 +442,12 @@ class WatchBase(Generic[T]):
         state = self._state
         failures = state.failures + 1
         if failures == 1 and not quiet:
-            log.warning("watch %s: %s (serving the last known value)", self.name, exc)
+            log.warning(
+                "watch %s: %s (serving the last known value)",
+                self.name,
+                exc,
+                extra={"event": "snapshot_stale", "watch": self.name, "reason": str(exc)},
+            )
         else:
             log.debug("watch %s: attempt %d failed: %s", self.name, failures, exc)
         if isinstance(exc, ConsulUnavailable) and self._index.value:

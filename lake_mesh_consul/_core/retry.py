@@ -479,12 +479,14 @@ def run_call(
     sleep: Callable[[float], None] | None = None,
     rng: random.Random | None = None,
     cap_of: Callable[[ServiceEndpoint], float | None] | None = None,
+    on_retry: Callable[[int, str | None], None] | None = None,
 ) -> _T:
     """The retry loop of ``Route.call``, over any admission (:func:`execute` uses it too).
 
     Admit, call, classify once, report, then ask the :class:`RetryState` (and the budget)
     whether to wait and go again. See :meth:`lake_mesh_consul._core.route.Route.call` for
-    returns and errors.
+    returns and errors. ``on_retry(attempt, stop)`` hears each decision after a retriable
+    failure: ``stop`` is None for a retry, else why not (``"retry budget exhausted"``...).
     """
     if budget is not None:
         budget.deposit()
@@ -531,6 +533,8 @@ def run_call(
             now=now(),
             rng=rng,
         )
+        if on_retry is not None:
+            on_retry(len(state.history), state.stop)
         if state.stop is not None:
             if has_result:
                 return result

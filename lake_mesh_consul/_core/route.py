@@ -43,6 +43,7 @@ No I/O: time, sleep and randomness are injected.
 
 from __future__ import annotations
 
+import functools
 import itertools
 import operator
 import random
@@ -51,7 +52,7 @@ from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from itertools import compress, repeat
-from typing import TypeVar
+from typing import ClassVar, TypeVar
 
 from lake_mesh_consul._core.balancer import (
     DEFAULT_PANIC_THRESHOLD,
@@ -69,6 +70,13 @@ from lake_mesh_consul._core.clock import SYSTEM_CLOCK, Clock
 from lake_mesh_consul._core.detector import DetectorPolicy, FailureDetector
 from lake_mesh_consul._core.endpoint import ServiceEndpoint, Weights, settings_for
 from lake_mesh_consul._core.health import HealthStatus
+from lake_mesh_consul._core.instruments import (
+    NO_INSTRUMENTS,
+    Instruments,
+    call_safely,
+    listener_failed,
+    listens,
+)
 from lake_mesh_consul._core.outcome import SUCCESS, Outcome
 from lake_mesh_consul._core.retry import (
     BudgetPolicy,
@@ -285,6 +293,38 @@ class RouteRequest(RequestContext):
         return f"RouteRequest({self.endpoint!r}, {'done' if self._done else 'in flight'})"
 
 
+class _ReportedRequest(RouteRequest):
+    """A RouteRequest that also tells the route's instruments (built per route, see below).
+
+    Only a route whose instruments listen to ``request_finished`` uses it, so the success
+    path of every other route is the plain :class:`RouteRequest`'s.
+    """
+
+    __slots__ = ()
+    instruments: ClassVar[Instruments]
+    service: ClassVar[str]
+
+    def report(self, outcome: Outcome) -> None:
+        """As :meth:`RouteRequest.report`, then ``instruments.request_finished``."""
+        if self._done:
+            return
+        RouteRequest.report(self, outcome)  # not super(): one call fewer per request
+        ended = self.ended
+        duration = 0.0 if ended is None else max(ended - self.started, 0.0)
+        try:  # free in CPython 3.11+ unless it raises
+            self.instruments.request_finished(self.service, self.endpoint, outcome, duration)
+        except Exception:  # a faulty listener never fails a request
+            listener_failed("request_finished")
+
+
+def _request_type(service: str, instruments: Instruments) -> type[RouteRequest]:
+    """The RouteRequest class of a route: the plain one unless requests are listened to."""
+    if not listens(instruments, "request_finished"):
+        return RouteRequest
+    attributes = {"__slots__": (), "instruments": instruments, "service": service}
+    return type("RouteRequest", (_ReportedRequest,), attributes)
+
+
 class Route:
     """One service's request path (see the module docstring).
 
@@ -294,6 +334,9 @@ class Route:
         endpoints: the initial endpoints (as discovery reports them).
         clock: time for everything the route builds; also how it sleeps between retries.
         rng: randomness for the strategy, ejection jitter and backoff.
+        instruments: where the route reports requests, retries, breaker transitions,
+            ejections, panic and no-endpoint failures (default: nowhere, at no cost; see
+            :mod:`lake_mesh_consul._core.instruments`).
 
     Thread-safety: every method may be called from any thread. :meth:`request` and
     :meth:`call` take no lock of the route; :meth:`update` and :meth:`configure` serialise
@@ -317,14 +360,26 @@ class Route:
         endpoints: Iterable[ServiceEndpoint] = (),
         clock: Clock = SYSTEM_CLOCK,
         rng: random.Random | None = None,
+        instruments: Instruments = NO_INSTRUMENTS,
     ) -> None:
         self.service = service
         self.clock = clock
         self._rng = rng or random.Random()
         self._settings = settings = settings or RouteSettings()
         self._lock = threading.Lock()
+        self.instruments = instruments
+        self._request = _request_type(service, instruments)
+        self._on_retry = (
+            functools.partial(call_safely, instruments.retry, service)
+            if listens(instruments, "retry")
+            else None
+        )
         self._detector = FailureDetector(
-            settings.detector, clock=clock, rng=random.Random(self._rng.random())
+            settings.detector,
+            clock=clock,
+            rng=random.Random(self._rng.random()),
+            listeners=(functools.partial(instruments.ejection, service),),
+            breaker_listeners=(functools.partial(instruments.breaker_transition, service),),
         )
         self._balancer = LoadBalancer(
             service,
@@ -538,9 +593,9 @@ class Route:
             breaker = self._detector.breaker(endpoint)
             now = lb.monotonic()  # one reading for the permit and the load figures (one clock)
             if breaker is None:
-                return RouteRequest(lb, self._detector, endpoint, None, now)
+                return self._request(lb, self._detector, endpoint, None, now)
             try:
-                return RouteRequest(lb, self._detector, endpoint, breaker.acquire(now), now)
+                return self._request(lb, self._detector, endpoint, breaker.acquire(now), now)
             except CircuitOpen:
                 return self._repick(key, exclude, frozenset((endpoint,)))
         return self._repick(key, exclude, exclude)
@@ -561,13 +616,13 @@ class Route:
                 return self._panic_request(exc)
             breaker = self._detector.breaker(endpoint)
             if breaker is None:
-                return RouteRequest(self._balancer, self._detector, endpoint, None)
+                return self._request(self._balancer, self._detector, endpoint, None)
             try:
                 permit = breaker.acquire()
             except CircuitOpen:
                 refused = refused | {endpoint}
                 continue
-            return RouteRequest(self._balancer, self._detector, endpoint, permit)
+            return self._request(self._balancer, self._detector, endpoint, permit)
         if exclude:
             raise NoEndpointsAvailable(self.service, "all tried")
         return self._panic_request(None)
@@ -579,7 +634,10 @@ class Route:
         """Nothing is eligible: go to the best routable candidate, or say why none is."""
         candidates = [e for e in self._balancer.endpoints if e.health in _RANK]
         if not candidates:
-            raise NoEndpointsAvailable(self.service, self._why_none()) from cause
+            why = self._why_none()
+            call_safely(self.instruments.no_endpoint, self.service, why)
+            raise NoEndpointsAvailable(self.service, why) from cause
+        call_safely(self.instruments.panic, self.service, None if cause is None else cause.reason)
         best = min(_RANK[e.health] for e in candidates)
         candidates = [e for e in candidates if _RANK[e.health] == best]
         endpoint = candidates[next(self._turn) % len(candidates)]
@@ -590,7 +648,7 @@ class Route:
                 permit = breaker.acquire()  # a due probe, when its reset timeout is over
             except CircuitOpen:
                 permit = None  # sent anyway; the outcome is observed, not a probe
-        return RouteRequest(self._balancer, self._detector, endpoint, permit)
+        return self._request(self._balancer, self._detector, endpoint, permit)
 
     def _why_none(self) -> str:
         """Why no endpoint is routable: ``"all drained"``, ``"none registered"``..."""
@@ -652,6 +710,7 @@ class Route:
             sleep=sleep,
             rng=self._rng,
             cap_of=per_try.get if per_try else None,
+            on_retry=self._on_retry,
         )
 
     # --- explaining ----------------------------------------------------------------------

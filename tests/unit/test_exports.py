@@ -31,7 +31,16 @@ PUBLIC = [
     "ServiceMetadata",
     "ServiceRegistry",
 ]
-HEAVY = ("requests", "consul", "tenacity", "pybreaker", "urllib3")
+# prometheus_client and opentelemetry: the metrics exporters load them only when used (issue 18)
+HEAVY = (
+    "requests",
+    "consul",
+    "tenacity",
+    "pybreaker",
+    "urllib3",
+    "prometheus_client",
+    "opentelemetry",
+)
 PACKAGE_DIR = Path(lake_mesh_consul.__file__).parent
 
 
