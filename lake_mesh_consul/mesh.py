@@ -50,7 +50,7 @@ import os
 import random
 import threading
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
@@ -763,6 +763,96 @@ class Mesh:
     def closed(self) -> bool:
         """Whether :meth:`close` was called."""
         return self._closed
+
+    # -- asyncio: the same mesh, never blocking the event loop -------------------------------
+
+    async def astart(self) -> Mesh:
+        """:meth:`start` in a worker thread (``asyncio.to_thread``): the loop never blocks.
+
+        Returns and raises as :meth:`start`.
+        """
+        import asyncio
+
+        await asyncio.to_thread(self.start)
+        return self
+
+    async def aclose(self) -> None:
+        """:meth:`close` in a worker thread: drain, deregister and stop, the loop running on.
+
+        Idempotent, bounded as :meth:`close`; the SIGTERM hook (installed on the main
+        thread) is put back on the loop's thread afterwards.
+        """
+        import asyncio
+
+        await asyncio.to_thread(self.close)
+        self._sigterm.uninstall()
+
+    async def __aenter__(self) -> Mesh:
+        return await self.astart()
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+    async def aroute(self, service: str) -> Route:
+        """:meth:`route` for coroutines: the route at once when known, else from a thread.
+
+        The first use of a service waits for Consul's first answer: that wait runs in a
+        worker thread. Raises as :meth:`route`.
+        """
+        known = self._services.get(service)  # lock-free fast path, as _service()
+        if known is not None and not self._closed:
+            return known.route
+        import asyncio
+
+        return await asyncio.to_thread(self.route, service)
+
+    async def acall(
+        self,
+        service: str,
+        fn: Callable[[ServiceEndpoint], Awaitable[_T]],
+        *,
+        key: str | bytes | None = None,
+        idempotent: bool | None = None,
+        method: str | None = None,
+        pass_timeout: bool = False,
+        status_of: Callable[[_T], int | None] | None = None,
+        retry_after_of: Callable[[_T], float | None] | None = None,
+    ) -> _T:
+        """:meth:`call` for a coroutine function: ``await mesh.acall("db", query)``.
+
+        The same route as :meth:`call` (pick, breaker permit, per-try timeout, outcome
+        recording, idempotency, budgeted retries on another endpoint, backoff), with the
+        attempt and the backoff awaited; ``fn`` is any async client (gRPC aio, a database
+        driver, httpx). A cancelled call (``asyncio.timeout``, ``task.cancel()``) releases
+        the attempt's breaker permit and outstanding count, records no outcome, and the
+        ``asyncio.CancelledError`` propagates unchanged. With ``pass_timeout`` ``fn`` is
+        called ``fn(endpoint, timeout)`` and must honour the seconds it is given.
+
+        Returns and raises as :meth:`call`.
+
+        Example::
+
+            async def fetch(endpoint):
+                return await db.fetch(endpoint.address, endpoint.port, "SELECT 1")
+
+            rows = await mesh.acall("db", fetch, idempotent=True)
+        """
+        route = await self.aroute(service)
+        call: Callable[[ServiceEndpoint, float | None], Awaitable[_T]]
+        if pass_timeout:
+            call = fn  # type: ignore[assignment]
+        else:
+
+            def call(endpoint: ServiceEndpoint, _timeout: float | None) -> Awaitable[_T]:
+                return fn(endpoint)
+
+        options = CallOptions(
+            key=key,
+            idempotent=route.retry_policy.is_idempotent(method, idempotent),
+            status_of=status_of,
+            retry_after_of=retry_after_of,
+        )
+        return await route.acall(call, options)
 
     # -- registration -------------------------------------------------------------------------
 
