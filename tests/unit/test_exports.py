@@ -31,7 +31,7 @@ PUBLIC = [
     "ServiceMetadata",
     "ServiceRegistry",
 ]
-HEAVY = ("requests", "consul", "tenacity", "pybreaker", "urllib3")
+HEAVY = ("requests", "consul", "tenacity", "pybreaker", "urllib3", "httpx", "httpcore", "anyio")
 PACKAGE_DIR = Path(lake_mesh_consul.__file__).parent
 
 
