@@ -173,6 +173,8 @@ class _Router:
         self.services = frozenset(s.lower() for s in services) if services is not None else None
         self._routes: dict[bytes, str | None] = {}
         self._routes_lock = threading.Lock()
+        #: ``(address, port, scheme, raw_path)`` -> the URL an attempt is sent to.
+        self._targets: dict[tuple[str, int, str, bytes], httpx.URL] = {}
         clock = mesh.clock
 
         def retry_after(response: httpx.Response) -> float | None:
@@ -212,12 +214,30 @@ class _Router:
         url = request.url
         timeouts = request.extensions.get("timeout")
         host = None if self.preserve_host else request.headers.get("Host")
-        request.url = url.copy_with(host=endpoint.address, port=endpoint.port)
+        request.url = self._target(url, endpoint)
         if seconds is not None:
             request.extensions["timeout"] = _capped_timeouts(timeouts, seconds)
         if host is not None and host == url.netloc.decode("ascii", "replace"):
             request.headers["Host"] = endpoint.host_port
         return url, timeouts, host
+
+    def _target(self, url: httpx.URL, endpoint: ServiceEndpoint) -> httpx.URL:
+        """``url`` as sent to ``endpoint`` (cached per endpoint and path).
+
+        httpx builds a URL in tens of microseconds, more than the rest of the mesh's path,
+        and a service's paths repeat; userinfo and fragment are never sent, so not kept.
+        """
+        scheme, raw_path = url.scheme, url.raw_path
+        key = (endpoint.address, endpoint.port, scheme, raw_path)
+        target = self._targets.get(key)
+        if target is None:
+            target = httpx.URL(
+                scheme=scheme, host=endpoint.address, port=endpoint.port, raw_path=raw_path
+            )
+            if len(self._targets) >= _CACHE_SIZE:
+                self._targets.clear()  # a dict's clear and set are atomic: no lock needed
+            self._targets[key] = target
+        return target
 
     @staticmethod
     def restore(request: httpx.Request, saved: tuple[httpx.URL, Any, str | None]) -> None:

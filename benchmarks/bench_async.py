@@ -1,0 +1,210 @@
+"""The httpx transports and the async path: the mesh against plain httpx, same server.
+
+Both sides send ``GET /`` to the same local HTTP server (a separate process, HTTP/1.1
+keep-alive, a tiny body; the one bench_session uses) over warm pooled connections with the
+same pool limits and timeout. The mesh side goes through ``AsyncMeshTransport`` (or
+``MeshTransport``) with the server registered in a real Consul agent and discovered through
+it: URL routing, the balancer's pick, the breaker permit, the retry loop's bookkeeping, the
+detector's record and the latency figures. Rounds alternate (plain-mesh, mesh-plain, ...) so
+that a shared machine's drift hits both sides alike; ratios are medians of per-pair ratios.
+
+Rows:
+
+* ``async.throughput.concurrency=<c>``: requests per second of ``c`` coroutines (one shared
+  ``httpx.AsyncClient`` through ``AsyncMeshTransport``) against a plain
+  ``httpx.AsyncClient`` with the same number of coroutines (target ratio >= 0.95).
+* ``sync.throughput.httpx``: one thread, ``httpx.Client(transport=MeshTransport(mesh))``
+  against a plain ``httpx.Client`` (target ratio >= 0.95).
+* ``async.acall.in_process`` (and ``_cpu``): ``await mesh.acall(service, fn)`` with an
+  ``fn`` that does no I/O, minus awaiting ``fn`` bare: the async success path's overhead
+  per call, in microseconds (wall time; ``_cpu``: CPU time of the process's thread).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import statistics
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import httpx
+from _common import Context, Row, compare_alternated
+from bench_session import _start_server
+
+from lake_mesh_consul._core.config import MeshConfig
+from lake_mesh_consul._core.endpoint import ServiceEndpoint
+from lake_mesh_consul._core.health import HealthStatus
+from lake_mesh_consul._core.registration import ServiceMetadata, TtlCheck
+from lake_mesh_consul.httpx import AsyncMeshTransport, MeshTransport
+from lake_mesh_consul.mesh import Mesh
+
+#: Both sides' timeout and pool limits (256 in flight need 256 connections).
+TIMEOUT = 5.0
+LIMITS = httpx.Limits(max_connections=300, max_keepalive_connections=300)
+TARGET = {"target": 0.95}
+
+
+async def _rate(client: httpx.AsyncClient, url: str, concurrency: int, seconds: float) -> float:
+    """Requests per second of ``concurrency`` coroutines sending for ``seconds``."""
+    count = 0
+    end = time.perf_counter() + seconds
+
+    async def worker() -> None:
+        nonlocal count
+        while time.perf_counter() < end:  # bounded by the clock
+            response = await client.get(url)
+            response.raise_for_status()
+            count += 1
+
+    start = time.perf_counter()
+    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    return count / (time.perf_counter() - start)
+
+
+async def _async_rows(mesh: Mesh, name: str, port: int, ctx: Context) -> list[Row]:
+    seconds, rounds = (0.3, 2) if ctx.quick else (1.5, 6)
+    rows = []
+    meshed = httpx.AsyncClient(
+        transport=AsyncMeshTransport(mesh, inner=httpx.AsyncHTTPTransport(limits=LIMITS)),
+        timeout=TIMEOUT,
+    )
+    plain = httpx.AsyncClient(transport=httpx.AsyncHTTPTransport(limits=LIMITS), timeout=TIMEOUT)
+    ours_url, theirs_url = f"http://{name}/", f"http://127.0.0.1:{port}/"
+    async with meshed, plain:
+        for concurrency in (1, 256):
+            await _rate(meshed, ours_url, concurrency, 0.2)  # warm: connections, caches
+            await _rate(plain, theirs_url, concurrency, 0.2)
+            xs: list[float] = []
+            ys: list[float] = []
+            for i in range(rounds):
+                if i % 2:
+                    ys.append(await _rate(plain, theirs_url, concurrency, seconds))
+                    xs.append(await _rate(meshed, ours_url, concurrency, seconds))
+                else:
+                    xs.append(await _rate(meshed, ours_url, concurrency, seconds))
+                    ys.append(await _rate(plain, theirs_url, concurrency, seconds))
+            rows.append(
+                compare_alternated(
+                    f"async.throughput.concurrency={concurrency}",
+                    xs,
+                    ys,
+                    "req/s",
+                    baseline_is="plain httpx.AsyncClient, same server, same pool limits",
+                    **TARGET,
+                )
+            )
+        rows.extend(await _acall_rows(mesh, name, 2_000 if ctx.quick else 10_000, rounds))
+    return rows
+
+
+async def _acall_rows(mesh: Mesh, name: str, loop: int, rounds: int) -> list[Row]:
+    """``mesh.acall`` with a no-I/O coroutine function against awaiting it bare."""
+    endpoint = (await mesh.aroute(name)).balancer.pick()
+
+    async def noop(ep: ServiceEndpoint) -> int:
+        return 1
+
+    async def layer(timer: Callable[[], float]) -> float:
+        start = timer()
+        for _ in range(loop):
+            await mesh.acall(name, noop, idempotent=True)
+        return (timer() - start) / loop * 1e6
+
+    async def bare(timer: Callable[[], float]) -> float:
+        start = timer()
+        for _ in range(loop):
+            await noop(endpoint)
+        return (timer() - start) / loop * 1e6
+
+    rows = []
+    for suffix, timer, time_is in (
+        ("", time.perf_counter, "wall time"),
+        ("_cpu", time.thread_time, "CPU time of the calling thread"),
+    ):
+        await layer(timer)
+        xs: list[float] = []
+        ys: list[float] = []
+        for i in range(max(3, rounds)):
+            if i % 2:
+                ys.append(await bare(timer))
+                xs.append(await layer(timer))
+            else:
+                xs.append(await layer(timer))
+                ys.append(await bare(timer))
+        row = compare_alternated(
+            f"async.acall.in_process{suffix}",
+            xs,
+            ys,
+            "us/call",
+            baseline_is="await fn(endpoint) bare",
+        )
+        row.value = statistics.median(x - y for x, y in zip(xs, ys, strict=True))
+        row.extra["measures"] = "await mesh.acall minus the bare await, fn without I/O"
+        row.extra["time"] = time_is
+        rows.append(row)
+    return rows
+
+
+def _rate_sync(client: httpx.Client, url: str, seconds: float) -> float:
+    count = 0
+    start = time.perf_counter()
+    end = start + seconds
+    while time.perf_counter() < end:  # bounded by the clock
+        client.get(url).raise_for_status()
+        count += 1
+    return count / (time.perf_counter() - start)
+
+
+def _sync_rows(mesh: Mesh, name: str, port: int, ctx: Context) -> Iterator[Row]:
+    seconds, rounds = (0.3, 2) if ctx.quick else (1.5, 6)
+    pool: dict[str, Any] = {"limits": LIMITS}
+    with (
+        httpx.Client(
+            transport=MeshTransport(mesh, inner=httpx.HTTPTransport(**pool)), timeout=TIMEOUT
+        ) as meshed,
+        httpx.Client(transport=httpx.HTTPTransport(**pool), timeout=TIMEOUT) as plain,
+    ):
+        ours_url, theirs_url = f"http://{name}/", f"http://127.0.0.1:{port}/"
+        _rate_sync(meshed, ours_url, 0.2)
+        _rate_sync(plain, theirs_url, 0.2)
+        xs: list[float] = []
+        ys: list[float] = []
+        for i in range(rounds):
+            if i % 2:
+                ys.append(_rate_sync(plain, theirs_url, seconds))
+                xs.append(_rate_sync(meshed, ours_url, seconds))
+            else:
+                xs.append(_rate_sync(meshed, ours_url, seconds))
+                ys.append(_rate_sync(plain, theirs_url, seconds))
+        yield compare_alternated(
+            "sync.throughput.httpx",
+            xs,
+            ys,
+            "req/s",
+            baseline_is="plain httpx.Client, one thread, same server",
+            **TARGET,
+        )
+
+
+def run(ctx: Context) -> Iterator[Row]:
+    process, port = _start_server()
+    name = f"bench-async-{uuid.uuid4().hex[:8]}"
+    config = MeshConfig(address=ctx.consul_address(), kv_prefix=name)
+    try:
+        with Mesh(config, drain_grace=0.0) as mesh:
+            mesh.register(
+                ServiceMetadata(name, port, id=name, address="127.0.0.1"),
+                TtlCheck(ttl=600.0, status=HealthStatus.PASSING),
+            )
+            deadline = time.monotonic() + 10
+            while mesh.balancer(name).stats().eligible < 1:
+                if time.monotonic() > deadline:
+                    raise RuntimeError("the benchmark service never became eligible")
+                time.sleep(0.05)
+            yield from asyncio.run(_async_rows(mesh, name, port, ctx))
+            yield from _sync_rows(mesh, name, port, ctx)
+    finally:
+        process.kill()
+        process.wait(5)
