@@ -503,3 +503,67 @@ def test_the_loop_never_blocks_in_debug_mode(mesh_config, unique_name, backends,
     assert blocking.calls == ["time.sleep"]
     mesh_slow, plain_slow = slow.count("transport.mesh"), slow.count("transport.plain")
     assert mesh_slow <= 2 * plain_slow + 5, (mesh_slow, plain_slow)
+
+
+@pytest.mark.fault
+def test_a_hung_agent_never_stalls_the_loop(
+    dedicated_consul_agent, unique_name, backends, monkeypatch
+):
+    """The agent SIGSTOPped mid-run: known services keep answering from their snapshots,
+    a first use of another service fails after discovery_timeout in a worker thread while
+    the loop serves on, close returns in bounded time, and nothing blocks the loop."""
+    agent = dedicated_consul_agent
+    blocking = _BlockingOnLoop(monkeypatch)
+
+    async def main() -> None:
+        blocking.loop_thread = threading.get_ident()
+        mesh = Mesh(
+            MeshConfig(address=agent.address, kv_prefix=unique_name),
+            drain_grace=0.0,
+            discovery_timeout=2.0,
+            services=_settings(unique_name, consecutive_failures=1000),
+        )
+        await mesh.astart()
+        http = httpx.AsyncClient(transport=AsyncMeshTransport(mesh), timeout=5)
+        try:
+            for backend in backends:
+                await asyncio.to_thread(
+                    mesh.register,
+                    ServiceMetadata(
+                        unique_name, backend.port, id=backend.name, address="127.0.0.1"
+                    ),
+                    TtlCheck(ttl=60.0, status=HealthStatus.PASSING),
+                )
+            route = await mesh.aroute(unique_name)
+            for _ in range(400):  # bounded: 20 s
+                if route.balancer.stats().eligible == 3:
+                    break
+                await asyncio.sleep(0.05)
+            await asyncio.to_thread(agent.pause)  # the harness's own waits, off the loop
+            try:
+                # A first use waits for Consul in a worker thread; the loop serves meanwhile.
+                unknown = asyncio.ensure_future(http.get(f"http://{unique_name}-other/"))
+                served = 0
+                for _ in range(400):  # bounded: while the discovery wait runs
+                    if unknown.done():
+                        break
+                    responses = await asyncio.gather(
+                        *(http.get(f"http://{unique_name}/x") for _ in range(5))
+                    )
+                    assert all(r.status_code == 200 for r in responses)
+                    served += len(responses)
+                with pytest.raises(httpx.TransportError) as caught:
+                    await unknown
+                assert isinstance(caught.value, MeshError)
+                assert served >= 5  # the loop answered while discovery waited
+                started = time.monotonic()
+                await asyncio.wait_for(mesh.aclose(), 10)  # drains against a hung agent
+                assert time.monotonic() - started < 5
+            finally:
+                await asyncio.to_thread(agent.resume)
+        finally:
+            await http.aclose()
+            await mesh.aclose()
+
+    asyncio.run(main())
+    assert blocking.calls == []
