@@ -50,9 +50,9 @@ import os
 import random
 import threading
 import time
-from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Generic, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, TypeVar, cast
 
 from lake_mesh_consul._consul.client import ConsulClient
 from lake_mesh_consul._consul.discovery import ServiceDiscovery, ServiceSnapshot
@@ -83,6 +83,8 @@ from lake_mesh_consul._shutdown import ShutdownHook
 from lake_mesh_consul.errors import DiscoveryTimeout, InvalidSetting, MeshError
 
 if TYPE_CHECKING:
+    import asyncio
+
     from lake_mesh_consul.http import MeshSession
 
 __all__ = [
@@ -460,6 +462,28 @@ class _Service:
     def close(self) -> None:
         self.unsubscribe_config()
         self.unsubscribe()
+
+
+def _on_loop(
+    fn: Callable[[], Coroutine[Any, Any, object]], loop: asyncio.AbstractEventLoop
+) -> CheckFunction:
+    """A check function that runs the coroutine function ``fn`` on ``loop`` and waits.
+
+    Called on a check thread of the HealthCheckManager, never on the loop itself.
+    """
+    import asyncio
+
+    def check() -> object:
+        coroutine = fn()
+        try:
+            future = asyncio.run_coroutine_threadsafe(coroutine, loop)
+        except RuntimeError:  # the loop is closed
+            coroutine.close()
+            raise
+        return future.result()
+
+    check.__name__ = getattr(fn, "__name__", "check")
+    return check
 
 
 def _noop() -> None:
@@ -901,6 +925,38 @@ class Mesh:
             self._install_sigterm()
             self._start_manager(metadata.id, manager)
         return manager
+
+    async def aregister(
+        self,
+        metadata: ServiceMetadata,
+        *checks: Check,
+        functions: Iterable[CheckFunction | Callable[[], Coroutine[Any, Any, object]]] = (),
+        **health_options: Any,
+    ) -> HealthCheckManager:
+        """:meth:`register` for coroutines: the agent calls run in a worker thread.
+
+        ``functions`` may be coroutine functions (``async def db_ping(): ...``): each run
+        is scheduled on the calling event loop (where the service's own clients live, e.g.
+        a database pool) from the manager's check thread, which waits for its result; the
+        loop never waits for the agent. The SIGTERM drain is installed on the calling
+        thread first, as :meth:`register` does on the main thread. Returns and raises as
+        :meth:`register`; a check whose loop has closed reports critical.
+        """
+        import asyncio
+        import inspect
+
+        loop = asyncio.get_running_loop()
+        runs: list[CheckFunction] = [
+            _on_loop(cast("Callable[[], Coroutine[Any, Any, object]]", fn), loop)
+            if inspect.iscoroutinefunction(fn)
+            else fn
+            for fn in functions
+        ]
+        self._check_open()
+        self._install_sigterm()  # the loop's thread: the main thread in a usual service
+        return await asyncio.to_thread(
+            self.register, metadata, *checks, functions=runs, **health_options
+        )
 
     def _start_manager(self, service_id: str, manager: HealthCheckManager) -> None:
         """Register through ``manager`` and start its heartbeat, known to close() first."""

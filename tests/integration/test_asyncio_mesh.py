@@ -567,3 +567,41 @@ def test_a_hung_agent_never_stalls_the_loop(
 
     asyncio.run(main())
     assert blocking.calls == []
+
+
+def test_aregister_runs_async_check_functions_on_the_loop(mesh_config, unique_name, backends):
+    healthy = True
+    loops: list[asyncio.AbstractEventLoop] = []
+
+    async def db_ping() -> bool:  # uses the service's own loop, as a database pool would
+        loops.append(asyncio.get_running_loop())
+        await asyncio.sleep(0)
+        return healthy
+
+    async def main() -> None:
+        nonlocal healthy
+        mesh = Mesh(mesh_config.replace(kv_prefix=unique_name), drain_grace=0.0)
+        async with mesh:
+            backend = backends[0]
+            await mesh.aregister(
+                ServiceMetadata(unique_name, backend.port, id=backend.name, address="127.0.0.1"),
+                TtlCheck(ttl=3.0),
+                functions=(db_ping,),
+                interval=0.3,
+            )
+            route = await mesh.aroute(unique_name)
+            for _ in range(200):  # bounded: 10 s for the first passing report
+                if route.balancer.stats().eligible == 1:
+                    break
+                await asyncio.sleep(0.05)
+            assert route.balancer.stats().eligible == 1
+            assert loops
+            assert all(loop is asyncio.get_running_loop() for loop in loops)
+            healthy = False
+            for _ in range(200):  # bounded: the failing check reaches Consul and discovery
+                if route.balancer.stats().eligible == 0:
+                    break
+                await asyncio.sleep(0.05)
+            assert route.balancer.stats().eligible == 0
+
+    asyncio.run(main())
