@@ -15,6 +15,9 @@ Rows:
   ``httpx.AsyncClient`` with the same number of coroutines (target ratio >= 0.95).
 * ``sync.throughput.httpx``: one thread, ``httpx.Client(transport=MeshTransport(mesh))``
   against a plain ``httpx.Client`` (target ratio >= 0.95).
+* ``httpx.transport.layer`` (and ``_cpu``): ``MeshTransport`` over httpx's ``MockTransport``
+  minus a client on that ``MockTransport`` directly: the mesh layer's cost per request in
+  microseconds with no network noise (routing, pick, permit, retry bookkeeping, record).
 * ``async.acall.in_process`` (and ``_cpu``): ``await mesh.acall(service, fn)`` with an
   ``fn`` that does no I/O, minus awaiting ``fn`` bare: the async success path's overhead
   per call, in microseconds (wall time; ``_cpu``: CPU time of the process's thread).
@@ -226,6 +229,50 @@ def _sync_rows(mesh: Mesh, name: str, port: int, ctx: Context) -> Iterator[Row]:
         )
 
 
+def _layer_rows(mesh: Mesh, name: str, ctx: Context) -> Iterator[Row]:
+    """The transport layer alone: MeshTransport over httpx's MockTransport against a client
+    on that MockTransport directly (no network: what the mesh adds per request, in situ)."""
+    mock = httpx.MockTransport(lambda request: httpx.Response(200, content=b"ok"))
+    n, rounds = (500, 4) if ctx.quick else (2_000, 8)
+
+    def per_request(client: httpx.Client, url: str, timer: Callable[[], float]) -> float:
+        start = timer()
+        for _ in range(n):
+            client.get(url)
+        return (timer() - start) / n * 1e6
+
+    with (
+        httpx.Client(transport=MeshTransport(mesh, inner=mock)) as meshed,
+        httpx.Client(transport=mock) as plain,
+    ):
+        for suffix, timer, time_is in (
+            ("", time.perf_counter, "wall time"),
+            ("_cpu", time.thread_time, "CPU time of the calling thread"),
+        ):
+            per_request(meshed, f"http://{name}/", timer)
+            per_request(plain, "http://127.0.0.1:1/", timer)
+            xs: list[float] = []
+            ys: list[float] = []
+            for i in range(rounds):
+                if i % 2:
+                    ys.append(per_request(plain, "http://127.0.0.1:1/", timer))
+                    xs.append(per_request(meshed, f"http://{name}/", timer))
+                else:
+                    xs.append(per_request(meshed, f"http://{name}/", timer))
+                    ys.append(per_request(plain, "http://127.0.0.1:1/", timer))
+            row = compare_alternated(
+                f"httpx.transport.layer{suffix}",
+                xs,
+                ys,
+                "us/req",
+                baseline_is="httpx.Client on the same MockTransport",
+            )
+            row.value = statistics.median(x - y for x, y in zip(xs, ys, strict=True))
+            row.extra["measures"] = "MeshTransport minus the plain client, per request"
+            row.extra["time"] = time_is
+            yield row
+
+
 def run(ctx: Context) -> Iterator[Row]:
     process, port = _start_server()
     name = f"bench-async-{uuid.uuid4().hex[:8]}"
@@ -243,6 +290,7 @@ def run(ctx: Context) -> Iterator[Row]:
                 time.sleep(0.05)
             yield from asyncio.run(_async_rows(mesh, name, port, ctx))
             yield from _sync_rows(mesh, name, port, ctx)
+            yield from _layer_rows(mesh, name, ctx)
     finally:
         process.kill()
         process.wait(5)
