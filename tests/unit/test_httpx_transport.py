@@ -177,3 +177,16 @@ def test_the_async_transport_follows_the_same_rules() -> None:
     asyncio.run(main())
     for instance in mesh.routes["orders"].explain().instances:
         assert instance.balancer.outstanding == 0
+
+
+def test_retry_after_is_honoured_between_attempts() -> None:
+    mesh, _ = _mesh()
+
+    def busy(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(503, headers={"Retry-After": "2"}, content=b"busy")
+
+    with httpx.Client(transport=MeshTransport(mesh, inner=httpx.MockTransport(busy))) as c:
+        response = c.get("http://orders/x")
+    assert response.status_code == 503  # attempts ran out on a status: the last response
+    assert len(mesh.clock.sleeps) == 2
+    assert all(wait >= 2.0 for wait in mesh.clock.sleeps)  # at least the server's 2 s
