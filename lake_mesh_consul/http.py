@@ -52,7 +52,6 @@ from __future__ import annotations
 
 import operator
 import os
-import re
 import threading
 from collections.abc import Callable, Iterable, Mapping
 from typing import TYPE_CHECKING, Any
@@ -65,6 +64,11 @@ from requests.sessions import merge_setting as _merge_setting
 from lake_mesh_consul._core.endpoint import ServiceEndpoint
 from lake_mesh_consul._core.retry import CallOptions
 from lake_mesh_consul._core.retry_after import parse_retry_after
+from lake_mesh_consul._routing import (
+    service_of,
+    service_of_netloc,
+    split_url,
+)
 from lake_mesh_consul.errors import (
     CircuitOpen,
     DeadlineExceeded,
@@ -94,10 +98,6 @@ __all__ = [
     "service_of",
 ]
 
-#: The suffix of Consul's DNS names of services.
-CONSUL_DNS_SUFFIX = ".service.consul"
-#: Host names never routed through the mesh.
-NEVER_ROUTED = frozenset({"localhost"})
 #: Hosts whose routing decision is cached (the parse is per request otherwise).
 _CACHE_SIZE = 4096
 #: The attribute of a Response that holds the endpoint that served it.
@@ -155,56 +155,7 @@ def _mapped(exc: BaseException, request: PreparedRequest) -> BaseException | Non
     return error
 
 
-# --- which URLs are ours -----------------------------------------------------------------------
-
-
-#: ``scheme://netloc rest``: one C-level match per request instead of a parse in Python.
-_URL = re.compile(r"([A-Za-z][A-Za-z0-9+.\-]*)://([^/?#]*)(.*)", re.DOTALL)
-#: The schemes the mesh routes.
-_SCHEMES = frozenset({"http", "https"})
-
-
-def _split(url: str) -> tuple[str, str, str] | None:
-    """``(scheme, netloc, rest)`` of an http(s) URL, or None."""
-    match = _URL.match(url)
-    if match is None:
-        return None
-    scheme, netloc, rest = match.groups()
-    if scheme not in _SCHEMES:
-        scheme = scheme.lower()
-        if scheme not in _SCHEMES:
-            return None
-    return scheme, netloc, rest
-
-
-def _service_of_netloc(netloc: str, allowed: frozenset[str] | None) -> str | None:
-    host = netloc.rpartition("@")[2].lower()
-    if not host or ":" in host or host.startswith("["):
-        return None  # a port, or an IPv6 literal
-    if host.endswith(CONSUL_DNS_SUFFIX):
-        name = host[: -len(CONSUL_DNS_SUFFIX)]
-        return name or None
-    if "." in host or host in NEVER_ROUTED:
-        return None
-    if allowed is not None and host not in allowed:
-        return None
-    return host
-
-
-def service_of(url: str, services: Iterable[str] | None = None) -> str | None:
-    """The service a URL names for the mesh, or None when the URL is not a mesh URL.
-
-    Example:
-        >>> service_of("http://orders/api/items"), service_of("http://orders.service.consul/")
-        ('orders', 'orders')
-        >>> service_of("http://localhost/"), service_of("http://orders:8080/")
-        (None, None)
-    """
-    parts = _split(url)
-    if parts is None:
-        return None
-    allowed = frozenset(s.lower() for s in services) if services is not None else None
-    return _service_of_netloc(parts[1], allowed)
+# --- which URLs are ours: lake_mesh_consul._routing (shared with the httpx transports) ------
 
 
 def endpoint_of(response: Response) -> ServiceEndpoint | None:
@@ -283,14 +234,14 @@ class MeshAdapter(requests.adapters.BaseAdapter):
         last = self._last
         if last[0] is url:
             return last[1], last[2]
-        parts = _split(url)
+        parts = split_url(url)
         if parts is None:
             return None, None
         netloc = parts[1]
         try:
             service = self._routes[netloc]
         except KeyError:  # first sight of this host
-            service = _service_of_netloc(netloc, self.services)
+            service = service_of_netloc(netloc, self.services)
             with self._routes_lock:
                 if len(self._routes) >= _CACHE_SIZE:
                     self._routes.clear()

@@ -50,9 +50,9 @@ import os
 import random
 import threading
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Generic, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, TypeVar, cast
 
 from lake_mesh_consul._consul.client import ConsulClient
 from lake_mesh_consul._consul.discovery import ServiceDiscovery, ServiceSnapshot
@@ -90,6 +90,8 @@ from lake_mesh_consul._shutdown import ShutdownHook
 from lake_mesh_consul.errors import DiscoveryTimeout, InvalidSetting, MeshError
 
 if TYPE_CHECKING:
+    import asyncio
+
     from lake_mesh_consul._consul.health_checks import CheckFunction, HealthCheckManager
     from lake_mesh_consul._core.registration import Check, ServiceMetadata
     from lake_mesh_consul.http import MeshSession
@@ -475,6 +477,28 @@ class _Service:
         self.unsubscribe()
 
 
+def _on_loop(
+    fn: Callable[[], Coroutine[Any, Any, object]], loop: asyncio.AbstractEventLoop
+) -> CheckFunction:
+    """A check function that runs the coroutine function ``fn`` on ``loop`` and waits.
+
+    Called on a check thread of the HealthCheckManager, never on the loop itself.
+    """
+    import asyncio
+
+    def check() -> object:
+        coroutine = fn()
+        try:
+            future = asyncio.run_coroutine_threadsafe(coroutine, loop)
+        except RuntimeError:  # the loop is closed
+            coroutine.close()
+            raise
+        return future.result()
+
+    check.__name__ = getattr(fn, "__name__", "check")
+    return check
+
+
 def _noop() -> None:
     return None
 
@@ -797,6 +821,96 @@ class Mesh:
         """Whether :meth:`close` was called."""
         return self._closed
 
+    # -- asyncio: the same mesh, never blocking the event loop -------------------------------
+
+    async def astart(self) -> Mesh:
+        """:meth:`start` in a worker thread (``asyncio.to_thread``): the loop never blocks.
+
+        Returns and raises as :meth:`start`.
+        """
+        import asyncio
+
+        await asyncio.to_thread(self.start)
+        return self
+
+    async def aclose(self) -> None:
+        """:meth:`close` in a worker thread: drain, deregister and stop, the loop running on.
+
+        Idempotent, bounded as :meth:`close`; the SIGTERM hook (installed on the main
+        thread) is put back on the loop's thread afterwards.
+        """
+        import asyncio
+
+        await asyncio.to_thread(self.close)
+        self._sigterm.uninstall()
+
+    async def __aenter__(self) -> Mesh:
+        return await self.astart()
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+    async def aroute(self, service: str) -> Route:
+        """:meth:`route` for coroutines: the route at once when known, else from a thread.
+
+        The first use of a service waits for Consul's first answer: that wait runs in a
+        worker thread. Raises as :meth:`route`.
+        """
+        known = self._services.get(service)  # lock-free fast path, as _service()
+        if known is not None and not self._closed:
+            return known.route
+        import asyncio
+
+        return await asyncio.to_thread(self.route, service)
+
+    async def acall(
+        self,
+        service: str,
+        fn: Callable[[ServiceEndpoint], Awaitable[_T]],
+        *,
+        key: str | bytes | None = None,
+        idempotent: bool | None = None,
+        method: str | None = None,
+        pass_timeout: bool = False,
+        status_of: Callable[[_T], int | None] | None = None,
+        retry_after_of: Callable[[_T], float | None] | None = None,
+    ) -> _T:
+        """:meth:`call` for a coroutine function: ``await mesh.acall("db", query)``.
+
+        The same route as :meth:`call` (pick, breaker permit, per-try timeout, outcome
+        recording, idempotency, budgeted retries on another endpoint, backoff), with the
+        attempt and the backoff awaited; ``fn`` is any async client (gRPC aio, a database
+        driver, httpx). A cancelled call (``asyncio.timeout``, ``task.cancel()``) releases
+        the attempt's breaker permit and outstanding count, records no outcome, and the
+        ``asyncio.CancelledError`` propagates unchanged. With ``pass_timeout`` ``fn`` is
+        called ``fn(endpoint, timeout)`` and must honour the seconds it is given.
+
+        Returns and raises as :meth:`call`.
+
+        Example::
+
+            async def fetch(endpoint):
+                return await db.fetch(endpoint.address, endpoint.port, "SELECT 1")
+
+            rows = await mesh.acall("db", fetch, idempotent=True)
+        """
+        route = await self.aroute(service)
+        call: Callable[[ServiceEndpoint, float | None], Awaitable[_T]]
+        if pass_timeout:
+            call = fn  # type: ignore[assignment]
+        else:
+
+            def call(endpoint: ServiceEndpoint, _timeout: float | None) -> Awaitable[_T]:
+                return fn(endpoint)
+
+        options = CallOptions(
+            key=key,
+            idempotent=route.retry_policy.is_idempotent(method, idempotent),
+            status_of=status_of,
+            retry_after_of=retry_after_of,
+        )
+        return await route.acall(call, options)
+
     # -- registration -------------------------------------------------------------------------
 
     def register(
@@ -848,6 +962,38 @@ class Mesh:
             self._install_sigterm()
             self._start_manager(metadata.id, manager)
         return manager
+
+    async def aregister(
+        self,
+        metadata: ServiceMetadata,
+        *checks: Check,
+        functions: Iterable[CheckFunction | Callable[[], Coroutine[Any, Any, object]]] = (),
+        **health_options: Any,
+    ) -> HealthCheckManager:
+        """:meth:`register` for coroutines: the agent calls run in a worker thread.
+
+        ``functions`` may be coroutine functions (``async def db_ping(): ...``): each run
+        is scheduled on the calling event loop (where the service's own clients live, e.g.
+        a database pool) from the manager's check thread, which waits for its result; the
+        loop never waits for the agent. The SIGTERM drain is installed on the calling
+        thread first, as :meth:`register` does on the main thread. Returns and raises as
+        :meth:`register`; a check whose loop has closed reports critical.
+        """
+        import asyncio
+        import inspect
+
+        loop = asyncio.get_running_loop()
+        runs: list[CheckFunction] = [
+            _on_loop(cast("Callable[[], Coroutine[Any, Any, object]]", fn), loop)
+            if inspect.iscoroutinefunction(fn)
+            else fn
+            for fn in functions
+        ]
+        self._check_open()
+        self._install_sigterm()  # the loop's thread: the main thread in a usual service
+        return await asyncio.to_thread(
+            self.register, metadata, *checks, functions=runs, **health_options
+        )
 
     def _start_manager(self, service_id: str, manager: HealthCheckManager) -> None:
         """Register through ``manager`` and start its heartbeat, known to close() first."""

@@ -49,7 +49,7 @@ import operator
 import random
 import threading
 from collections import Counter
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from itertools import compress, repeat
 from typing import ClassVar, TypeVar
@@ -700,6 +700,42 @@ class Route:
             policy = replace(policy, attempts=1)
         per_try = self._per_try  # usually empty: then no per-instance lookup per attempt
         return run_call(
+            self.request,
+            fn,
+            opts,
+            policy=policy,
+            budget=self._budget,
+            classifier=self._detector.classifier,
+            clock=self.clock,
+            sleep=sleep,
+            rng=self._rng,
+            cap_of=per_try.get if per_try else None,
+            on_retry=self._on_retry,
+        )
+
+    async def acall(
+        self,
+        fn: Callable[[ServiceEndpoint, float | None], Awaitable[_T]],
+        options: CallOptions | None = None,
+        *,
+        sleep: Callable[[float], Awaitable[None]] | None = None,
+    ) -> _T:
+        """:meth:`call` for a coroutine function: ``await fn(endpoint, timeout)`` per attempt.
+
+        The same admission, retry state, budget, classifier and backoff as :meth:`call`
+        (the loop is :func:`lake_mesh_consul._core.retry_async.run_call_async`); the backoff
+        is awaited (``sleep``, default ``asyncio.sleep``). A cancelled attempt releases its
+        breaker permit and outstanding count, records no outcome, and the
+        ``asyncio.CancelledError`` propagates unchanged. Returns and raises as :meth:`call`.
+        """
+        from lake_mesh_consul._core.retry_async import run_call_async  # asyncio on first use
+
+        opts = options or CallOptions()
+        policy = self._settings.retry
+        if not opts.replayable and policy.attempts > 1:
+            policy = replace(policy, attempts=1)
+        per_try = self._per_try
+        return await run_call_async(
             self.request,
             fn,
             opts,

@@ -19,6 +19,12 @@ EXPECTED = {
     "call_with_session.py": ["200 ServiceEndpoint", "Host: greeter", "caught: MeshNoEndpoints"],
     "call_raw_socket.py": ["HELLO", "ANSWERING"],
     "watch_config.py": ["strategy after:  LeastRequest", "the last good config stays"],
+    "asgi_service.py": [
+        "frontend answered: 200 hello from greeter-a",
+        "frontend answered: 200 hello from greeter-b",
+        "greeter-b failing: 200 hello from greeter-a",
+        "mesh closed: True",
+    ],
 }
 
 

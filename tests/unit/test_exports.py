@@ -31,7 +31,8 @@ PUBLIC = [
     "ServiceMetadata",
     "ServiceRegistry",
 ]
-# prometheus_client and opentelemetry: the metrics exporters load them only when used (issue 18)
+# prometheus_client and opentelemetry: the metrics exporters load them only when used (issue 18);
+# httpx (and what it imports): lake_mesh_consul.httpx only (issue 17)
 HEAVY = (
     "requests",
     "consul",
@@ -40,6 +41,9 @@ HEAVY = (
     "urllib3",
     "prometheus_client",
     "opentelemetry",
+    "httpx",
+    "httpcore",
+    "anyio",
 )
 PACKAGE_DIR = Path(lake_mesh_consul.__file__).parent
 

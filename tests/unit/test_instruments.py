@@ -345,3 +345,23 @@ def test_a_faulty_listener_never_fails_a_request(caplog: pytest.LogCaptureFixtur
     assert "instruments: request_finished failed" in failed
     assert any("retry" in m for m in failed)
     assert any("panic" in m for m in failed)
+
+
+def test_acall_reports_its_requests_and_retries_as_call_does() -> None:
+    import asyncio
+
+    rec = Recorder()
+    route, _, _ = _route(rec)
+
+    async def fn(endpoint: ServiceEndpoint, timeout: float | None) -> str:
+        if endpoint.id == "e0":
+            raise ConnectionRefusedError("refused")
+        return "ok"
+
+    async def calls() -> list[str]:
+        return [await route.acall(fn, CallOptions(idempotent=True)) for _ in range(4)]
+
+    assert asyncio.run(calls()) == ["ok"] * 4
+    failures = [r for r in rec.of("request") if r[3] is OutcomeKind.CONNECT_FAILURE]
+    assert failures  # round robin sends some calls to e0 first
+    assert rec.of("retry") == [("retry", "s", 1, None)] * len(failures)
