@@ -470,7 +470,11 @@ class _SnapshotEdit:
         self.eligible = list(snap.eligible)
         self.weights = list(snap.weights)
         self.stats = list(snap.stats)
-        self.routable = list(snap.routable)
+        #: The routable endpoints being edited; None while they are every endpoint (no
+        #: maintenance): the snapshot then shares the endpoints' tuple, no copy to edit.
+        self.routable: list[ServiceEndpoint] | None = (
+            None if snap.routable is snap.endpoints else list(snap.routable)
+        )
         self.stats_by_key = snap.stats_by_key
         self.weight_of = weight_of
         self.left: set[EndpointKey] = set()
@@ -489,7 +493,7 @@ class _SnapshotEdit:
         if before != after or (before.health is maintenance) != (after.health is maintenance):
             return False
         total = len(endpoints)
-        if before.health is not maintenance:
+        if before.health is not maintenance and self.routable is not None:
             at = _position_near(self.routable, before, i, total)
             if at is None:
                 return False
@@ -523,9 +527,10 @@ class _SnapshotEdit:
             if at is not None:
                 del self.eligible[at], self.weights[at], self.stats[at]
                 self.left.add(key)
-            at = _position_near(self.routable, endpoint, i, total)
-            if at is not None:
-                del self.routable[at]
+            routable = self.routable
+            at = None if routable is None else _position_near(routable, endpoint, i, total)
+            if routable is not None and at is not None:
+                del routable[at]
             del self.stats_by_key[key]
             self.gone.append(key)
         return True
@@ -537,14 +542,19 @@ class _SnapshotEdit:
         if list(compress(endpoints, mask)) != list(self.old):
             return False
         self.stats_by_key = dict(self.stats_by_key)
-        for i in compress(range(len(endpoints)), map(operator.not_, mask)):
+        joined = list(compress(range(len(endpoints)), map(operator.not_, mask)))
+        maintenance = HealthStatus.MAINTENANCE
+        if self.routable is None and any(endpoints[i].health is maintenance for i in joined):
+            self.routable = list(self.old)  # no longer every endpoint: edit a copy
+        for i in joined:
             endpoint = endpoints[i]
             key = endpoint.key
             if key in self.stats_by_key:
                 return False  # a duplicate identity: the full build's dedupe decides
             stats = self.stats_by_key[key] = self.stats_for(endpoint)
-            if endpoint.health is not HealthStatus.MAINTENANCE:
-                self.routable.insert(_insertion_point(self.routable, endpoints, i), endpoint)
+            routable = self.routable
+            if endpoint.health is not maintenance and routable is not None:
+                routable.insert(_insertion_point(routable, endpoints, i), endpoint)
             weight = self._weight(endpoint)
             if weight > 0:
                 self._insert(endpoint, weight, stats, endpoints, i)
@@ -824,7 +834,8 @@ class LoadBalancer:
                 return None
         elif not (edit.leave(endpoints) if len(endpoints) < len(old) else edit.join(endpoints)):
             return None
-        if not edit.eligible or len(edit.eligible) < self.panic_threshold * len(edit.routable):
+        routable = endpoints if edit.routable is None else tuple(edit.routable)
+        if not edit.eligible or len(edit.eligible) < self.panic_threshold * len(routable):
             return None  # nothing eligible, or panic: the whole build decides
         if edit.gone:
             self._registry.forget(edit.gone)
@@ -838,7 +849,7 @@ class LoadBalancer:
             weights=weights,
             stats=stats,
             stats_by_key=edit.stats_by_key,
-            routable=tuple(edit.routable),
+            routable=routable,
             prepared=prepare_pair(self._strategy, eligible, weights, stats),
             panic=False,
             failure="",
@@ -880,6 +891,8 @@ class LoadBalancer:
         stats_by_key = dict(zip(all_keys, registry.get_many(endpoints, all_keys), strict=True))
         maintenance = HealthStatus.MAINTENANCE
         routable = tuple(e for e in endpoints if e.health is not maintenance)
+        if len(routable) == len(endpoints):
+            routable = endpoints  # the same tuple: a patch then has no copy of it to edit
 
         factors = [1.0] * len(eligible)
         refresh_at = _INF
@@ -893,10 +906,10 @@ class LoadBalancer:
                 factors[i] = self._factor(now - since)
                 refresh_at = min(refresh_at, now + step, since + window)
         applies = bool(getattr(strategy, "slow_start", True))
-        weights = (
-            tuple(b * f for b, f in zip(base, factors, strict=True)) if applies else tuple(base)
-        )
-        if not applies:
+        if applies and refresh_at != _INF:
+            weights = tuple(b * f for b, f in zip(base, factors, strict=True))
+        else:  # no factor: the strategy's own weight objects (a uniform check is C identity)
+            weights = tuple(base)
             refresh_at = _INF
 
         frozen_eligible = tuple(eligible)
