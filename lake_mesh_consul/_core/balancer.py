@@ -296,6 +296,8 @@ def _position(items: list[ServiceEndpoint], target: ServiceEndpoint) -> int | No
 
 def _same_endpoints(a: tuple[ServiceEndpoint, ...], b: tuple[ServiceEndpoint, ...]) -> bool:
     """Whether two snapshots are the same for picking: members, order, health, weights."""
+    if a is b:  # the parser's answer when nothing moved: no pass at all
+        return True
     if len(a) != len(b):
         return False
     if not any(map(operator.is_not, a, b)):  # the same objects: C-level, no field compared
