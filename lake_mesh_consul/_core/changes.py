@@ -15,7 +15,10 @@ the value:
   itself. A change set is never trusted by equality.
 * ``left`` are positions in ``before``; ``joined`` positions in ``after``; ``changed``
   positions in ``after`` whose endpoint has the identity of the one it replaces but other
-  fields (health, weights, address...).
+  fields (health, weights, address...). Each is in ascending order.
+* Today the parser reports in-place changes only (a health flip, a weight, an address:
+  the usual change); when instances join or leave it reports nothing (``None``) and the
+  consumers compare the snapshots, as they do for any change set that does not apply.
 * Every other endpoint of ``after`` is the same object as in ``before``, and those keep
   their relative order.
 """
