@@ -68,7 +68,10 @@ def test_a_change_rebuilds_only_the_instance_that_changed(
 def test_a_health_flip_reaches_the_listener_as_a_change_set(
     mesh_config: MeshConfig, unique_name: str
 ) -> None:
-    """subscribe_changes: the flip of one instance is handed down as its position alone."""
+    """subscribe_changes: the flip of one instance is handed down as its position alone.
+
+    (Service ids of its own: an agent keeps a re-registered TTL check's status.)
+    """
     name = unique_name
     calls: list[tuple[tuple[ServiceEndpoint, ...], EndpointChanges | None]] = []
     seen = threading.Condition()
@@ -89,19 +92,19 @@ def test_a_health_flip_reaches_the_listener_as_a_change_set(
     ):
         for i in range(4):
             register(
-                client, name, f"i{i}", port=9000 + i, Check={"TTL": "10m", "Status": "passing"}
+                client, name, f"c{i}", port=9200 + i, Check={"TTL": "10m", "Status": "passing"}
             )
         source = discovery.source(name, passing_only=False, timeout=10)
-        assert eventually(lambda: len(source.snapshot()) == 4)
+        assert eventually(lambda: len(source.snapshot()) == 4, timeout=20)
         unsubscribe = source.subscribe_changes(on_change)
-        assert eventually(lambda: health_of("i2") is HealthStatus.PASSING)
+        assert eventually(lambda: health_of("c2") is HealthStatus.PASSING, timeout=20)
         assert calls[0][1] is None  # the first call: nothing to compare with
-        client.request("PUT", "/v1/agent/check/fail/service:i2", operation="ttl")
-        assert eventually(lambda: health_of("i2") is HealthStatus.CRITICAL)
+        client.request("PUT", "/v1/agent/check/fail/service:c2", operation="ttl")
+        assert eventually(lambda: health_of("c2") is HealthStatus.CRITICAL, timeout=20)
         with seen:
             (before, _), (after, changes) = calls[-2], calls[-1]
         assert changes is not None
         assert changes.applies_to(before, after)
         assert changes.in_place
-        assert [after[i].id for i in changes.changed] == ["i2"]
+        assert [after[i].id for i in changes.changed] == ["c2"]
         unsubscribe()
