@@ -9,7 +9,9 @@ Two ways in:
   each of its checks') are those of the previous answer is not parsed again; the previous
   answer's ServiceEndpoint object is reused as is. When one instance's health flips among
   10,000, one entry is parsed and 9,999 objects are carried over, so the snapshot comparison
-  that follows (``a is b``) and every per-endpoint cache keyed by object stay cheap.
+  that follows (``a is b``) and every per-endpoint cache keyed by object stay cheap; the
+  parser also says which positions changed (``HealthEntryParser.changes``), which discovery
+  hands down to the route and balancer so that they need no comparison at all.
 
 Why the indexes are enough: Consul raises an object's ``ModifyIndex`` on every write that
 changes it (a check's status or output, a service's address, port, tags, meta or weights, a
@@ -284,8 +286,9 @@ class HealthEntryParser:
 
     When an answer lists the same instances in the same order as the previous one (a
     health flip, a weight change: the usual change), its identities and versions are read
-    in C-level passes and only the entries that moved are looked at in Python; the answer
-    is the previous tuple itself when nothing a consumer sees moved. :attr:`changes` then
+    in one lean pass, compared with the previous answer's in C, and only the entries that
+    moved are looked at further; the answer is the previous tuple itself when nothing a
+    consumer sees moved. :attr:`changes` then
     says which positions changed (an :class:`~lake_mesh_consul._core.changes.EndpointChanges`
     from the previous answer's tuple to this one's), for the route and balancer to apply.
 
