@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import logging
 import operator
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from itertools import chain, compress, count, repeat
 from operator import attrgetter, itemgetter, ne
@@ -395,13 +395,40 @@ class HealthEntryParser:
             )
             return None
 
-    def _parse_all(
+    def _reuse_by_key(
         self,
         data: list[Any],
         last: _Answer | None,
-        columns: tuple[list[Any], list[Any], list[_Fingerprint]] | None,
-    ) -> Endpoints:
-        """Every entry in turn, reusing those whose versions held (any answer)."""
+        columns: tuple[list[Any], list[Any], list[_Fingerprint]],
+    ) -> tuple[list[Any], list[Any], list[_Fingerprint | None], list[ServiceEndpoint | None], int]:
+        """Reuse by (node, service id) with C-level lookups; parse only what moved or is new."""
+        names, ids, current = columns
+        versions: list[_Fingerprint | None] = list(current)
+        keys = list(zip(names, ids, strict=True))
+        if last is None:
+            parsed_list: list[ServiceEndpoint | None] = [None] * len(data)
+            fresh: Iterable[int] = range(len(data))
+        else:
+            # Where each entry was in the last answer (-1: new), then its old version and
+            # endpoint by position: one dict, the rest C-level passes.
+            where_was = dict(zip(zip(last.names, last.ids, strict=True), count()))
+            where = list(map(where_was.get, keys, repeat(-1)))
+            old_versions = map([*last.versions, None].__getitem__, where)
+            parsed_list = list(map([*last.parsed, None].__getitem__, where))
+            same = map(operator.eq, old_versions, current)
+            fresh = list(compress(count(), map(operator.not_, same)))
+        parsed = 0
+        for i in fresh:
+            parsed += 1
+            endpoint = parsed_list[i] = self._parse_one(data[i], i)
+            if endpoint is None:
+                versions[i] = None
+        return names, ids, versions, parsed_list, parsed
+
+    def _reuse_entry_by_entry(
+        self, data: list[Any], last: _Answer | None
+    ) -> tuple[list[Any], list[Any], list[_Fingerprint | None], list[ServiceEndpoint | None], int]:
+        """Reuse entry by entry (an unusual answer: each entry's fingerprint decides)."""
         known = last.known() if last is not None else {}
         names: list[Any] = []
         ids: list[Any] = []
@@ -409,13 +436,7 @@ class HealthEntryParser:
         parsed_list: list[ServiceEndpoint | None] = []
         parsed = 0
         for position, entry in enumerate(data):
-            if columns is not None:
-                marked: tuple[tuple[str, str], _Fingerprint] | None = (
-                    (columns[0][position], columns[1][position]),
-                    columns[2][position],
-                )
-            else:
-                marked = _fingerprint(entry)
+            marked = _fingerprint(entry)
             endpoint: ServiceEndpoint | None = None
             if marked is not None:
                 previous = known.get(marked[0])
@@ -428,6 +449,19 @@ class HealthEntryParser:
             ids.append(marked[0][1] if marked is not None else None)
             versions.append(marked[1] if marked is not None and endpoint is not None else None)
             parsed_list.append(endpoint)
+        return names, ids, versions, parsed_list, parsed
+
+    def _parse_all(
+        self,
+        data: list[Any],
+        last: _Answer | None,
+        columns: tuple[list[Any], list[Any], list[_Fingerprint]] | None,
+    ) -> Endpoints:
+        """Every entry of any answer, reusing those whose versions held, in output order."""
+        if columns is not None:
+            names, ids, versions, parsed_list, parsed = self._reuse_by_key(data, last, columns)
+        else:
+            names, ids, versions, parsed_list, parsed = self._reuse_entry_by_entry(data, last)
         self.parsed, self.reused = parsed, len(data) - parsed
         present = list(compress(count(), map(operator.is_not, parsed_list, repeat(None))))
         endpoints = cast(list[ServiceEndpoint], list(map(parsed_list.__getitem__, present)))
