@@ -14,9 +14,11 @@ alternated pairs with the raw decode loop):
   (``parse_health_entries``: what discovery did before reuse).
 * ``change.<N>.parse.reuse``: the same answer through ``HealthEntryParser`` after the
   previous answer (one entry moved): what discovery does now.
-* ``change.<N>.update.<strategy>``: ``LoadBalancer.update()`` with the flipped snapshot on
-  a balancer gated by a FailureDetector as Mesh builds it (the update, not construction);
-  ``.unchanged``: ``update()`` with a snapshot equal to the current one.
+* ``change.<N>.update.<strategy>``: ``LoadBalancer.update()`` with the flipped snapshot and
+  the parser's change set (as the mesh's route hands it down) on a balancer gated by a
+  FailureDetector as Mesh builds it (the update, not construction); ``.unchanged``:
+  ``update()`` with a snapshot equal to the current one; ``.round_robin.compared``: the
+  flip without a change set (the balancer compares both snapshots itself).
 
 Whole-path rows (a ``Mesh`` following the service on the agent; full run also N=10,000):
 
@@ -53,6 +55,7 @@ from _handler import compile_handler
 
 from lake_mesh_consul._consul.health_entries import HealthEntryParser, parse_health_entries
 from lake_mesh_consul._core.balancer import LoadBalancer
+from lake_mesh_consul._core.changes import EndpointChanges
 from lake_mesh_consul._core.config import MeshConfig
 from lake_mesh_consul._core.detector import FailureDetector
 from lake_mesh_consul._core.endpoint import ServiceEndpoint
@@ -123,31 +126,30 @@ def _stage_rows(n: int, body_a: bytes, body_b: bytes, rounds: int) -> Iterator[R
 
 
 def _update_rows(
-    n: int, snap_a: Sequence[ServiceEndpoint], snap_b: Sequence[ServiceEndpoint], rounds: int
+    n: int,
+    snap_a: Sequence[ServiceEndpoint],
+    snap_b: Sequence[ServiceEndpoint],
+    changes_ab: EndpointChanges | None,
+    rounds: int,
 ) -> Iterator[Row]:
+    """``update()`` as the mesh calls it: with the parser's change set (a -> b, b -> a)."""
+    a, b = tuple(snap_a), tuple(snap_b)
+    changed = changes_ab.changed if changes_ab is not None else ()
+    steps = {  # the snapshot to apply, with the change set from the other one
+        id(a): EndpointChanges(b, a, changed=changed),
+        id(b): EndpointChanges(a, b, changed=changed),
+    }
     for name in STRATEGIES:
-        detector = FailureDetector()
-        lb = LoadBalancer("bench", name, endpoints=snap_a, gates=(detector,), rng=random.Random(1))
-        snaps = [snap_a, snap_b]
-        flips: list[float] = []
-        same: list[float] = []
-        budget = time.monotonic() + 5.0  # a slow strategy gets fewer rounds (at least 3)
-        for i in range(rounds):
-            if i >= 3 and time.monotonic() > budget:
-                break
-            snaps.reverse()
-            started = time.perf_counter()
-            lb.update(snaps[0])
-            flips.append(time.perf_counter() - started)
-            started = time.perf_counter()
-            lb.update(snaps[0])
-            same.append(time.perf_counter() - started)
+        flips, same = _update_times(name, a, b, steps, rounds)
         yield Row(
             f"change.{n}.update.{name}",
             statistics.median(flips) * 1e3,
             "ms",
             n=len(flips),
-            extra={"measures": "LoadBalancer.update() with one instance's health flipped"},
+            extra={
+                "measures": "LoadBalancer.update() with one instance's health flipped, "
+                "given the parser's change set (as the mesh's route gives it)"
+            },
         )
         yield Row(
             f"change.{n}.update.{name}.unchanged",
@@ -156,6 +158,43 @@ def _update_rows(
             n=len(same),
             extra={"measures": "update() with the snapshot it already holds"},
         )
+    flips, _ = _update_times("round_robin", a, b, None, rounds)
+    yield Row(
+        f"change.{n}.update.round_robin.compared",
+        statistics.median(flips) * 1e3,
+        "ms",
+        n=len(flips),
+        extra={"measures": "update() with one flip and no change set (both snapshots compared)"},
+    )
+
+
+def _update_times(
+    name: str,
+    a: tuple[ServiceEndpoint, ...],
+    b: tuple[ServiceEndpoint, ...],
+    steps: dict[int, EndpointChanges] | None,
+    rounds: int,
+) -> tuple[list[float], list[float]]:
+    """Seconds of each one-flip ``update()`` and of each ``update()`` with the same snapshot."""
+    detector = FailureDetector()
+    lb = LoadBalancer("bench", name, endpoints=a, gates=(detector,), rng=random.Random(1))
+    snaps = [a, b]
+    flips: list[float] = []
+    same: list[float] = []
+    budget = time.monotonic() + 5.0  # a slow strategy gets fewer rounds (at least 3)
+    for i in range(rounds):
+        if i >= 3 and time.monotonic() > budget:
+            break
+        snaps.reverse()
+        snap = snaps[0]
+        changes = steps[id(snap)] if steps is not None else None
+        started = time.perf_counter()
+        lb.update(snap, changes)
+        flips.append(time.perf_counter() - started)
+        started = time.perf_counter()
+        lb.update(snap)
+        same.append(time.perf_counter() - started)
+    return flips, same
 
 
 # --- the whole path ------------------------------------------------------------------------
@@ -457,7 +496,7 @@ def run(ctx: Context) -> Iterator[Row]:
                 parser = HealthEntryParser(service=service)
                 snap_a = parser.parse(json.loads(body_a))
                 snap_b = parser.parse(json.loads(body_b))
-                yield from _update_rows(n, snap_a, snap_b, rounds)
+                yield from _update_rows(n, snap_a, snap_b, parser.changes, rounds)
                 fig = _whole_path(ctx, catalog, service, n, trials)
                 lib_by_n[n] = statistics.median(fig["lib"])
                 yield from _whole_rows(n, fig, _raw_stall(body_b, max(3, trials // 2)))

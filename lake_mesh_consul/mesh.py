@@ -409,7 +409,7 @@ class _Service:
     def follow(self, timeout: float) -> None:
         """Subscribe to discovery (waiting up to ``timeout`` for the first answer)."""
         source = self.mesh.discovery.source(self.name, timeout=timeout, **self.filters)
-        self.unsubscribe = source.subscribe(self.route.update)
+        self.unsubscribe = source.subscribe_changes(self.route.update)
 
     # -- configuration ------------------------------------------------------------------------
 
@@ -465,7 +465,7 @@ class _Service:
                 self.filters = filters
                 self.unsubscribe()
                 source = self.mesh.discovery.source(self.name, wait=False, **filters)
-                self.unsubscribe = source.subscribe(self.route.update)
+                self.unsubscribe = source.subscribe_changes(self.route.update)
         _log.info(
             "service %s: configuration reloaded (strategy %s)",
             self.name,

@@ -33,7 +33,9 @@ import random
 import threading
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
+from itertools import compress, count, islice
+from operator import is_not
+from typing import Any, Literal, cast
 
 from lake_mesh_consul._consul.client import ConsulClient, ConsulResponse
 from lake_mesh_consul._consul.health_entries import (
@@ -52,6 +54,7 @@ from lake_mesh_consul._consul.watch import (
     WatchHub,
 )
 from lake_mesh_consul._core.blocking import DEFAULT_WAIT, Backoff
+from lake_mesh_consul._core.changes import EndpointChanges
 from lake_mesh_consul._core.clock import SYSTEM_CLOCK, Clock
 from lake_mesh_consul._core.config import MeshConfig
 from lake_mesh_consul._core.endpoint import ServiceEndpoint
@@ -93,13 +96,26 @@ _HEALTHY = frozenset({HealthStatus.PASSING, HealthStatus.WARNING})
 
 Endpoints = tuple[ServiceEndpoint, ...]
 
+#: Called with the new snapshot and what changed since the previous call (or None).
+ChangeListener = Callable[[Endpoints, EndpointChanges | None], None]
+
 
 def _same_endpoints(a: Endpoints, b: Endpoints) -> bool:
     """Equality of snapshots on every field, in order (``ServiceEndpoint.__eq__`` is identity).
 
-    An endpoint that HealthEntryParser reused is the same object: ``is`` settles it at once.
+    An endpoint that HealthEntryParser reused is the same object, and an answer in which
+    nothing moved is the same tuple: ``is`` settles those in C, and fields are compared
+    from the first endpoint that is another object (the parser's first real change).
     """
-    return len(a) == len(b) and all(x is y or x.same_as(y) for x, y in zip(a, b, strict=True))
+    if a is b:
+        return True
+    if len(a) != len(b):
+        return False
+    first = next(compress(count(), map(is_not, a, b)), None)
+    if first is None:
+        return True
+    rest = zip(islice(a, first, None), islice(b, first, None), strict=True)
+    return all(x is y or x.same_as(y) for x, y in rest)
 
 
 def _accepted(query: ServiceQuery, endpoints: Endpoints | None) -> Endpoints:
@@ -351,7 +367,7 @@ class _View:
         self.query = query
         self._clock = clock
         self._lock = threading.RLock()  # writers only (recompute, close); readers never lock
-        self._listeners: tuple[SnapshotListener, ...] = ()
+        self._listeners: tuple[tuple[object, ChangeListener], ...] = ()  # (given, called)
         self._closed = False
         self._store = store
         self._persisted_at: float | None = None
@@ -364,11 +380,13 @@ class _View:
                 self.current = _Current(endpoints, "persisted", -1)
         self.datacenters = tuple(datacenters)
         self.watches: list[SharedWatch[Endpoints]] = []
+        self._parsers: list[HealthEntryParser] = []
         for dc in self.datacenters:
             keep_order = query.near is not None
             # One parser per watch: an answer reuses the endpoints of the previous one whose
             # ModifyIndex did not move (a change costs what changed; see health_entries).
             parser = HealthEntryParser(service=query.name, datacenter=dc, keep_order=keep_order)
+            self._parsers.append(parser)
 
             def decode(response: ConsulResponse, parser: HealthEntryParser = parser) -> Endpoints:
                 return parser.parse(response.json() if response.status != 404 else None)
@@ -396,19 +414,38 @@ class _View:
             was_ready = self.ready.is_set()
             self.current = new
             self.ready.set()
+            changes = self._changes(old, new)
             if (
                 was_ready
                 and old.source == new.source
-                and _same_endpoints(old.endpoints, new.endpoints)
+                and (
+                    not changes
+                    if changes is not None
+                    else _same_endpoints(old.endpoints, new.endpoints)
+                )
             ):
                 return
             if self._store is not None and new.source != "persisted":
                 self._store.save(self.query, new.endpoints, self._clock.time())
-            for listener in self._listeners:  # close() takes the lock: none runs after it
+            for _, listener in self._listeners:  # close() takes the lock: none runs after it
                 try:
-                    listener(new.endpoints)
+                    listener(new.endpoints, changes)
                 except Exception:
                     log.exception("service %r: listener %r failed", self.query.name, listener)
+
+    def _changes(self, old: _Current, new: _Current) -> EndpointChanges | None:
+        """What the parser says changed from ``old`` to ``new``, if it describes that step.
+
+        Only when both come from the same watch and are the parser's own tuples (no
+        in-memory filter made new ones): the change set is checked by identity.
+        """
+        position = new.watch_position
+        if position < 0 or old.watch_position != position or old.source != new.source:
+            return None
+        changes = self._parsers[position].changes
+        if changes is None or not changes.applies_to(old.endpoints, new.endpoints):
+            return None
+        return changes
 
     def _compose(self, *, settle: bool = False) -> _Current | None:
         """Primary's eligible endpoints, else the first failover datacenter with a healthy one.
@@ -470,21 +507,35 @@ class _View:
             return True
         return False
 
-    def subscribe(self, listener: SnapshotListener, *, replay: bool) -> Callable[[], None]:
+    def subscribe(
+        self, listener: SnapshotListener | ChangeListener, *, replay: bool, changes: bool = False
+    ) -> Callable[[], None]:
+        """Call ``listener`` on each change; return a function that unsubscribes.
+
+        It is called as ``listener(endpoints)``, or with ``changes`` as
+        ``listener(endpoints, EndpointChanges | None)``.
+        """
+        called: ChangeListener
+        if changes:
+            called = cast(ChangeListener, listener)
+        else:
+            plain = cast(SnapshotListener, listener)
+
+            def called(endpoints: Endpoints, _changes: EndpointChanges | None) -> None:
+                plain(endpoints)
+
+        entry = (listener, called)
         with self._lock:
-            self._listeners = (*self._listeners, listener)
+            self._listeners = (*self._listeners, entry)
             if replay and self.ready.is_set():
                 try:
-                    listener(self.current.endpoints)
+                    called(self.current.endpoints, None)
                 except Exception:
                     log.exception("service %r: listener %r failed", self.query.name, listener)
 
         def unsubscribe() -> None:
             with self._lock:
-                items = list(self._listeners)
-                if listener in items:
-                    items.remove(listener)
-                self._listeners = tuple(items)
+                self._listeners = tuple(e for e in self._listeners if e is not entry)
 
         return unsubscribe
 
@@ -558,6 +609,17 @@ class ServiceSource:
     def subscribe(self, listener: SnapshotListener) -> Callable[[], None]:
         """Call ``listener`` now and on each change; return a function that unsubscribes."""
         return self._view.subscribe(listener, replay=True)
+
+    def subscribe_changes(self, listener: ChangeListener) -> Callable[[], None]:
+        """Like :meth:`subscribe`, with what changed: ``listener(endpoints, changes)``.
+
+        ``changes`` is an :class:`~lake_mesh_consul._core.changes.EndpointChanges` from
+        the endpoints of the previous call to these (the positions that changed, joined or
+        left, as the parser saw them), or ``None`` when it is not known (the first call, a
+        failover, an in-memory filter): compare the snapshots then. A
+        :class:`~lake_mesh_consul._core.route.Route`'s ``update`` takes both.
+        """
+        return self._view.subscribe(listener, replay=True, changes=True)
 
     def __repr__(self) -> str:
         return f"ServiceSource({self._view.query.name!r}, {len(self.snapshot())} endpoint(s))"

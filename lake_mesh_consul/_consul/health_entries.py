@@ -9,7 +9,9 @@ Two ways in:
   each of its checks') are those of the previous answer is not parsed again; the previous
   answer's ServiceEndpoint object is reused as is. When one instance's health flips among
   10,000, one entry is parsed and 9,999 objects are carried over, so the snapshot comparison
-  that follows (``a is b``) and every per-endpoint cache keyed by object stay cheap.
+  that follows (``a is b``) and every per-endpoint cache keyed by object stay cheap; the
+  parser also says which positions changed (``HealthEntryParser.changes``), which discovery
+  hands down to the route and balancer so that they need no comparison at all.
 
 Why the indexes are enough: Consul raises an object's ``ModifyIndex`` on every write that
 changes it (a check's status or output, a service's address, port, tags, meta or weights, a
@@ -20,10 +22,14 @@ entry without them (a proxy that strips them, a hand-written answer) is always p
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
-from operator import attrgetter
-from typing import Any
+import operator
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from itertools import chain, compress, count, repeat
+from operator import attrgetter, itemgetter, ne
+from typing import Any, cast
 
+from lake_mesh_consul._core.changes import EndpointChanges
 from lake_mesh_consul._core.endpoint import ServiceEndpoint, Weights
 from lake_mesh_consul._core.health import HealthStatus, aggregate
 from lake_mesh_consul._core.names import is_host
@@ -42,7 +48,7 @@ _BY_NODE_AND_ID = attrgetter("node", "id")
 Endpoints = tuple[ServiceEndpoint, ...]
 
 #: What identifies the version of one entry: node, service and per-check ModifyIndex.
-_Fingerprint = tuple[Any, Any, tuple[Any, ...]]
+_Fingerprint = tuple[Any, ...]
 
 #: What a parser remembers of the previous answer: (node, service id) -> version, endpoint.
 _Known = dict[tuple[str, str], tuple[_Fingerprint, ServiceEndpoint]]
@@ -187,13 +193,85 @@ def _fingerprint(entry: Any) -> tuple[tuple[str, str], _Fingerprint] | None:
     if node_index is None or service_index is None:
         return None
     try:
-        check_indexes = tuple([c["ModifyIndex"] for c in checks])
+        check_indexes = [c["ModifyIndex"] for c in checks]
     except (KeyError, TypeError):
         return None
     node_name, service_id = node.get("Node"), service.get("ID")
     if not isinstance(node_name, str) or not isinstance(service_id, str):
         return None
-    return (node_name, service_id), (node_index, service_index, check_indexes)
+    return (node_name, service_id), (node_index, service_index, *check_indexes)
+
+
+@dataclass(slots=True, kw_only=True)
+class _Answer:
+    """What a parser remembers of the previous answer, aligned with that answer's entries.
+
+    ``names``, ``ids`` and ``versions`` hold each entry's node name, service id and
+    ModifyIndex values (``versions[i]`` is None when entry ``i`` has none: always parsed);
+    ``parsed[i]`` its endpoint (None: skipped as malformed); ``slot[i]`` the endpoint's
+    position in ``out`` (the answer's output, sorted or in Consul's order).
+    """
+
+    names: list[Any]
+    ids: list[Any]
+    versions: list[_Fingerprint | None]
+    parsed: list[ServiceEndpoint | None]
+    slot: list[int | None]
+    out: Endpoints
+
+    def known(self) -> _Known:
+        """``(node, service id) -> (versions, endpoint)`` for the entries that may be reused."""
+        return {
+            (name, sid): (version, endpoint)
+            for name, sid, version, endpoint in zip(
+                self.names, self.ids, self.versions, self.parsed, strict=True
+            )
+            if version is not None and endpoint is not None
+        }
+
+
+#: A check's ModifyIndex, read in C.
+_MODIFY_INDEX = itemgetter("ModifyIndex")
+
+
+def _columns(data: Sequence[Any]) -> tuple[list[Any], list[Any], list[_Fingerprint]] | None:
+    """Node names, service ids and versions of every entry, in one lean pass over the answer.
+
+    As lean as a raw decode loop (the answer's objects are touched once, entry by entry:
+    separate C-level passes would each pay the memory latency of 10,000 scattered
+    objects). None when any entry is unusual (not an object, an index missing or null, a
+    name that is no string...): the answer is then read entry by entry
+    (:func:`_fingerprint`), which decides for each.
+    """
+    names: list[Any] = []
+    ids: list[Any] = []
+    versions: list[_Fingerprint] = []
+    add_name, add_id, add_version = names.append, ids.append, versions.append
+    try:
+        for entry in data:
+            node = entry["Node"]
+            service = entry["Service"]
+            add_name(node["Node"])
+            add_id(service["ID"])
+            add_version(
+                (node["ModifyIndex"], service["ModifyIndex"], *map(_MODIFY_INDEX, entry["Checks"]))
+            )
+    except (KeyError, TypeError, AttributeError):
+        return None
+    if (
+        None in chain.from_iterable(versions)
+        or not all(map(str.__instancecheck__, names))
+        or not all(map(str.__instancecheck__, ids))
+    ):
+        return None
+    return names, ids, versions
+
+
+def _moved(previous: list[Any], current: list[Any]) -> list[int]:
+    """Positions where two equally long lists differ (C-level; none when equal)."""
+    if previous == current:
+        return []
+    return list(compress(count(), map(ne, previous, current)))
 
 
 class HealthEntryParser:
@@ -201,21 +279,33 @@ class HealthEntryParser:
 
     An entry whose node, service and check ``ModifyIndex`` values all equal those it had in
     the previous answer (same node name and service id) yields the previous ServiceEndpoint
-    object itself: no parsing, no new object. Everything else is parsed as
-    :func:`parse_health_entry` does; malformed entries are skipped and logged.
+    object itself: no parsing, no new object. An entry parsed again into an endpoint whose
+    fields are all those of the previous one (a check's output moved, not its status) also
+    yields the previous object. Everything else is parsed as :func:`parse_health_entry`
+    does; malformed entries are skipped and logged.
+
+    When an answer lists the same instances in the same order as the previous one (a
+    health flip, a weight change: the usual change), its identities and versions are read
+    in one lean pass, compared with the previous answer's in C, and only the entries that
+    moved are looked at further; the answer is the previous tuple itself when nothing a
+    consumer sees moved. :attr:`changes` then
+    says which positions changed (an :class:`~lake_mesh_consul._core.changes.EndpointChanges`
+    from the previous answer's tuple to this one's), for the route and balancer to apply.
 
     Args:
         service: the service name, for log lines.
         datacenter: the datacenter queried (else each node's own).
         keep_order: keep Consul's order (``near``); otherwise sort by (node, id).
 
-    Thread-safety: one parser belongs to one watch, whose thread alone calls :meth:`parse`.
+    Thread-safety: one parser belongs to one watch, whose thread alone calls :meth:`parse`;
+    :attr:`changes` may be read from any thread (an immutable value, replaced whole).
 
     Example::
 
         parser = HealthEntryParser(service="web")
         first = parser.parse(answer_1)
         second = parser.parse(answer_2)   # unchanged instances: the same objects as in first
+        parser.changes                    # positions of second that changed, if known
     """
 
     def __init__(
@@ -224,55 +314,167 @@ class HealthEntryParser:
         self.service = service
         self.datacenter = datacenter
         self.keep_order = keep_order
-        self._known: _Known = {}
+        self._last: _Answer | None = None
         #: Entries parsed / reused by the last :meth:`parse` (what a change cost).
         self.parsed = 0
         self.reused = 0
+        #: How the last answer's tuple differs from the one before (None: not known).
+        self.changes: EndpointChanges | None = None
 
     def parse(self, data: Any, *, reuse: bool = True) -> Endpoints:
         """Decode one answer (the JSON value; ``None`` is empty); never raises for bad content.
 
         ``reuse=False`` parses every entry (and still remembers them for the next answer).
         """
+        self.changes = None
         if data is None:
-            self._known = {}
+            self._last = None
             return ()
         if not isinstance(data, list):
             log.warning(
                 "service %r: answer is not a list (%s), ignored", self.service, type(data).__name__
             )
             return ()
-        out, self._known = self._decode(data, self._known if reuse else {})
-        if not self.keep_order:
-            out.sort(key=_BY_NODE_AND_ID)
-        return tuple(out)
+        last = self._last if reuse else None
+        columns = _columns(data)
+        if columns is not None and last is not None:
+            out = self._patch(data, last, columns)
+            if out is not None:
+                return out
+        return self._parse_all(data, last, columns)
 
-    def _decode(self, data: Sequence[Any], known: _Known) -> tuple[list[ServiceEndpoint], _Known]:
-        """Endpoints of ``data`` in its order, and what to remember for the next answer."""
-        out: list[ServiceEndpoint] = []
-        kept: _Known = {}
+    def _patch(
+        self,
+        data: list[Any],
+        last: _Answer,
+        columns: tuple[list[Any], list[Any], list[_Fingerprint]],
+    ) -> Endpoints | None:
+        """The answer when it lists the previous answer's instances in the same order.
+
+        Only the entries whose versions moved are parsed; None when it does not apply (the
+        instances differ, or an entry that moved no longer parses): read it all then.
+        """
+        names, ids, versions = columns
+        if len(names) != len(last.names) or names != last.names or ids != last.ids:
+            return None
+        moved = _moved(last.versions, versions)
+        out: list[ServiceEndpoint] | None = None
+        changed: list[int] = []
+        parsed = list(last.parsed)
+        for i in moved:
+            position = last.slot[i]
+            if position is None:
+                return None  # it was skipped before: parsing it may change membership
+            endpoint = self._parse_one(data[i], i)
+            if endpoint is None:
+                return None
+            before = last.out[position]
+            if endpoint.same_as(before):
+                continue  # nothing a consumer sees moved: keep the object
+            if out is None:
+                out = list(last.out)
+            out[position] = parsed[i] = endpoint
+            changed.append(position)
+        result = last.out if out is None else tuple(out)
+        self._last = _Answer(
+            names=names, ids=ids, versions=list(versions), parsed=parsed, slot=last.slot, out=result
+        )
+        self.parsed, self.reused = len(moved), len(data) - len(moved)
+        self.changes = EndpointChanges(last.out, result, changed=tuple(sorted(changed)))
+        return result
+
+    def _parse_one(self, entry: Any, position: int) -> ServiceEndpoint | None:
+        try:
+            return parse_health_entry(entry, datacenter=self.datacenter)
+        except (ValueError, TypeError, AttributeError) as exc:
+            log.warning(
+                "service %r: skipping malformed entry %d of the answer: %s",
+                self.service,
+                position,
+                exc,
+            )
+            return None
+
+    def _reuse_by_key(
+        self,
+        data: list[Any],
+        last: _Answer | None,
+        columns: tuple[list[Any], list[Any], list[_Fingerprint]],
+    ) -> tuple[list[Any], list[Any], list[_Fingerprint | None], list[ServiceEndpoint | None], int]:
+        """Reuse by (node, service id) with C-level lookups; parse only what moved or is new."""
+        names, ids, current = columns
+        versions: list[_Fingerprint | None] = list(current)
+        keys = list(zip(names, ids, strict=True))
+        if last is None:
+            parsed_list: list[ServiceEndpoint | None] = [None] * len(data)
+            fresh: Iterable[int] = range(len(data))
+        else:
+            # Where each entry was in the last answer (-1: new), then its old version and
+            # endpoint by position: one dict, the rest C-level passes.
+            where_was = dict(zip(zip(last.names, last.ids, strict=True), count()))
+            where = list(map(where_was.get, keys, repeat(-1)))
+            old_versions = map([*last.versions, None].__getitem__, where)
+            parsed_list = list(map([*last.parsed, None].__getitem__, where))
+            same = map(operator.eq, old_versions, current)
+            fresh = list(compress(count(), map(operator.not_, same)))
+        parsed = 0
+        for i in fresh:
+            parsed += 1
+            endpoint = parsed_list[i] = self._parse_one(data[i], i)
+            if endpoint is None:
+                versions[i] = None
+        return names, ids, versions, parsed_list, parsed
+
+    def _reuse_entry_by_entry(
+        self, data: list[Any], last: _Answer | None
+    ) -> tuple[list[Any], list[Any], list[_Fingerprint | None], list[ServiceEndpoint | None], int]:
+        """Reuse entry by entry (an unusual answer: each entry's fingerprint decides)."""
+        known = last.known() if last is not None else {}
+        names: list[Any] = []
+        ids: list[Any] = []
+        versions: list[_Fingerprint | None] = []
+        parsed_list: list[ServiceEndpoint | None] = []
         parsed = 0
         for position, entry in enumerate(data):
             marked = _fingerprint(entry)
+            endpoint: ServiceEndpoint | None = None
             if marked is not None:
                 previous = known.get(marked[0])
                 if previous is not None and previous[0] == marked[1]:
-                    out.append(previous[1])
-                    kept[marked[0]] = previous
-                    continue
-            parsed += 1
-            try:
-                endpoint = parse_health_entry(entry, datacenter=self.datacenter)
-            except (ValueError, TypeError, AttributeError) as exc:
-                log.warning(
-                    "service %r: skipping malformed entry %d of the answer: %s",
-                    self.service,
-                    position,
-                    exc,
-                )
-                continue
-            out.append(endpoint)
-            if marked is not None:
-                kept[marked[0]] = (marked[1], endpoint)
+                    endpoint = previous[1]
+            if endpoint is None:
+                parsed += 1
+                endpoint = self._parse_one(entry, position)
+            names.append(marked[0][0] if marked is not None else None)
+            ids.append(marked[0][1] if marked is not None else None)
+            versions.append(marked[1] if marked is not None and endpoint is not None else None)
+            parsed_list.append(endpoint)
+        return names, ids, versions, parsed_list, parsed
+
+    def _parse_all(
+        self,
+        data: list[Any],
+        last: _Answer | None,
+        columns: tuple[list[Any], list[Any], list[_Fingerprint]] | None,
+    ) -> Endpoints:
+        """Every entry of any answer, reusing those whose versions held, in output order."""
+        if columns is not None:
+            names, ids, versions, parsed_list, parsed = self._reuse_by_key(data, last, columns)
+        else:
+            names, ids, versions, parsed_list, parsed = self._reuse_entry_by_entry(data, last)
         self.parsed, self.reused = parsed, len(data) - parsed
-        return out, kept
+        present = list(compress(count(), map(operator.is_not, parsed_list, repeat(None))))
+        endpoints = cast(list[ServiceEndpoint], list(map(parsed_list.__getitem__, present)))
+        if not self.keep_order:
+            order = list(map(_BY_NODE_AND_ID, endpoints))
+            ranks = sorted(range(len(endpoints)), key=order.__getitem__)
+            present = list(map(present.__getitem__, ranks))
+            endpoints = list(map(endpoints.__getitem__, ranks))
+        slot: list[int | None] = [None] * len(data)
+        for position, i in enumerate(present):
+            slot[i] = position
+        out = tuple(endpoints)
+        self._last = _Answer(
+            names=names, ids=ids, versions=versions, parsed=parsed_list, slot=slot, out=out
+        )
+        return out

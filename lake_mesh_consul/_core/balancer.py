@@ -65,6 +65,7 @@ from dataclasses import dataclass
 from itertools import compress, repeat
 from types import TracebackType
 
+from lake_mesh_consul._core.changes import EndpointChanges
 from lake_mesh_consul._core.clock import SYSTEM_CLOCK, Clock, SystemClock
 from lake_mesh_consul._core.endpoint import ServiceEndpoint
 from lake_mesh_consul._core.health import HealthStatus
@@ -295,6 +296,8 @@ def _position(items: list[ServiceEndpoint], target: ServiceEndpoint) -> int | No
 
 def _same_endpoints(a: tuple[ServiceEndpoint, ...], b: tuple[ServiceEndpoint, ...]) -> bool:
     """Whether two snapshots are the same for picking: members, order, health, weights."""
+    if a is b:  # the parser's answer when nothing moved: no pass at all
+        return True
     if len(a) != len(b):
         return False
     if not any(map(operator.is_not, a, b)):  # the same objects: C-level, no field compared
@@ -471,7 +474,11 @@ class _SnapshotEdit:
         self.eligible = list(snap.eligible)
         self.weights = list(snap.weights)
         self.stats = list(snap.stats)
-        self.routable = list(snap.routable)
+        #: The routable endpoints being edited; None while they are every endpoint (no
+        #: maintenance): the snapshot then shares the endpoints' tuple, no copy to edit.
+        self.routable: list[ServiceEndpoint] | None = (
+            None if snap.routable is snap.endpoints else list(snap.routable)
+        )
         self.stats_by_key = snap.stats_by_key
         self.weight_of = weight_of
         self.left: set[EndpointKey] = set()
@@ -489,9 +496,13 @@ class _SnapshotEdit:
         maintenance = HealthStatus.MAINTENANCE
         if before != after or (before.health is maintenance) != (after.health is maintenance):
             return False
-        if before.health is not maintenance:
-            self.routable[_position(self.routable, before)] = after  # type: ignore[index]
-        at = _position(self.eligible, before)
+        total = len(endpoints)
+        if before.health is not maintenance and self.routable is not None:
+            at = _position_near(self.routable, before, i, total)
+            if at is None:
+                return False
+            self.routable[at] = after
+        at = _position_near(self.eligible, before, i, total)
         weight = self._weight(after)
         if at is not None:
             if weight > 0:
@@ -500,7 +511,9 @@ class _SnapshotEdit:
                 del self.eligible[at], self.weights[at], self.stats[at]
                 self.left.add(after.key)
         elif weight > 0:
-            self._insert(after, weight, self.stats_by_key[after.key], endpoints, i)
+            # Placed before the next endpoint as the lists hold it now: later positions
+            # still hold the old objects (changes are applied in ascending order).
+            self._insert(after, weight, self.stats_by_key[after.key], self.old, i)
         return True
 
     def leave(self, endpoints: tuple[ServiceEndpoint, ...]) -> bool:
@@ -509,17 +522,19 @@ class _SnapshotEdit:
         kept = list(map(staying.__contains__, map(id, self.old)))
         if list(compress(self.old, kept)) != list(endpoints):  # identity: C-level compare
             return False
-        gone = list(compress(self.old, map(operator.not_, kept)))
+        total = len(self.old)
         self.stats_by_key = dict(self.stats_by_key)
-        for endpoint in gone:
+        for i in compress(itertools.count(), map(operator.not_, kept)):
+            endpoint = self.old[i]
             key = endpoint.key
-            at = _position(self.eligible, endpoint)
+            at = _position_near(self.eligible, endpoint, i, total)
             if at is not None:
                 del self.eligible[at], self.weights[at], self.stats[at]
                 self.left.add(key)
-            at = _position(self.routable, endpoint)
-            if at is not None:
-                del self.routable[at]
+            routable = self.routable
+            at = None if routable is None else _position_near(routable, endpoint, i, total)
+            if routable is not None and at is not None:
+                del routable[at]
             del self.stats_by_key[key]
             self.gone.append(key)
         return True
@@ -531,14 +546,19 @@ class _SnapshotEdit:
         if list(compress(endpoints, mask)) != list(self.old):
             return False
         self.stats_by_key = dict(self.stats_by_key)
-        for i in compress(range(len(endpoints)), map(operator.not_, mask)):
+        joined = list(compress(range(len(endpoints)), map(operator.not_, mask)))
+        maintenance = HealthStatus.MAINTENANCE
+        if self.routable is None and any(endpoints[i].health is maintenance for i in joined):
+            self.routable = list(self.old)  # no longer every endpoint: edit a copy
+        for i in joined:
             endpoint = endpoints[i]
             key = endpoint.key
             if key in self.stats_by_key:
                 return False  # a duplicate identity: the full build's dedupe decides
             stats = self.stats_by_key[key] = self.stats_for(endpoint)
-            if endpoint.health is not HealthStatus.MAINTENANCE:
-                self.routable.insert(_insertion_point(self.routable, endpoints, i), endpoint)
+            routable = self.routable
+            if endpoint.health is not maintenance and routable is not None:
+                routable.insert(_insertion_point(routable, endpoints, i), endpoint)
             weight = self._weight(endpoint)
             if weight > 0:
                 self._insert(endpoint, weight, stats, endpoints, i)
@@ -559,16 +579,39 @@ class _SnapshotEdit:
         self.joined.add(endpoint.key)
 
 
+def _position_near(
+    items: list[ServiceEndpoint], target: ServiceEndpoint, i: int, total: int
+) -> int | None:
+    """Index of ``target`` in ``items``, found near where it can be: O(total - len(items)).
+
+    ``items`` keeps a subsequence of ``total`` endpoints in their order (the eligible or
+    the routable ones) and ``target`` is the ``i``-th of them: if it is in ``items``, it
+    sits at ``i`` less the endpoints left out before it, so within ``[i - left out, i]``.
+    A health flip among 10,000 with a few endpoints out of rotation searches a few slots.
+    """
+    lo = max(0, i - (total - len(items)))
+    at = _position(items[lo : i + 1], target)
+    return None if at is None else lo + at
+
+
 def _insertion_point(
     items: list[ServiceEndpoint], endpoints: tuple[ServiceEndpoint, ...], i: int
 ) -> int:
-    """Where endpoint ``i`` goes in ``items`` to keep discovery's order."""
-    if i + 1 < len(endpoints):  # the usual case: the next endpoint is there (one C search)
-        at = _position(items, endpoints[i + 1])
+    """Where endpoint ``i`` goes in ``items`` to keep discovery's order.
+
+    Before the first later endpoint that is in ``items``: one of the next ``total -
+    len(items)`` endpoints is, or none is (the end); each is looked for near its place.
+    """
+    total = len(endpoints)
+    stop = min(total, i + 2 + total - len(items))
+    for j in range(i + 1, stop):
+        at = _position_near(items, endpoints[j], j, total)
         if at is not None:
             return at
-    members = set(map(id, items))
-    for later in itertools.islice(endpoints, i + 2, None):
+    if stop == total:
+        return len(items)
+    members = set(map(id, items))  # not a subsequence as expected: search it all
+    for later in itertools.islice(endpoints, i + 1, None):
         if id(later) in members:
             at = _position(items, later)
             return len(items) if at is None else at
@@ -730,19 +773,32 @@ class LoadBalancer:
             seen.setdefault(endpoint.key, endpoint)  # keep discovery's order, first wins
         return tuple(seen.values())
 
-    def update(self, endpoints: Iterable[ServiceEndpoint]) -> None:
+    def update(
+        self, endpoints: Iterable[ServiceEndpoint], changes: EndpointChanges | None = None
+    ) -> None:
         """Replace the snapshot (a discovery watch calls this with each new answer).
 
         Builds the new snapshot (the strategy's ring, table or schedule included) and swaps
         it in atomically; picks keep using the previous one until then. Stats of endpoints
         that left are forgotten; endpoints that became eligible enter slow start.
+
+        ``changes`` (optional) says what changed since the snapshot this balancer holds
+        (:class:`~lake_mesh_consul._core.changes.EndpointChanges`, from discovery's
+        parser): when it applies to that snapshot, only the positions it names are looked
+        at, and a one-instance health flip among 10,000 costs O(1) Python work and a few
+        C-level list copies. Otherwise both snapshots are compared.
         """
         frozen = tuple(endpoints)
         with self._update_lock:
             current = self._snap
-            if current.refresh_at == _INF and _same_endpoints(current.endpoints, frozen):
+            known = changes is not None and changes.applies_to(current.endpoints, frozen)
+            if current.refresh_at == _INF and (
+                (known and not changes)
+                or (not known and _same_endpoints(current.endpoints, frozen))
+            ):
                 return  # nothing a pick depends on changed: keep the prepared snapshot
-            patched = self._patch(current, frozen)
+            changed = changes.changed if known and changes and changes.in_place else None
+            patched = self._patch(current, frozen, changed)
             if patched is None:
                 patched = self._build(self._dedupe(frozen), self.clock.monotonic())
             self._snap = patched
@@ -752,7 +808,12 @@ class LoadBalancer:
         self.update(source.snapshot())
         return source.subscribe(self.update)
 
-    def _patch(self, snap: _Snapshot, endpoints: tuple[ServiceEndpoint, ...]) -> _Snapshot | None:
+    def _patch(
+        self,
+        snap: _Snapshot,
+        endpoints: tuple[ServiceEndpoint, ...],
+        changed: Sequence[int] | None = None,
+    ) -> _Snapshot | None:
         """The snapshot after a few endpoints changed, joined or left, or None (build it whole).
 
         For a few changes (at most ``_PATCH_LIMIT``) of one kind: fields changed in place
@@ -761,6 +822,7 @@ class LoadBalancer:
         place. The eligible and routable lists are edited where the endpoints sit (C-level
         searches), stats are reused, and only the strategy prepares again: a one-instance
         health flip or departure costs the strategy's preparation, not a rebuild.
+        ``changed``: the positions that changed in place, when the caller knows them.
         """
         old = snap.endpoints
         if snap.panic or not snap.eligible or self.slow_start_window > 0 or self._warm_since:
@@ -770,12 +832,14 @@ class LoadBalancer:
         weight_of = getattr(self._strategy, "endpoint_weight", None)
         edit = _SnapshotEdit(snap, weight_of, self._registry.get)
         if len(old) == len(endpoints):
-            changed = list(compress(range(len(old)), map(operator.is_not, old, endpoints)))
+            if changed is None:
+                changed = list(compress(range(len(old)), map(operator.is_not, old, endpoints)))
             if len(changed) > _PATCH_LIMIT or not all(edit.swap(endpoints, i) for i in changed):
                 return None
         elif not (edit.leave(endpoints) if len(endpoints) < len(old) else edit.join(endpoints)):
             return None
-        if not edit.eligible or len(edit.eligible) < self.panic_threshold * len(edit.routable):
+        routable = endpoints if edit.routable is None else tuple(edit.routable)
+        if not edit.eligible or len(edit.eligible) < self.panic_threshold * len(routable):
             return None  # nothing eligible, or panic: the whole build decides
         if edit.gone:
             self._registry.forget(edit.gone)
@@ -789,7 +853,7 @@ class LoadBalancer:
             weights=weights,
             stats=stats,
             stats_by_key=edit.stats_by_key,
-            routable=tuple(edit.routable),
+            routable=routable,
             prepared=prepare_pair(self._strategy, eligible, weights, stats),
             panic=False,
             failure="",
@@ -831,6 +895,8 @@ class LoadBalancer:
         stats_by_key = dict(zip(all_keys, registry.get_many(endpoints, all_keys), strict=True))
         maintenance = HealthStatus.MAINTENANCE
         routable = tuple(e for e in endpoints if e.health is not maintenance)
+        if len(routable) == len(endpoints):
+            routable = endpoints  # the same tuple: a patch then has no copy of it to edit
 
         factors = [1.0] * len(eligible)
         refresh_at = _INF
@@ -844,10 +910,10 @@ class LoadBalancer:
                 factors[i] = self._factor(now - since)
                 refresh_at = min(refresh_at, now + step, since + window)
         applies = bool(getattr(strategy, "slow_start", True))
-        weights = (
-            tuple(b * f for b, f in zip(base, factors, strict=True)) if applies else tuple(base)
-        )
-        if not applies:
+        if applies and refresh_at != _INF:
+            weights = tuple(b * f for b, f in zip(base, factors, strict=True))
+        else:  # no factor: the strategy's own weight objects (a uniform check is C identity)
+            weights = tuple(base)
             refresh_at = _INF
 
         frozen_eligible = tuple(eligible)

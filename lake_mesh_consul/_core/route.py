@@ -49,7 +49,7 @@ import operator
 import random
 import threading
 from collections import Counter
-from collections.abc import Awaitable, Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from itertools import compress, repeat
 from typing import ClassVar, TypeVar
@@ -66,6 +66,7 @@ from lake_mesh_consul._core.breaker import (
     BreakerState,
     Permit,
 )
+from lake_mesh_consul._core.changes import EndpointChanges
 from lake_mesh_consul._core.clock import SYSTEM_CLOCK, Clock
 from lake_mesh_consul._core.detector import DetectorPolicy, FailureDetector
 from lake_mesh_consul._core.endpoint import ServiceEndpoint, Weights, settings_for
@@ -432,16 +433,24 @@ class Route:
 
     # --- changes -----------------------------------------------------------------------------
 
-    def update(self, endpoints: Iterable[ServiceEndpoint]) -> None:
+    def update(
+        self, endpoints: Iterable[ServiceEndpoint], changes: EndpointChanges | None = None
+    ) -> None:
         """Take discovery's current endpoints: apply settings, tell balancer and detector.
 
         An endpoint that was critical and is now passing or warning returns to rotation at
         once (:meth:`FailureDetector.restore`: its ejection ends, an open breaker goes
-        half-open). Thread-safe.
+        half-open). ``changes`` (optional, from discovery) says which positions changed
+        since the endpoints this route holds; when it applies, only those are looked at.
+        Thread-safe.
         """
         new = tuple(endpoints)
         with self._lock:
             old = self._raw
+            if changes is not None and changes.applies_to(old, new) and changes.in_place:
+                if changes:
+                    self._patch(old, new, changes.changed)
+                return
             if len(old) == len(new):
                 # Only what changed is applied (issue 15: a change costs what changed).
                 changed = list(compress(range(len(new)), map(operator.is_not, old, new)))
@@ -489,16 +498,20 @@ class Route:
         self,
         old: tuple[ServiceEndpoint, ...],
         new: tuple[ServiceEndpoint, ...],
-        changed: list[int],
+        changed: Sequence[int],
     ) -> None:
-        """Apply a change of a few endpoints' fields (membership unchanged). Lock held."""
-        adjusted = list(self._adjusted)
+        """Apply a change of a few endpoints' fields (membership unchanged). Lock held.
+
+        The balancer is told which positions changed, so it looks at those only.
+        """
+        before = self._adjusted
+        adjusted = list(before)
         keep_warning = self._settings.keep_warning
         for i in changed:
             adjusted[i] = self._adjust(new[i], keep_warning)
         self._raw = new
-        self._adjusted = tuple(adjusted)
-        self._balancer.update(self._adjusted)
+        self._adjusted = after = tuple(adjusted)
+        self._balancer.update(after, EndpointChanges(before, after, changed=tuple(changed)))
         for i in changed:
             self._restore_if_passing(old[i].health, new[i])
 

@@ -120,7 +120,7 @@ def extended(items: tuple[_T, ...]) -> tuple[_T, ...]:
     ``int(random() * n)`` is ``n`` with probability ~2**-53 (float rounding): the duplicate
     makes that index valid without a bounds check on the hot path.
     """
-    return (*items, items[-1])
+    return items + items[-1:]  # one C-level copy
 
 
 def walk_cap(n: int, size: int) -> int:
