@@ -1373,9 +1373,9 @@ class Mesh:
                     breakers[name] = breakers.get(name, 0) + 1
             try:
                 snap = self.discovery.snapshot(svc.name, timeout=0.1, **svc.filters)
-                age, stale = snap.age, snap.stale
+                age, stale, failures = snap.age, snap.stale, snap.failures
             except MeshError:
-                age, stale = None, True
+                age, stale, failures = None, True, 0
             out.append(
                 ServiceReadings(
                     service=svc.name,
@@ -1386,6 +1386,7 @@ class Mesh:
                     ejected=sum(1 for i in state.instances if i.ejected_for > 0),
                     snapshot_age=age,
                     snapshot_stale=stale,
+                    watch_failures=failures,
                 )
             )
         beats = {sid: manager.snapshot().service for sid, manager in health.items()}

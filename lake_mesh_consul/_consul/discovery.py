@@ -254,6 +254,8 @@ class ServiceSnapshot:
         known_leader: ``X-Consul-KnownLeader`` of the last answer.
         last_contact: ``X-Consul-LastContact`` of the last answer, in seconds.
         error: the last error while stale, as text.
+        failures: consecutive failed queries of the watch behind it (0 once an answer came;
+            its next retry waits the watch's backoff for that many failures).
     """
 
     service: str
@@ -266,6 +268,7 @@ class ServiceSnapshot:
     known_leader: bool | None
     last_contact: float | None
     error: str | None = None
+    failures: int = 0
 
 
 @dataclass(frozen=True)
@@ -556,6 +559,7 @@ class _View:
                 known_leader=None,
                 last_contact=None,
                 error=str(primary_state.error) if primary_state.error else None,
+                failures=primary_state.failures,
             )
         shared = self.watches[current.watch_position]
         state = shared.state
@@ -570,6 +574,7 @@ class _View:
             known_leader=state.known_leader,
             last_contact=state.last_contact,
             error=str(state.error) if state.error else None,
+            failures=state.failures,
         )
 
     def close(self) -> None:

@@ -86,6 +86,8 @@ class ServiceReadings:
         ejected: endpoints currently ejected.
         snapshot_age: seconds since discovery's last good answer (``None``: never).
         snapshot_stale: whether discovery failed since its last good answer.
+        watch_failures: consecutive failed queries of discovery's watch (0 while fresh;
+            the watch backs off further with each).
     """
 
     service: str
@@ -96,6 +98,7 @@ class ServiceReadings:
     ejected: int = 0
     snapshot_age: float | None = None
     snapshot_stale: bool = False
+    watch_failures: int = 0
 
 
 @dataclass(frozen=True, slots=True)

@@ -176,6 +176,12 @@ class OtelInstruments(RequestTally):
             ("lake_mesh.ejections.active", "1", "Endpoints ejected now.", _ejected),
             ("lake_mesh.discovery.snapshot.age", "s", "Seconds since the last good answer.", _age),
             ("lake_mesh.discovery.snapshot.stale", "1", "1 while serving a stale answer.", _stale),
+            (
+                "lake_mesh.discovery.watch.failures",
+                "1",
+                "Failed queries in a row of discovery's watch.",
+                _watch_failures,
+            ),
             ("lake_mesh.config.stale", "1", "1 while KV could not be read lately.", _cfg_stale),
             ("lake_mesh.registration.instances", "1", "Instances registered.", _registered),
             (
@@ -361,6 +367,10 @@ def _age(r: Readings) -> list[Observation]:
 
 def _stale(r: Readings) -> list[Observation]:
     return _per_service(r, lambda s: 1 if s.snapshot_stale else 0)
+
+
+def _watch_failures(r: Readings) -> list[Observation]:
+    return _per_service(r, lambda s: s.watch_failures)
 
 
 def _breakers(r: Readings) -> list[Observation]:

@@ -25,6 +25,7 @@ lake_mesh_no_endpoint_total                     service
 lake_mesh_endpoints / lake_mesh_endpoints_eligible  service
 lake_mesh_discovery_snapshot_age_seconds        service
 lake_mesh_discovery_snapshot_stale              service
+lake_mesh_discovery_watch_failures              service (failed queries in a row)
 lake_mesh_config_reloads_total                  (applied or deleted keys)
 lake_mesh_config_rejections_total               field
 lake_mesh_config_unavailable_total
@@ -304,6 +305,11 @@ class _GaugeCollector(Collector):
                     "1 while discovery serves its last good answer after a failure.",
                     ("service",),
                 ),
+                (
+                    "discovery_watch_failures",
+                    "Failed queries in a row of discovery's watch (0 while fresh).",
+                    ("service",),
+                ),
             )
         }
         for s in readings.services:
@@ -317,6 +323,7 @@ class _GaugeCollector(Collector):
             if s.snapshot_age is not None:
                 g["discovery_snapshot_age_seconds"].add_metric(name, s.snapshot_age)
             g["discovery_snapshot_stale"].add_metric(name, 1.0 if s.snapshot_stale else 0.0)
+            g["discovery_watch_failures"].add_metric(name, s.watch_failures)
         yield from g.values()
         yield GaugeMetricFamily(
             f"{PREFIX}_config_stale",

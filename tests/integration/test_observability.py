@@ -191,6 +191,14 @@ def test_an_agent_outage_shows_as_stale_and_fresh_again(
                 20,
                 "KV unavailable counted",
             )
+            wait_for(
+                lambda: (
+                    _v(_prom(registry), "lake_mesh_discovery_watch_failures", service=unique_name)
+                    >= 2
+                ),
+                20,
+                "the watch's failed queries counted",
+            )
         finally:
             dedicated_consul_agent.start()
         wait_for(
@@ -200,6 +208,7 @@ def test_an_agent_outage_shows_as_stale_and_fresh_again(
             30,
             "the snapshot fresh again",
         )
+        assert _v(_prom(registry), "lake_mesh_discovery_watch_failures", service=unique_name) == 0
     events = {getattr(r, "event", None): r for r in caplog.records}
     stale, fresh = events["snapshot_stale"], events["snapshot_fresh"]
     assert stale.levelno == logging.WARNING

@@ -45,6 +45,7 @@ READINGS = Readings(
             ejected=1,
             snapshot_age=4.5,
             snapshot_stale=True,
+            watch_failures=3,
         ),
     ),
     config_stale=False,
@@ -168,6 +169,7 @@ def test_prometheus_reads_the_gauges_at_scrape(
     assert _value(s, "lake_mesh_endpoints_eligible", service="s") == 1
     assert _value(s, "lake_mesh_discovery_snapshot_age_seconds", service="s") == 4.5
     assert _value(s, "lake_mesh_discovery_snapshot_stale", service="s") == 1
+    assert _value(s, "lake_mesh_discovery_watch_failures", service="s") == 3
     assert _value(s, "lake_mesh_reregistrations_total") == 2
     assert _value(s, "lake_mesh_heartbeat_consecutive_failures", service_id="web-1") == 3
     assert _value(s, "lake_mesh_registered_instances") == 1
@@ -275,6 +277,7 @@ def test_otel_gauges_come_from_one_reading_per_collection() -> None:
     assert _sum(points, "lake_mesh.ejections.active") == 1
     assert _sum(points, "lake_mesh.discovery.snapshot.age") == 4.5
     assert _sum(points, "lake_mesh.discovery.snapshot.stale") == 1
+    assert _sum(points, "lake_mesh.discovery.watch.failures") == 3
     assert _sum(points, "lake_mesh.registration.reregistrations") == 2
     assert _sum(points, "lake_mesh.heartbeat.consecutive_failures") == 3
     assert _sum(points, "lake_mesh.heartbeats") == 40
