@@ -8,15 +8,38 @@ URL form::
 
 Everything else (``localhost``, IP addresses, dotted names such as ``api.example.com``,
 any host with an explicit port, IPv6 literals) is not a mesh URL. With ``services=[...]``
-only those single-label names are routed. Pure functions, no I/O, no HTTP library.
+only those single-label names are routed.
+
+Also shared: how the mesh's errors join an HTTP library's own tree (:class:`ErrorTree`,
+:func:`in_tree`), so that ``except requests.ConnectionError`` or ``except httpx.ConnectError``
+catches them. Pure functions, no I/O, no HTTP library.
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from typing import Generic, TypeVar
 
-__all__ = ["CONSUL_DNS_SUFFIX", "NEVER_ROUTED", "service_of", "service_of_netloc", "split_url"]
+from lake_mesh_consul.errors import (
+    Attempt,
+    CircuitOpen,
+    DeadlineExceeded,
+    DiscoveryTimeout,
+    NoEndpointsAvailable,
+    RetryExhausted,
+)
+
+__all__ = [
+    "CONSUL_DNS_SUFFIX",
+    "NEVER_ROUTED",
+    "ErrorTree",
+    "in_tree",
+    "service_of",
+    "service_of_netloc",
+    "split_url",
+]
 
 #: The suffix of Consul's DNS names of services.
 CONSUL_DNS_SUFFIX = ".service.consul"
@@ -74,3 +97,43 @@ def service_of(url: str, services: Iterable[str] | None = None) -> str | None:
         return None
     allowed = frozenset(s.lower() for s in services) if services is not None else None
     return service_of_netloc(parts[1], allowed)
+
+
+E = TypeVar("E", bound=BaseException)
+
+
+@dataclass(frozen=True)
+class ErrorTree(Generic[E]):
+    """One HTTP library's classes for the mesh's errors (each is ours and the library's).
+
+    Attributes:
+        no_endpoints, circuit_open, retry_exhausted, retry_timeout, deadline_exceeded,
+            discovery_timeout: the classes, called with the arguments of ours.
+        timeouts: the attempt errors that make an exhausted retry a timeout.
+    """
+
+    no_endpoints: Callable[[str, str], E]
+    circuit_open: Callable[[str, float | None], E]
+    retry_exhausted: Callable[[Sequence[Attempt], str], E]
+    retry_timeout: Callable[[Sequence[Attempt], str], E]
+    deadline_exceeded: Callable[[float, Sequence[Attempt]], E]
+    discovery_timeout: Callable[[str, float], E]
+    timeouts: tuple[type[BaseException], ...]
+
+
+def in_tree(exc: BaseException, tree: ErrorTree[E]) -> E | None:
+    """``exc`` as ``tree``'s class, or None when it is not one of the mesh's errors."""
+    if isinstance(exc, NoEndpointsAvailable):
+        return tree.no_endpoints(exc.service, exc.reason)
+    if isinstance(exc, CircuitOpen):
+        return tree.circuit_open(exc.name, exc.retry_after)
+    if isinstance(exc, RetryExhausted):
+        last = exc.attempts[-1].error if exc.attempts else None
+        timed_out = isinstance(last, tree.timeouts)
+        build = tree.retry_timeout if timed_out else tree.retry_exhausted
+        return build(exc.attempts, exc.reason)
+    if isinstance(exc, DeadlineExceeded):
+        return tree.deadline_exceeded(exc.deadline, exc.attempts)
+    if isinstance(exc, DiscoveryTimeout):
+        return tree.discovery_timeout(exc.service, exc.timeout)
+    return None

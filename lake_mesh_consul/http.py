@@ -65,6 +65,8 @@ from lake_mesh_consul._core.endpoint import ServiceEndpoint
 from lake_mesh_consul._core.retry import CallOptions
 from lake_mesh_consul._core.retry_after import parse_retry_after
 from lake_mesh_consul._routing import (
+    ErrorTree,
+    in_tree,
     service_of,
     service_of_netloc,
     split_url,
@@ -133,25 +135,23 @@ class MeshDiscoveryTimeout(DiscoveryTimeout, requests.ConnectionError):
     """Consul did not answer for the service in time (a ``requests.ConnectionError`` too)."""
 
 
-def _mapped(exc: BaseException, request: PreparedRequest) -> BaseException | None:
+#: The mesh's errors in requests' tree.
+_TREE: ErrorTree[requests.RequestException] = ErrorTree(
+    MeshNoEndpoints,
+    MeshCircuitOpen,
+    MeshRetryExhausted,
+    MeshRetryTimeout,
+    MeshDeadlineExceeded,
+    MeshDiscoveryTimeout,
+    timeouts=(requests.Timeout, TimeoutError),
+)
+
+
+def _mapped(exc: BaseException, request: PreparedRequest) -> requests.RequestException | None:
     """Our error in both trees, or None when ``exc`` is not one the mesh raised."""
-    error: BaseException
-    if isinstance(exc, NoEndpointsAvailable):
-        error = MeshNoEndpoints(exc.service, exc.reason)
-    elif isinstance(exc, CircuitOpen):
-        error = MeshCircuitOpen(exc.name, exc.retry_after)
-    elif isinstance(exc, RetryExhausted):
-        last = exc.attempts[-1].error if exc.attempts else None
-        timed_out = isinstance(last, requests.Timeout | TimeoutError)
-        cls = MeshRetryTimeout if timed_out else MeshRetryExhausted
-        error = cls(exc.attempts, exc.reason)
-    elif isinstance(exc, DeadlineExceeded):
-        error = MeshDeadlineExceeded(exc.deadline, exc.attempts)
-    elif isinstance(exc, DiscoveryTimeout):
-        error = MeshDiscoveryTimeout(exc.service, exc.timeout)
-    else:
-        return None
-    error.request = request
+    error = in_tree(exc, _TREE)
+    if error is not None:
+        error.request = request
     return error
 
 

@@ -59,7 +59,7 @@ import httpx
 from lake_mesh_consul._core.endpoint import ServiceEndpoint
 from lake_mesh_consul._core.retry import CallOptions
 from lake_mesh_consul._core.retry_after import parse_retry_after
-from lake_mesh_consul._routing import service_of_netloc
+from lake_mesh_consul._routing import ErrorTree, in_tree, service_of_netloc
 from lake_mesh_consul.errors import (
     CircuitOpen,
     DeadlineExceeded,
@@ -119,26 +119,23 @@ class MeshDiscoveryTimeout(DiscoveryTimeout, httpx.ConnectError):
     """Consul did not answer for the service in time (an ``httpx.ConnectError`` too)."""
 
 
+#: The mesh's errors in httpx's tree.
+_TREE: ErrorTree[httpx.TransportError] = ErrorTree(
+    MeshNoEndpoints,
+    MeshCircuitOpen,
+    MeshRetryExhausted,
+    MeshRetryTimeout,
+    MeshDeadlineExceeded,
+    MeshDiscoveryTimeout,
+    timeouts=(httpx.TimeoutException, TimeoutError),
+)
+
+
 def _mapped(exc: BaseException, request: httpx.Request) -> httpx.TransportError | None:
     """Our error in both trees, or None when ``exc`` is not one the mesh raised."""
-    error: httpx.TransportError
-    if isinstance(exc, NoEndpointsAvailable):
-        error = MeshNoEndpoints(exc.service, exc.reason)
-    elif isinstance(exc, CircuitOpen):
-        error = MeshCircuitOpen(exc.name, exc.retry_after)
-    elif isinstance(exc, RetryExhausted):
-        last = exc.attempts[-1].error if exc.attempts else None
-        if isinstance(last, httpx.TimeoutException | TimeoutError):
-            error = MeshRetryTimeout(exc.attempts, exc.reason)
-        else:
-            error = MeshRetryExhausted(exc.attempts, exc.reason)
-    elif isinstance(exc, DeadlineExceeded):
-        error = MeshDeadlineExceeded(exc.deadline, exc.attempts)
-    elif isinstance(exc, DiscoveryTimeout):
-        error = MeshDiscoveryTimeout(exc.service, exc.timeout)
-    else:
-        return None
-    error.request = request
+    error = in_tree(exc, _TREE)
+    if error is not None:
+        error.request = request
     return error
 
 
