@@ -66,6 +66,7 @@ if TYPE_CHECKING:
 __all__ = [
     "DEFAULT_ALLOWED_METHODS",
     "DEFAULT_RETRY_ON",
+    "NO_RESULT",
     "Admitted",
     "BudgetPolicy",
     "CallOptions",
@@ -73,6 +74,7 @@ __all__ = [
     "RetryBudget",
     "RetryPolicy",
     "RetryState",
+    "after_failure",
     "execute",
     "parse_retry_after",
     "retry_until",
@@ -523,24 +525,65 @@ def run_call(
             if status is None or outcome.kind not in policy.retry_on:
                 return result
             has_result = True
-        state = _next_state(
-            state or RetryState.begin(policy, now=attempt.started),
+        state = after_failure(
+            state,
             attempt,
             outcome,
             options,
-            result if has_result else None,
+            result if has_result else NO_RESULT,
+            policy=policy,
             budget=budget,
             now=now(),
             rng=rng,
+            on_retry=on_retry,
         )
-        if on_retry is not None:
-            on_retry(len(state.history), state.stop)
         if state.stop is not None:
-            if has_result:
-                return result
-            _raise_stopped(state, outcome)
+            return result  # retries stopped on a response: the last one is the answer
         if state.wait > 0:
             (sleep or clock.sleep)(state.wait)
+
+
+#: :func:`after_failure`'s ``result`` when the attempt raised (it returned nothing).
+NO_RESULT: Any = object()
+
+
+def after_failure(
+    state: RetryState | None,
+    attempt: Admitted,
+    outcome: Outcome,
+    options: CallOptions,
+    result: Any,
+    *,
+    policy: RetryPolicy,
+    budget: RetryBudget | None,
+    now: float,
+    rng: random.Random | None,
+    on_retry: Callable[[int, str | None], None] | None,
+) -> RetryState:
+    """The retry decision after a failed attempt, shared by the sync and async call loops.
+
+    ``result`` is what the attempt returned (a retriable status), or ``NO_RESULT`` when it
+    raised. Returns the next state: ``stop`` None means wait ``state.wait`` and go again;
+    a stopped state is returned only for a returned result (the caller returns it, as
+    Envoy returns the last response). Raises the stop (:func:`_raise_stopped`) when the
+    attempt raised.
+    """
+    returned = result is not NO_RESULT
+    state = _next_state(
+        state or RetryState.begin(policy, now=attempt.started),
+        attempt,
+        outcome,
+        options,
+        result if returned else None,
+        budget=budget,
+        now=now,
+        rng=rng,
+    )
+    if on_retry is not None:
+        on_retry(len(state.history), state.stop)
+    if state.stop is not None and not returned:
+        _raise_stopped(state, outcome)
+    return state
 
 
 def _capped(timeout: float | None, cap: float | None) -> float | None:

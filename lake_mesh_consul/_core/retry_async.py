@@ -27,6 +27,7 @@ from lake_mesh_consul._core.clock import Clock
 from lake_mesh_consul._core.endpoint import ServiceEndpoint
 from lake_mesh_consul._core.outcome import SUCCESS, Classifier
 from lake_mesh_consul._core.retry import (
+    NO_RESULT,
     Admit,
     CallOptions,
     RetryBudget,
@@ -34,9 +35,8 @@ from lake_mesh_consul._core.retry import (
     RetryState,
     _capped,
     _first_timeout,
-    _next_state,
-    _raise_stopped,
     _retry_attempt,
+    after_failure,
 )
 
 __all__ = ["AsyncSleep", "run_call_async"]
@@ -102,21 +102,19 @@ async def run_call_async(
             if status is None or outcome.kind not in policy.retry_on:
                 return result
             has_result = True
-        state = _next_state(
-            state or RetryState.begin(policy, now=attempt.started),
+        state = after_failure(
+            state,
             attempt,
             outcome,
             options,
-            result if has_result else None,
+            result if has_result else NO_RESULT,
+            policy=policy,
             budget=budget,
             now=now(),
             rng=rng,
+            on_retry=on_retry,
         )
-        if on_retry is not None:
-            on_retry(len(state.history), state.stop)
         if state.stop is not None:
-            if has_result:
-                return result
-            _raise_stopped(state, outcome)
+            return result  # retries stopped on a response: the last one is the answer
         if state.wait > 0:
             await (sleep or asyncio.sleep)(state.wait)
