@@ -50,7 +50,15 @@ from pathlib import Path
 from typing import Any
 
 from _catalog import Catalog
-from _common import Context, Row, alternate, compare, compare_alternated, quiet_mesh_options
+from _common import (
+    Context,
+    Row,
+    alternate,
+    compare,
+    compare_alternated,
+    paired_ratio,
+    quiet_mesh_options,
+)
 from _handler import compile_handler
 
 from lake_mesh_consul._consul.health_entries import HealthEntryParser, parse_health_entries
@@ -341,16 +349,23 @@ def _health_of(lb: LoadBalancer, endpoint_id: str) -> HealthStatus | None:
 
 
 def _whole_path(
-    ctx: Context, catalog: Catalog, service: str, n: int, trials: int
+    ctx: Context, catalog: Catalog, service: str, n: int, trials: int, *, body: bytes
 ) -> dict[str, Any]:
-    """Library, raw and consul-watch CPU per change, and the stalls (seconds)."""
+    """Library, raw and consul-watch CPU per change, and the stalls (seconds).
+
+    The stalls come in alternated pairs in the same process state (the mesh open, its
+    snapshot held): one change applied by the mesh, and the raw decode loop run once on a
+    thread over ``body`` (the same answer), each under the same ticker. The collector's
+    full passes cost in proportion to every tracked object the process holds, so a
+    baseline measured after the mesh has closed would have a smaller heap to walk.
+    """
     address = ctx.consul_address()
     binary = find_consul_binary()
     handler_dir, handler = compile_handler()
     stamps = handler_dir / f"stamps-{service}"
     flipped_id = f"{service}-{FLIPPED}"
     before = set(threading.enumerate())
-    out: dict[str, Any] = {"lib": [], "raw": [], "go": [], "stall": []}
+    out: dict[str, Any] = {"lib": [], "raw": [], "go": [], "stall": [], "raw_stall": []}
     with Mesh(
         MeshConfig(address=address),
         **quiet_mesh_options(),
@@ -389,20 +404,36 @@ def _whole_path(
             raw.close()
             if go is not None:
                 go.close()
-        # Stalls: the ticker while the mesh applies a change (the raw watcher is gone).
+        # Stalls, in alternated pairs (the raw watcher is gone): the ticker while the mesh
+        # applies a change, and while a thread runs the raw decode loop on the same answer.
         ticker = _Ticker()
+        other = "passing" if status == "critical" else "critical"
+        flips = iter([status, other] * (trials + 1))  # the next status to set, flip after flip
+
+        def lib_stall() -> float:
+            state = next(flips)
+            want = HealthStatus.CRITICAL if state == "critical" else HealthStatus.PASSING
+            time.sleep(0.05)
+            ticker.reset()
+            catalog.set_status(service, FLIPPED, state)
+            deadline = time.monotonic() + 30
+            while _health_of(lb, flipped_id) is not want and time.monotonic() < deadline:
+                time.sleep(0.01)
+            time.sleep(0.02)
+            return ticker.worst
+
+        def raw_stall() -> float:
+            time.sleep(0.05)
+            ticker.reset()
+            thread = threading.Thread(target=raw_decode, args=(body,))
+            thread.start()
+            thread.join()
+            time.sleep(0.02)
+            return ticker.worst
+
         try:
-            for _ in range(max(3, trials // 2)):
-                want = HealthStatus.CRITICAL if status == "critical" else HealthStatus.PASSING
-                time.sleep(0.05)
-                ticker.reset()
-                catalog.set_status(service, FLIPPED, status)
-                deadline = time.monotonic() + 30
-                while _health_of(lb, flipped_id) is not want and time.monotonic() < deadline:
-                    time.sleep(0.01)
-                time.sleep(0.02)
-                out["stall"].append(ticker.worst)
-                status = "passing" if status == "critical" else "critical"
+            lib_stall(), raw_stall()  # one pair left out: the first after the CPU trials
+            out["stall"], out["raw_stall"] = alternate(lib_stall, raw_stall, max(3, trials // 2))
         finally:
             ticker.close()
     for p in handler_dir.iterdir():
@@ -411,25 +442,7 @@ def _whole_path(
     return out
 
 
-def _raw_stall(body: bytes, rounds: int) -> list[float]:
-    """The ticker's worst lateness while another thread runs the raw decode loop once."""
-    ticker = _Ticker()
-    worst: list[float] = []
-    try:
-        for _ in range(rounds):
-            time.sleep(0.05)
-            ticker.reset()
-            t = threading.Thread(target=raw_decode, args=(body,))
-            t.start()
-            t.join()
-            time.sleep(0.02)
-            worst.append(ticker.worst)
-    finally:
-        ticker.close()
-    return worst
-
-
-def _whole_rows(n: int, fig: dict[str, Any], raw_stall: list[float]) -> Iterator[Row]:
+def _whole_rows(n: int, fig: dict[str, Any]) -> Iterator[Row]:
     ms = 1e3
     lib = statistics.median(fig["lib"])
     raw = statistics.median(fig["raw"])
@@ -463,11 +476,15 @@ def _whole_rows(n: int, fig: dict[str, Any], raw_stall: list[float]) -> Iterator
     yield compare(
         f"change.{n}.stall",
         max(fig["stall"]) * ms,
-        max(raw_stall) * ms,
+        max(fig["raw_stall"]) * ms,
         "ms",
         n=len(fig["stall"]),
-        baseline_is="raw decode loop on a thread",
+        baseline_is="raw decode loop on a thread over the same answer, alternated pairs "
+        "with the mesh open",
         measures="worst lateness of a 1 ms ticker thread",
+        median_ms=statistics.median(fig["stall"]) * ms,
+        baseline_median_ms=statistics.median(fig["raw_stall"]) * ms,
+        paired_ratio=paired_ratio(fig["stall"], fig["raw_stall"]),
     )
 
 
@@ -497,9 +514,9 @@ def run(ctx: Context) -> Iterator[Row]:
                 snap_a = parser.parse(json.loads(body_a))
                 snap_b = parser.parse(json.loads(body_b))
                 yield from _update_rows(n, snap_a, snap_b, parser.changes, rounds)
-                fig = _whole_path(ctx, catalog, service, n, trials)
+                fig = _whole_path(ctx, catalog, service, n, trials, body=body_b)
                 lib_by_n[n] = statistics.median(fig["lib"])
-                yield from _whole_rows(n, fig, _raw_stall(body_b, max(3, trials // 2)))
+                yield from _whole_rows(n, fig)
             finally:
                 catalog.remove(service, n)
     if len(lib_by_n) == 2:
