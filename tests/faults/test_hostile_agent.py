@@ -508,16 +508,20 @@ def test_at_the_connection_limit_the_error_names_the_setting(
 def test_the_limit_error_counts_this_clients_own_connections(limited_agent: DevAgent) -> None:
     config = MeshConfig(address=limited_agent.address, read_timeout=2.0)
     with ConsulClient(config) as client:
-        index = client.request("GET", "/v1/catalog/services", operation="read").index
+        # Parked on a KV key nobody writes: a fresh agent's catalog index still moves in its
+        # first seconds (its own node and checks), which would wake catalog queries early.
+        key = "/v1/kv/lake-mesh-test/parked"
+        index = client.request("GET", key, operation="read", allow_404=True).index
         parked: list[threading.Thread] = []
         for _ in range(LIMIT):  # blocking queries, each holding one connection for 5 s
             thread = threading.Thread(
                 target=lambda: client.request(
                     "GET",
-                    "/v1/catalog/services",
+                    key,
                     operation="watch",
                     params={"index": index},
                     wait=5,
+                    allow_404=True,
                 ),
                 daemon=True,
             )
