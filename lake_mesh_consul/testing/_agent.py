@@ -101,17 +101,19 @@ def retry_on_bind_conflict(
     *,
     failure_text: Callable[[Exception], str],
     http_port: int,
-    attempts: int = 5,
+    attempts: int = 8,
     pause: Callable[[float], None] = time.sleep,
 ) -> T:
     """``start()``, again (``attempts`` times in all) while an agent's port was taken.
 
     Run again only when a port other than the HTTP one was taken between its choice and the
-    agent's bind ("address already in use"), after a pause that grows with each attempt.
-    ``start`` must choose new Serf and server ports each time; ``failure_text(exc)`` is where
-    the agent's log tail can be read for the exception it raised. When the last attempt
-    fails too, the error names what held the port (``ss``), to find the culprit.
+    agent's bind ("address already in use"), after a pause that grows with each attempt
+    (0.5 s, 1 s, ... at most 2 s: about 11 s in all). ``start`` must choose new Serf and
+    server ports each time; ``failure_text(exc)`` is where the agent's log tail can be read
+    for the exception it raised. When the last attempt fails too, the error carries what held
+    each taken port right after each failure (``ss``), to find the culprit.
     """
+    seen: list[str] = []
     for attempt in range(attempts):
         try:
             return start()
@@ -119,26 +121,28 @@ def retry_on_bind_conflict(
             conflict = BIND_CONFLICT.search(failure_text(exc))
             if conflict is None or int(conflict[1]) == http_port:
                 raise
+            seen.append(_holders(int(conflict[1])))
             if attempt == attempts - 1:
-                _note(exc, f"after {attempts} attempts; {_holders(int(conflict[1]))}")
+                _note(exc, f"after {attempts} attempts; " + "; ".join(seen))
                 raise
-            pause(0.2 * (attempt + 1))
+            pause(min(0.5 * (attempt + 1), 2.0))
     raise AssertionError("unreachable: the last attempt returns or raises")
 
 
 def _holders(port: int) -> str:
     """What holds ``port`` (TCP or UDP) as ``ss`` sees it, for an error message."""
     try:
-        out = subprocess.run(
-            ["ss", "-Hanptu", f"sport = :{port}"],
-            capture_output=True,
-            text=True,
-            timeout=5,
-            check=False,
-        ).stdout.strip()
+        out = _ss("-Hanptu", f"sport = :{port}")
+        udp = len(_ss("-Hanu").splitlines())
     except (OSError, subprocess.SubprocessError) as exc:
         return f"port {port}: cannot run ss ({exc})"
-    return f"port {port} held by: {out or 'nothing now'}"
+    return f"port {port} held by: {out or 'nothing now'} ({udp} UDP sockets open)"
+
+
+def _ss(*args: str) -> str:
+    return subprocess.run(
+        ["ss", *args], capture_output=True, text=True, timeout=5, check=False
+    ).stdout.strip()
 
 
 def _note(exc: BaseException, text: str) -> None:
