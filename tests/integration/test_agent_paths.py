@@ -40,7 +40,10 @@ def test_binary_agent_controls(unique_name):
     binary = find_consul_binary()
     if binary is None:
         pytest.fail("no consul binary: run `lake-mesh agent provision`")
-    with DevAgent(binary) as agent:
+    # A loopback address of its own, as ConsulCluster's members have: in CI this agent starts
+    # right after other suites' agents stop, and once lost every UDP bind on 127.0.0.1 for
+    # seconds (see retry_on_bind_conflict's diagnostics if it happens again).
+    with DevAgent(binary, host="127.0.0.2") as agent:
         _exercise(agent, unique_name)
 
 
