@@ -149,6 +149,7 @@ def test_quorum_lost_reads_stale_writes_fail_typed_then_recover(
         with ReadLoop(stale_kv_read(client, f"{prefix}/k"), max_seconds=60) as reads:
             time.sleep(0.5)
             down_at = time.monotonic()
+            kill_t = reads.now()
             leader.kill()
             follower.kill()
             time.sleep(3.0)  # let the survivor notice it is alone
@@ -210,7 +211,11 @@ def test_quorum_lost_reads_stale_writes_fail_typed_then_recover(
     assert "leader" in write_error.value.body.lower()
     assert f"write key '{prefix}/k'" in str(write_error.value)
     assert stale.known_leader is False
-    assert reads.stats.errors == [], reads.stats.errors[:5]
+    # Right after the kill the client agent may still forward a stale read to a dead server
+    # until Serf marks it failed (HTTP 500 "rpc error ... connection refused"): allowed in the
+    # first 5 s only, and only that error.
+    late = [(t, e) for t, e in reads.stats.errors if t > kill_t + 5.0 or "rpc error" not in e]
+    assert late == [], late[:5]
     # Only restarted servers, replaying their raft log, may answer 404 (consul#2644).
     assert all(t >= restart_t for t in reads.stats.missing)
     assert reads.stats.known_leader[False] > 0
