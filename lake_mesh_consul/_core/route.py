@@ -707,10 +707,7 @@ class Route:
             DeadlineExceeded: the deadline ran out; ``.attempts`` has each.
             Exception: an error of a kind the policy does not retry, unchanged.
         """
-        opts = options or CallOptions()
-        policy = self._settings.retry
-        if not opts.replayable and policy.attempts > 1:
-            policy = replace(policy, attempts=1)
+        opts, policy = self._call_policy(options)
         per_try = self._per_try  # usually empty: then no per-instance lookup per attempt
         return run_call(
             self.request,
@@ -725,6 +722,14 @@ class Route:
             cap_of=per_try.get if per_try else None,
             on_retry=self._on_retry,
         )
+
+    def _call_policy(self, options: CallOptions | None) -> tuple[CallOptions, RetryPolicy]:
+        """The call's options and retry policy (one attempt for a call that cannot replay)."""
+        opts = options or CallOptions()
+        policy = self._settings.retry
+        if not opts.replayable and policy.attempts > 1:
+            policy = replace(policy, attempts=1)
+        return opts, policy
 
     async def acall(
         self,
@@ -743,10 +748,7 @@ class Route:
         """
         from lake_mesh_consul._core.retry_async import run_call_async  # asyncio on first use
 
-        opts = options or CallOptions()
-        policy = self._settings.retry
-        if not opts.replayable and policy.attempts > 1:
-            policy = replace(policy, attempts=1)
+        opts, policy = self._call_policy(options)
         per_try = self._per_try
         return await run_call_async(
             self.request,
